@@ -1,0 +1,188 @@
+"""`privfed` command line: run (train a federation) and audit (verify and report on a run)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from privfed.config import RunConfig
+from privfed.errors import PrivfedError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Privacy-hardened federated training of image diffusion models.")
+console = Console(stderr=False)
+
+
+@app.callback()
+def _root() -> None:
+    """Privacy-hardened federated training of image diffusion models."""
+
+
+class RichReporter:
+    """Progress bars per round and per client, one summary line per round."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.p = progress
+        self.rounds = None
+        self.clients = None
+
+    def run_start(self, *, total_rounds: int, done_rounds: int, info: dict[str, Any]) -> None:
+        console.print(f"[bold]privfed[/] {info['dataset']}: {info['train']} train / {info['test']} test images "
+                      f"({info['image']}), {len(info['clients'])} clients, UNet {info['parameters']:,} parameters, "
+                      f"device {info['device']}")
+        table = Table(title="Per-client data (counts only)", show_lines=False)
+        table.add_column("client", justify="right")
+        table.add_column("n", justify="right")
+        table.add_column("label counts")
+        for row in info["clients"]:
+            table.add_row(str(row["client"]), str(row["n"]),
+                          " ".join(f"{k}:{v}" for k, v in row["label_counts"].items() if v))
+        console.print(table)
+        for line in info.get("notes", []):
+            console.print(line)
+        self.rounds = self.p.add_task("rounds", total=total_rounds, completed=done_rounds)
+
+    def round_start(self, round_index: int, selected: list[int]) -> None:
+        if self.clients is not None:
+            self.p.remove_task(self.clients)
+        self.clients = self.p.add_task(f"round {round_index} clients", total=len(selected))
+
+    def client_done(self, round_index: int, client_id: int, update) -> None:
+        self.p.advance(self.clients)
+
+    def round_end(self, round_index: int, record: dict[str, Any]) -> None:
+        parts = [f"round {round_index:>3}"]
+        if "loss" in record:
+            parts.append(f"loss {record['loss']:.4f}")
+        if "fid" in record:
+            parts.append(f"FID {record['fid']:.1f}")
+        if "epsilon_max" in record:
+            parts.append(f"ε≤{record['epsilon_max']:.2f}")
+        if "seconds" in record:
+            parts.append(f"{record['seconds']:.1f}s")
+        elif "eval_seconds" in record:
+            parts.append(f"eval {record['eval_seconds']:.1f}s")
+        self.p.console.print("  ".join(parts))
+        for line in record.get("report_lines", []):
+            self.p.console.print(line)
+        if round_index > 0:
+            self.p.advance(self.rounds)
+
+    def note(self, text: str) -> None:
+        self.p.console.print(text)
+
+
+def _overrides(**opts: Any) -> dict[str, Any]:
+    """Map CLI flags onto config sections; None means 'not given'."""
+    sections = {
+        "fed": {"clients": opts["clients"], "rounds": opts["rounds"], "local_epochs": opts["local_epochs"],
+                "fraction": opts["fraction"], "batch_size": opts["batch_size"], "lr": opts["lr"]},
+        "data": {"dataset": opts["dataset"], "path": opts["data"], "partition": opts["partition"],
+                 "alpha": opts["alpha"]},
+        "dp": {"mode": opts["dp"], "target_epsilon": opts["target_epsilon"], "delta": opts["delta"],
+               "max_grad_norm": opts["max_grad_norm"], "noise_multiplier": opts["noise_multiplier"],
+               "max_epsilon": opts["max_epsilon"], "accountant": opts["accountant"],
+               "grad_sample_mode": opts["grad_sample_mode"]},
+        "secure_agg": {"mode": opts["secure_agg"], "dropout_rate": opts["dropout_rate"]},
+    }
+    out: dict[str, Any] = {k: {kk: vv for kk, vv in v.items() if vv is not None} for k, v in sections.items()}
+    out = {k: v for k, v in out.items() if v}
+    for top in ("seed", "device", "eval_every"):
+        if opts[top] is not None:
+            out[top] = opts[top]
+    return out
+
+
+@app.command()
+def run(
+    config: Optional[Path] = typer.Option(None, "--config", help="TOML file with a resolved or partial config."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run in RUN_DIR."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default runs/run-YYYYmmdd-HHMMSS)."),
+    clients: Optional[int] = typer.Option(None, "--clients", help="Number of clients (sites)."),
+    rounds: Optional[int] = typer.Option(None, "--rounds", help="Federated rounds."),
+    local_epochs: Optional[int] = typer.Option(None, "--local-epochs", help="Local passes over the data per round."),
+    partition: Optional[str] = typer.Option(None, "--partition", help="iid | dirichlet | quantity"),
+    alpha: Optional[float] = typer.Option(None, "--alpha", help="Dirichlet concentration (> 0)."),
+    fraction: Optional[float] = typer.Option(None, "--fraction", help="Fraction of clients per round, in (0, 1]."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Expected local batch size (examples)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Client learning rate (Adam)."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="digits | npz | folder | pneumoniamnist | ..."),
+    data: Optional[str] = typer.Option(None, "--data", help="Path of a .npz file or image folder."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Experiment seed (never used for secrets)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda"),
+    eval_every: Optional[int] = typer.Option(None, "--eval-every", help="Rounds between FID evaluations."),
+    dp: Optional[str] = typer.Option(None, "--dp", help="sample | client | off"),
+    target_epsilon: Optional[float] = typer.Option(None, "--target-epsilon", help="ε to calibrate noise for."),
+    delta: Optional[float] = typer.Option(None, "--delta", help="δ of the (ε, δ) guarantee."),
+    max_grad_norm: Optional[float] = typer.Option(None, "--max-grad-norm", help="Clip norm C (L2)."),
+    noise_multiplier: Optional[float] = typer.Option(None, "--noise-multiplier", help="σ/C; skips calibration."),
+    max_epsilon: Optional[float] = typer.Option(None, "--max-epsilon", help="Hard per-client ε cap."),
+    accountant: Optional[str] = typer.Option(None, "--accountant", help="pld | prv | rdp"),
+    grad_sample_mode: Optional[str] = typer.Option(None, "--grad-sample-mode", help="Opacus per-sample mode."),
+    secure_agg: Optional[str] = typer.Option(None, "--secure-agg", help="secagg | secagg+ | off"),
+    dropout_rate: Optional[float] = typer.Option(None, "--dropout-rate", help="Simulated client dropout rate."),
+) -> None:
+    """Train a diffusion model across clients (embedded default: 10 clients, Dirichlet α=0.5, digits)."""
+    from privfed.federation.runner import FederatedRun
+
+    opts = dict(locals())
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        TimeRemainingColumn(), console=console, transient=False)
+    reporter = RichReporter(progress)
+    if resume is not None:
+        given = {k: v for k, v in _overrides(**opts).items()}
+        if given or config is not None:
+            raise PrivfedError("--resume takes the run's own config.toml; do not combine it with other options")
+        fr = FederatedRun.resume(resume, reporter=reporter)
+    else:
+        cfg = RunConfig.from_toml(config) if config else RunConfig()
+        cfg = cfg.replace(**_overrides(**opts))
+        run_dir = out or Path("runs") / time.strftime("run-%Y%m%d-%H%M%S")
+        fr = FederatedRun.create(cfg, run_dir, reporter=reporter)
+    t0 = time.perf_counter()
+    with progress:
+        result = fr.run()
+    console.print(f"[bold green]done[/] {result.rounds_completed} rounds in {time.perf_counter() - t0:.0f} s → "
+                  f"{result.run_dir}")
+    if result.final_fid is not None:
+        console.print(f"domain-FID: final {result.final_fid:.1f} (untrained model {result.untrained_fid:.1f}); "
+                      f"samples in {result.run_dir / 'samples'}")
+    for line in getattr(result, "closing_lines", []):
+        console.print(line)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: user errors become one line on stderr and exit code 2."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except PrivfedError as e:
+        print(f"privfed: error: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, TypeError) as e:   # argument validation raised below the CLI layer
+        print(f"privfed: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("privfed: interrupted; resume with privfed run --resume RUN_DIR", file=sys.stderr)
+        return 130
+    except Exception as e:
+        # typer vendors click: recognise its usage errors and exits by shape, not by import path
+        if hasattr(e, "show") and hasattr(e, "exit_code"):
+            e.show()
+            return int(e.exit_code)
+        if type(e).__name__ == "Exit":
+            return int(getattr(e, "exit_code", 0))
+        if type(e).__name__ == "Abort":
+            return 1
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,238 @@
+"""Run configuration: frozen dataclasses that validate on construction and round-trip through TOML.
+
+Every privacy-relevant argument is keyword-only and named with its unit (see DESIGN.md §3).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import tomli_w
+
+from privfed.errors import ConfigError
+
+DATASETS_BUILTIN = ("digits",)
+PARTITIONS = ("iid", "dirichlet", "quantity")
+DP_MODES = ("sample", "client", "off")
+SECAGG_MODES = ("secagg", "secagg+", "off")
+ACCOUNTANTS = ("pld", "prv", "rdp")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    """Where the images come from and how they are split across clients."""
+
+    dataset: str = "digits"          # digits | npz | folder | a MedMNIST flag such as pneumoniamnist
+    path: str | None = None          # .npz file or image folder, for dataset npz/folder (or a local MedMNIST file)
+    image_size: int | None = None    # resize folder images to this square size (pixels); None keeps npz/digits size
+    partition: str = "dirichlet"
+    alpha: float = 0.5               # Dirichlet concentration (label skew); larger means closer to IID
+    quantity_sigma: float = 1.0      # log-normal sigma of client sizes for quantity skew
+    test_fraction: float = 0.2       # only for datasets without an official test split (digits, folders)
+
+    def __post_init__(self) -> None:
+        if self.partition not in PARTITIONS:
+            raise ConfigError(f"partition must be one of {', '.join(PARTITIONS)}; got {self.partition!r}")
+        if not self.alpha > 0:
+            raise ConfigError(f"alpha (Dirichlet concentration) must be > 0; got {self.alpha}")
+        if not self.quantity_sigma >= 0:
+            raise ConfigError(f"quantity_sigma must be >= 0; got {self.quantity_sigma}")
+        if not 0 < self.test_fraction < 1:
+            raise ConfigError(f"test_fraction must be in (0, 1); got {self.test_fraction}")
+        if self.dataset in ("npz", "folder") and not self.path:
+            raise ConfigError(f"dataset {self.dataset!r} needs --data PATH")
+        if self.image_size is not None and not 4 <= self.image_size <= 256:
+            raise ConfigError(f"image_size must be in [4, 256] pixels; got {self.image_size}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """diffusers UNet2DModel and scheduler sizes; block widths scale with `base_channels`."""
+
+    base_channels: int = 32
+    layers_per_block: int = 1
+    attention: bool = True
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "squaredcos_cap_v2"
+    sampler: str = "ddim"            # ddim | ddpm
+    sampling_steps: int = 50         # DDIM steps (DDPM always uses num_train_timesteps)
+
+    def __post_init__(self) -> None:
+        if self.base_channels < 8 or self.base_channels % 8:
+            raise ConfigError(f"base_channels must be a multiple of 8, >= 8; got {self.base_channels}")
+        if self.layers_per_block < 1:
+            raise ConfigError("layers_per_block must be >= 1")
+        if self.sampler not in ("ddim", "ddpm"):
+            raise ConfigError(f"sampler must be ddim or ddpm; got {self.sampler!r}")
+        if not 1 <= self.sampling_steps <= self.num_train_timesteps:
+            raise ConfigError("sampling_steps must be in [1, num_train_timesteps]")
+
+
+@dataclass(frozen=True, kw_only=True)
+class FedConfig:
+    """Federated round loop: who trains, how long, and how updates are combined."""
+
+    clients: int = 10
+    rounds: int = 30
+    fraction: float = 1.0            # fraction of clients selected per round, in (0, 1]
+    local_epochs: int = 1
+    batch_size: int = 32             # expected local batch size (examples); Poisson-sampled under DP
+    lr: float = 2e-3                 # client Adam learning rate
+    server_lr: float = 1.0           # FedAvg step size on the averaged update
+    min_clients: int = 2             # end the run cleanly when fewer clients can train
+
+    def __post_init__(self) -> None:
+        if self.clients < 1:
+            raise ConfigError(f"clients must be >= 1; got {self.clients}")
+        if self.rounds < 1:
+            raise ConfigError(f"rounds must be >= 1; got {self.rounds}")
+        if not 0 < self.fraction <= 1:
+            raise ConfigError(f"fraction must be in (0, 1]; got {self.fraction}")
+        if self.local_epochs < 1:
+            raise ConfigError(f"local_epochs must be >= 1; got {self.local_epochs}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1; got {self.batch_size}")
+        if not self.lr > 0 or not self.server_lr > 0:
+            raise ConfigError("lr and server_lr must be > 0")
+        if self.min_clients < 1:
+            raise ConfigError("min_clients must be >= 1")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DPConfig:
+    """Differential privacy. `mode`: sample (DP-SGD, unit = one image), client (DP-FedAvg, unit = one site), off."""
+
+    mode: str = "off"
+    target_epsilon: float | None = 10.0   # calibrates noise_multiplier when it is not given
+    delta: float | None = None            # None -> below 1/n_local (sample) or 1/clients (client)
+    max_grad_norm: float = 1.0            # L2 clip per example (sample) or per client update (client)
+    noise_multiplier: float | None = None # sigma / clip; overrides target_epsilon calibration
+    max_epsilon: float | None = None      # hard cap per client; None -> target_epsilon
+    accountant: str = "pld"
+    grad_sample_mode: str = "functorch"
+    allow_large_delta: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mode not in DP_MODES:
+            raise ConfigError(f"dp mode must be one of {', '.join(DP_MODES)}; got {self.mode!r}")
+        if self.accountant not in ACCOUNTANTS:
+            raise ConfigError(f"accountant must be one of {', '.join(ACCOUNTANTS)}; got {self.accountant!r}")
+        if self.target_epsilon is not None and not self.target_epsilon > 0:
+            raise ConfigError(f"target epsilon must be > 0; got {self.target_epsilon}")
+        if self.delta is not None and not 0 < self.delta < 1:
+            raise ConfigError(f"delta must be in (0, 1); got {self.delta}")
+        if not self.max_grad_norm > 0:
+            raise ConfigError(f"max_grad_norm must be > 0; got {self.max_grad_norm}")
+        if self.noise_multiplier is not None and not self.noise_multiplier >= 0:
+            raise ConfigError(f"noise_multiplier must be >= 0; got {self.noise_multiplier}")
+        if self.max_epsilon is not None and not self.max_epsilon > 0:
+            raise ConfigError(f"max epsilon must be > 0; got {self.max_epsilon}")
+        if self.mode != "off" and self.target_epsilon is None and self.noise_multiplier is None:
+            raise ConfigError("DP needs --target-epsilon or --noise-multiplier")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SecAggConfig:
+    """Secure aggregation of client updates: the server only sees the sum over survivors."""
+
+    mode: str = "off"
+    clip_range: float = 0.25         # per-coordinate clip of the (weighted) update before quantization
+    threshold_fraction: float = 0.67
+    dropout_rate: float = 0.0        # simulated fraction of selected clients that drop at the masked-input stage
+
+    def __post_init__(self) -> None:
+        if self.mode not in SECAGG_MODES:
+            raise ConfigError(f"secure-agg mode must be one of {', '.join(SECAGG_MODES)}; got {self.mode!r}")
+        if not self.clip_range > 0:
+            raise ConfigError("secure-agg clip_range must be > 0")
+        if not 0.5 < self.threshold_fraction <= 1:
+            raise ConfigError("secure-agg threshold_fraction must be in (0.5, 1]")
+        if not 0 <= self.dropout_rate < 0.5:
+            raise ConfigError("secure-agg dropout_rate must be in [0, 0.5)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """Everything that determines a run; written to RUN_DIR/config.toml and hashed into the ledger."""
+
+    seed: int = 0
+    device: str = "cpu"
+    eval_every: int = 5              # rounds between FID evaluations (the last round is always evaluated)
+    eval_samples: int = 400          # generated images per FID evaluation
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    fed: FedConfig = field(default_factory=FedConfig)
+    dp: DPConfig = field(default_factory=DPConfig)
+    secure_agg: SecAggConfig = field(default_factory=SecAggConfig)
+
+    def __post_init__(self) -> None:
+        if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ConfigError(f"device must be cpu or cuda; got {self.device!r}")
+        if self.eval_every < 1:
+            raise ConfigError("eval_every must be >= 1")
+        if self.eval_samples < 16:
+            raise ConfigError("eval_samples must be >= 16")
+
+    def to_dict(self) -> dict[str, Any]:
+        return _drop_none(dataclasses.asdict(self))
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.to_dict())
+
+    def sha256(self) -> str:
+        return hashlib.sha256(self.to_toml().encode()).hexdigest()
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> "RunConfig":
+        return _build(cls, raw, "")
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> "RunConfig":
+        p = Path(path)
+        try:
+            raw = tomllib.loads(p.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {p}") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
+        return cls.from_dict(raw)
+
+    def replace(self, **sections: Mapping[str, Any]) -> "RunConfig":
+        """Return a copy with fields overridden; `sections` maps 'fed'/'dp'/... or top-level names to values."""
+        raw = self.to_dict()
+        for key, value in sections.items():
+            if isinstance(value, Mapping):
+                raw.setdefault(key, {}).update({k: v for k, v in value.items()})
+            else:
+                raw[key] = value
+        return RunConfig.from_dict(raw)
+
+
+def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: (_drop_none(v) if isinstance(v, dict) else v) for k, v in d.items() if v is not None}
+
+
+def _build(cls, raw: Mapping[str, Any], where: str):
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"config section [{where}] must be a table")
+    known = {f.name: f for f in fields(cls)}
+    unknown = set(raw) - set(known)
+    if unknown:
+        raise ConfigError(f"unknown config key(s) in [{where or 'top'}]: {', '.join(sorted(unknown))}")
+    kwargs = {}
+    for name, value in raw.items():
+        ftype = known[name].type
+        sub = _SECTIONS.get(name) if cls is RunConfig else None
+        kwargs[name] = _build(sub, value, name) if sub else value
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"bad config in [{where or 'top'}]: {e}") from None
+
+
+_SECTIONS = {"data": DataConfig, "model": ModelConfig, "fed": FedConfig, "dp": DPConfig, "secure_agg": SecAggConfig}

@@ -1,0 +1,1 @@
+"""Federated round logic: clients train locally, updates are handed off, the server aggregates."""

@@ -1,0 +1,82 @@
+"""Client-side local training. Seams: `make_optimizer`/`make_loader`/`privatize` (DP-SGD plugs in here)."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import torch
+from torch.nn.utils import parameters_to_vector
+
+from privfed.config import FedConfig
+from privfed.data.dataset import ImageDataset
+from privfed.models.loss import diffusion_loss
+
+
+@dataclass
+class ClientUpdate:
+    """What a client hands to the update channel: its model delta (flat float32) and bookkeeping."""
+
+    client_id: int
+    delta: torch.Tensor
+    num_examples: int
+    loss: float
+    steps: int
+    dp: dict[str, Any] | None = None     # the DP event of this round (sample-level DP), never ε alone
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class LocalTrainer:
+    """Plain local training: `local_epochs` passes of shuffled minibatches with Adam on the ε-prediction loss."""
+
+    def __init__(self, fed: FedConfig, scheduler) -> None:
+        self.fed = fed
+        self.scheduler = scheduler
+
+    def make_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
+        return torch.optim.Adam(model.parameters(), lr=self.fed.lr)
+
+    def make_loader(self, data: ImageDataset, generator: torch.Generator) -> Iterable[torch.Tensor]:
+        n, bs = len(data), min(self.fed.batch_size, len(data))
+        for _ in range(self.fed.local_epochs):
+            perm = torch.randperm(n, generator=generator)
+            for i in range(0, n, bs):
+                yield data.images[perm[i:i + bs]]
+
+    def privatize(self, model, optimizer, data: ImageDataset, generator: torch.Generator, *, client_id: int,
+                  round_index: int):
+        """Hook for DP-SGD: return (model, optimizer, batches). Plain training returns its inputs unchanged."""
+        return model, optimizer, self.make_loader(data, generator)
+
+    def dp_record(self, *, client_id: int, round_index: int, steps: int, data: ImageDataset) -> dict | None:
+        """Hook for DP-SGD: the DP event of this round. None when training is not private."""
+        return None
+
+    def train(self, global_model: torch.nn.Module, data: ImageDataset, *, client_id: int, round_index: int,
+              generator: torch.Generator) -> ClientUpdate:
+        """Train a copy of the global model on the client's data and return the difference of weights."""
+        device = next(global_model.parameters()).device
+        start = parameters_to_vector(global_model.parameters()).detach().clone()
+        model = copy.deepcopy(global_model).train()
+        optimizer = self.make_optimizer(model)
+        model_t, optimizer, batches = self.privatize(model, optimizer, data, generator,
+                                                     client_id=client_id, round_index=round_index)
+        total, steps = 0.0, 0
+        for x0 in batches:
+            x0 = x0.to(device)
+            if x0.shape[0] == 0:    # Poisson sampling can draw an empty batch: still a (noise-only) step
+                optimizer.zero_grad(set_to_none=False)
+                optimizer.step()
+                steps += 1
+                continue
+            loss = diffusion_loss(model_t, self.scheduler, x0, generator=generator)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += float(loss)
+            steps += 1
+        delta = parameters_to_vector(model.parameters()).detach() - start
+        return ClientUpdate(client_id=client_id, delta=delta.float().cpu(), num_examples=len(data),
+                            loss=total / max(steps, 1), steps=steps,
+                            dp=self.dp_record(client_id=client_id, round_index=round_index, steps=steps, data=data))
