@@ -58,7 +58,7 @@ class ModelConfig:
     layers_per_block: int = 1
     attention: bool = True
     num_train_timesteps: int = 1000
-    beta_schedule: str = "squaredcos_cap_v2"
+    beta_schedule: str = "linear"
     sampler: str = "ddim"            # ddim | ddpm
     sampling_steps: int = 50         # DDIM steps (DDPM always uses num_train_timesteps)
 

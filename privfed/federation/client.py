@@ -74,7 +74,7 @@ class LocalTrainer:
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            total += float(loss)
+            total += float(loss.detach())
             steps += 1
         delta = parameters_to_vector(model.parameters()).detach() - start
         return ClientUpdate(client_id=client_id, delta=delta.float().cpu(), num_examples=len(data),

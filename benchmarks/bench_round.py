@@ -1,0 +1,70 @@
+"""Time one federated round (10 clients) of the embedded default: seconds per round and samples/s.
+
+Usage: python benchmarks/bench_round.py [--rounds 3] [--dp off|sample] [--secure-agg off|secagg+]
+Prints a markdown table and writes benchmarks/results/round.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from privfed.config import RunConfig
+from privfed.federation.runner import FederatedRun, SilentReporter
+
+
+class Timer(SilentReporter):
+    def __init__(self):
+        self.rows = []
+        self.t0 = None
+
+    def round_start(self, r, selected):
+        self.t0 = time.perf_counter()
+
+    def round_end(self, r, record):
+        if r > 0:
+            self.rows.append({"round": r, "seconds": record["train_seconds"], "examples": record["examples"]})
+
+
+def measure(variant: dict, rounds: int) -> dict:
+    cfg = RunConfig().replace(fed={"rounds": rounds}, eval_every=10_000, dp={"mode": variant["dp"]},
+                              secure_agg={"mode": variant["secure_agg"]})
+    with tempfile.TemporaryDirectory() as d:
+        t = Timer()
+        FederatedRun.create(cfg, Path(d) / "run", reporter=t).run()
+    secs = [r["seconds"] for r in t.rows]
+    best = min(secs)
+    examples = t.rows[0]["examples"]
+    return {**variant, "seconds_per_round": best, "median_seconds": sorted(secs)[len(secs) // 2],
+            "samples_per_second": examples / best, "examples_per_round": examples}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--variants", default="off/off,sample/off,sample/secagg+",
+                    help="comma-separated dp/secure_agg pairs measured side by side in this run")
+    args = ap.parse_args()
+    variants = [dict(zip(("dp", "secure_agg"), v.split("/"))) for v in args.variants.split(",")]
+    rows = [measure(v, args.rounds) for v in variants]
+    base = rows[0]["seconds_per_round"]
+    print(f"\nOne federated round, 10 clients, digits 8×8, {platform.processor() or platform.machine()}, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads (best of {args.rounds} rounds)\n")
+    print("| DP | secure agg | s/round | samples/s | × first row |")
+    print("|---|---|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['dp']} | {r['secure_agg']} | {r['seconds_per_round']:.2f} | {r['samples_per_second']:.0f} | "
+              f"{r['seconds_per_round'] / base:.2f} |")
+    out = Path(__file__).parent / "results" / "round.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps({"rows": rows, "torch": torch.__version__, "threads": torch.get_num_threads()}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

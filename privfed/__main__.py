@@ -1,0 +1,5 @@
+import sys
+
+from privfed.cli import main
+
+sys.exit(main())
