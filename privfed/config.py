@@ -80,9 +80,9 @@ class FedConfig:
     clients: int = 10
     rounds: int = 30
     fraction: float = 1.0            # fraction of clients selected per round, in (0, 1]
-    local_epochs: int = 1
+    local_epochs: int = 3
     batch_size: int = 32             # expected local batch size (examples); Poisson-sampled under DP
-    lr: float = 2e-3                 # client Adam learning rate
+    lr: float = 3e-3                 # client Adam learning rate
     server_lr: float = 1.0           # FedAvg step size on the averaged update
     min_clients: int = 2             # end the run cleanly when fewer clients can train
 
@@ -162,7 +162,7 @@ class RunConfig:
 
     seed: int = 0
     device: str = "cpu"
-    eval_every: int = 5              # rounds between FID evaluations (the last round is always evaluated)
+    eval_every: int = 10             # rounds between FID evaluations (the last round is always evaluated)
     eval_samples: int = 400          # generated images per FID evaluation
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
