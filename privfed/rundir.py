@@ -80,10 +80,11 @@ class RunDir:
         atomic_write_text(self.checkpoints / "latest", final.name)
         return final
 
-    def latest_checkpoint(self) -> tuple[int, Path] | None:
-        """The newest complete checkpoint (folders are only ever published whole)."""
+    def latest_checkpoint(self, among: set[int] | None = None) -> tuple[int, Path] | None:
+        """The newest complete checkpoint (folders are only ever published whole), optionally only of `among`."""
         done = sorted(p for p in self.checkpoints.glob(f"{CHECKPOINT_PREFIX}*")
-                      if p.is_dir() and (p / "privfed_state.json").is_file())
+                      if p.is_dir() and (p / "privfed_state.json").is_file()
+                      and (among is None or int(p.name[len(CHECKPOINT_PREFIX):]) in among))
         if not done:
             return None
         return int(done[-1].name[len(CHECKPOINT_PREFIX):]), done[-1]

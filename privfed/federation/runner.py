@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
+import hashlib
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -25,6 +25,9 @@ from privfed.metrics.classifier import accuracy
 from privfed.metrics.fid import class_histogram
 from privfed.models import build_scheduler, build_unet, sample_images
 from privfed.rundir import RunDir, atomic_write_text
+from privfed import run_ledger as ledger_payloads
+from privfed.run_ledger import completed_rounds
+from audits.ledger import LEDGER_FILENAME, LedgerWriter
 
 
 class Reporter(Protocol):
@@ -52,6 +55,7 @@ class RunResult:
     final_fid: float | None
     untrained_fid: float | None
     metrics: list[dict[str, Any]]
+    closing_lines: list[str] = field(default_factory=list)
 
 
 class FederatedRun:
@@ -71,6 +75,7 @@ class FederatedRun:
         """Validate data and partition first, then create the run directory (nothing half-written on bad input)."""
         run = cls(cfg, run_dir, reporter=reporter)
         run._load_data()
+        run._build_privacy()
         run.dir.create()
         atomic_write_text(run.dir.config, cfg.to_toml())
         return run
@@ -82,6 +87,7 @@ class FederatedRun:
         cfg = RunConfig.from_toml(d.config)
         run = cls(cfg, run_dir, reporter=reporter)
         run._load_data()
+        run._build_privacy()
         return run
 
     def _load_data(self) -> None:
@@ -94,42 +100,89 @@ class FederatedRun:
         self.client_data: list[ImageDataset] = [self.splits.train.subset(p) for p in self.parts]
         self.summary = client_summary(labels, self.parts, num_classes=self.splits.train.num_classes)
 
+    def _build_privacy(self) -> None:
+        """Validate DP arguments and calibrate noise before anything is written (fail before training)."""
+        self.privacy = None
+        if self.cfg.dp.mode != "off":
+            from privfed.federation.privacy import build_privacy
+            self.privacy = build_privacy(self.cfg, [len(d) for d in self.client_data])
+
     # ---- the loop -----------------------------------------------------------------------------
     def run(self) -> RunResult:
         cfg = self.cfg
         self.dir.clean_partial()
+        ledger_path = self.dir.root / LEDGER_FILENAME
+        new_ledger = not ledger_path.exists()
+        done = completed_rounds(ledger_path)
         self.scheduler = build_scheduler(cfg.model)
         self.classifier = load_or_train_classifier(self.dir.cache / "domain_classifier.safetensors",
                                                    self.splits.train, seed=derive_seed(cfg.seed, "classifier"))
-        latest = self.dir.latest_checkpoint()
-        if latest is None:
-            torch.manual_seed(derive_seed(cfg.seed, "init"))
-            self.model = build_unet(cfg.model, channels=self.splits.train.channels,
-                                    image_size=self.splits.train.size).to(self.device)
-            start = 0
-        else:
-            start, path = latest
-            from diffusers import UNet2DModel
-            self.model = UNet2DModel.from_pretrained(path / "unet").to(self.device)
-            self.dir.truncate_metrics_after(start)
-            self.reporter.note(f"resuming {self.dir.root} after round {start}")
-        self.trainer = LocalTrainer(cfg.fed, self.scheduler)
-        self.aggregator = PlainFedAvg()
-        self.reporter.run_start(total_rounds=cfg.fed.rounds, done_rounds=start, info=self._info())
-        if start == 0 and latest is None:
-            record = {"round": 0, **self._evaluate(0)}
-            self.dir.append_metrics(record)
-            self.dir.save_checkpoint(0, self.model, {"round": 0})
-            self.reporter.round_end(0, record)
-        for r in range(start + 1, cfg.fed.rounds + 1):
-            record = self._round(r)
-            self.dir.append_metrics(record)
-            self.dir.save_checkpoint(r, self.model, {"round": r})
-            self.reporter.round_end(r, record)
+        latest = self.dir.latest_checkpoint(among=done)
+        with LedgerWriter.open(self.dir.root, create=new_ledger) as self.ledger:
+            if new_ledger:
+                self.ledger.append("run_start", ledger_payloads.run_start(
+                    cfg, self.dir.config, dp_noise_rng=self.privacy.noise_rng if self.privacy else "none"))
+                self.ledger.append("data_summary", ledger_payloads.data_summary(self.summary))
+            if latest is None:
+                torch.manual_seed(derive_seed(cfg.seed, "init"))
+                self.model = build_unet(cfg.model, channels=self.splits.train.channels,
+                                        image_size=self.splits.train.size).to(self.device)
+                start = -1
+                self.dir.truncate_metrics_after(-1)
+            else:
+                start, path = latest
+                from diffusers import UNet2DModel
+                self.model = UNet2DModel.from_pretrained(path / "unet").to(self.device)
+                self.dir.truncate_metrics_after(start)
+                self.ledger.append("resume", {"from_round": start})
+                self.reporter.note(f"resuming {self.dir.root} after round {start}")
+                if self.privacy:
+                    self.privacy.restore(ledger_path)
+            self.trainer = self.privacy.trainer(cfg.fed, self.scheduler) if self.privacy else \
+                LocalTrainer(cfg.fed, self.scheduler)
+            self.aggregator = self._aggregator()
+            info = self._info()
+            if self.privacy:
+                info["notes"] = self.privacy.notes()
+            self.reporter.run_start(total_rounds=cfg.fed.rounds, done_rounds=max(start, 0), info=info)
+            if start < 0:
+                record = {"round": 0, **self._evaluate(0)}
+                self._finish_round(0, record)
+                start = 0
+            stopped = None
+            for r in range(start + 1, cfg.fed.rounds + 1):
+                record = self._round(r)
+                if record is None:
+                    stopped = r
+                    break
+                self._finish_round(r, record)
+            completed = (stopped - 1) if stopped else cfg.fed.rounds
+            eps = self.privacy.epsilons() if self.privacy else {}
+            self.ledger.append("run_end", {"rounds_completed": completed, "final_epsilon": eps,
+                                           "delta": self.privacy.delta if self.privacy else None})
         metrics = self.dir.read_metrics()
         fids = [m["fid"] for m in metrics if "fid" in m]
         untrained = next((m["fid"] for m in metrics if m["round"] == 0 and "fid" in m), None)
-        return RunResult(self.dir.root, cfg.fed.rounds, fids[-1] if fids else None, untrained, metrics)
+        result = RunResult(self.dir.root, completed, fids[-1] if fids else None, untrained, metrics)
+        if self.privacy:
+            result.closing_lines = self.privacy.statement_lines()
+        return result
+
+    def _finish_round(self, r: int, record: dict[str, Any]) -> None:
+        """Checkpoint, then the signed round_end (with the checkpoint hash), then metrics: in that order."""
+        ckpt = self.dir.save_checkpoint(r, self.model, {"round": r})
+        self.ledger.append("round_end", {"round": r, "checkpoint": ledger_payloads.checkpoint_entry(self.dir.root, ckpt),
+                                         "metrics": ledger_payloads.round_metrics(record)})
+        self.dir.append_metrics(record)
+        self.reporter.round_end(r, record)
+
+    def _aggregator(self):
+        mode = self.cfg.secure_agg.mode
+        if mode == "off":
+            return PlainFedAvg()
+        from privfed.federation.secure import SecureFedAvg
+        run_id = hashlib.sha256(self.dir.config.read_bytes()).hexdigest()[:32]
+        return SecureFedAvg(self.cfg.secure_agg, run_id=run_id, seed=self.cfg.seed)
 
     def _select(self, round_index: int) -> list[int]:
         n = self.cfg.fed.clients
@@ -137,9 +190,28 @@ class FederatedRun:
         rng = numpy_generator(self.cfg.seed, "select", round_index)
         return sorted(rng.choice(n, size=k, replace=False).tolist())
 
-    def _round(self, r: int) -> dict[str, Any]:
+    def _round(self, r: int) -> dict[str, Any] | None:
+        """One round; None when too few clients may still train (the run then ends cleanly)."""
         t0 = time.perf_counter()
         selected = self._select(r)
+        if self.privacy:
+            allowed = []
+            for cid in selected:
+                check = self.privacy.check_budget(cid, r)
+                self.ledger.append("budget_check", {"round": r, "client": str(cid), **check})
+                if check["allowed"]:
+                    allowed.append(cid)
+                else:
+                    self.reporter.note(f"client {cid} refuses round {r}: ε would reach "
+                                       f"{check['projected_epsilon']:.2f} > cap {check['max_epsilon']:.2f}")
+            selected = allowed
+        if len(selected) < min(self.cfg.fed.min_clients, self.cfg.fed.clients):
+            reason = (f"only {len(selected)} client(s) may still train in round {r} "
+                      f"(min_clients={self.cfg.fed.min_clients}); their privacy budgets are spent")
+            self.ledger.append("abort", {"round": r, "reason": reason})
+            self.reporter.note(f"stopping: {reason}")
+            return None
+        self.ledger.append("round_start", {"round": r, "selected": [str(c) for c in selected]})
         self.reporter.round_start(r, selected)
         updates: list[ClientUpdate] = []
         for cid in selected:
@@ -148,14 +220,24 @@ class FederatedRun:
             updates.append(upd)
             self.reporter.client_done(r, cid, upd)
         agg = self.aggregator.aggregate(updates, round_index=r)
+        if agg.transcript.get("mode", "off") != "off":
+            self.ledger.append("secure_agg", {"round": r, "transcript": agg.transcript})
+        mean_delta = agg.mean_delta
+        record: dict[str, Any] = {}
+        if self.privacy:
+            mean_delta = self.privacy.post_aggregate(mean_delta, updates, agg, round_index=r)
+            for payload in self.privacy.commit_round(updates, agg, round_index=r):
+                self.ledger.append("dp_event", payload)
+            record.update(self.privacy.round_summary(selected))
         with torch.no_grad():
             vec = parameters_to_vector(self.model.parameters())
-            vector_to_parameters(vec + self.cfg.fed.server_lr * agg.mean_delta.to(vec.device), self.model.parameters())
+            vector_to_parameters(vec + self.cfg.fed.server_lr * mean_delta.to(vec.device), self.model.parameters())
         train_time = time.perf_counter() - t0
-        record: dict[str, Any] = {
+        record = {
             "round": r, "selected": selected, "contributors": agg.contributors,
             "loss": float(np.average([u.loss for u in updates], weights=[u.num_examples for u in updates])),
             "examples": int(sum(u.num_examples for u in updates)), "train_seconds": round(train_time, 3),
+            **record,
         }
         if r % self.cfg.eval_every == 0 or r == self.cfg.fed.rounds:
             record.update(self._evaluate(r))

@@ -28,6 +28,9 @@ def test_two_round_federated_run(tmp_path, tiny_config):
     w0, w2 = _weights(run / "checkpoints" / "round_0000" / "unet"), _weights(run / "checkpoints" / "round_0002" / "unet")
     assert w0.shape == w2.shape and not torch.equal(w0, w2)
     assert not list(run.rglob(".*tmp*"))
+    from audits.verify import verify_run
+    report = verify_run(run)
+    assert report.complete and report.kinds["round_end"] == 3 and report.kinds["round_start"] == 2
 
 
 class CrashIn(SilentReporter):
@@ -54,6 +57,8 @@ def test_resume_after_interrupted_round_matches_uninterrupted(tmp_path, tiny_con
     assert [m["round"] for m in metrics] == [0, 1, 2, 3]
     ref = [json.loads(line) for line in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()]
     assert [m["loss"] for m in metrics[1:]] == pytest.approx([m["loss"] for m in ref[1:]], rel=1e-5)
+    from audits.verify import verify_run
+    assert verify_run(crashed).kinds["resume"] == 1
     assert torch.allclose(_weights(crashed / "checkpoints" / "round_0003" / "unet"),
                           _weights(tmp_path / "ref" / "checkpoints" / "round_0003" / "unet"), atol=1e-6)
 
