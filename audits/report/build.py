@@ -1,0 +1,430 @@
+"""``build_report(run_dir) -> ReportPaths``: verify the run, then write RUN_DIR/report/report.{html,json}.
+
+The HTML is self-contained (inline CSS, figures and sample grids embedded as base64 PNG) and print-friendly.
+report.json is validated against ``audits/schemas/report-v1.schema.json`` before it is written. Anything the run did
+not record is written as "not recorded".
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import platform
+import sys
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+from audits.chain import verify_chain
+from audits.errors import AuditError, ReportDependencyMissing, VerificationError
+from audits.keys import PUBLIC_KEY_RELPATH, load_public_key
+from audits.ledger import LEDGER_FILENAME
+from audits.ledger_schema import load_schema
+from audits.report import figures, text
+from audits.report.text import NOT_RECORDED as NR
+from audits.verify import VerificationReport, verify_run
+
+MAX_SAMPLE_IMAGES = 8
+REPORT_SCHEMA = "privfed.report/1"
+
+
+@dataclass(frozen=True)
+class ReportPaths:
+    html: Path
+    json: Path
+    figures: tuple[Path, ...]
+    pdf: Path | None = None
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _nr(v: Any) -> Any:
+    return NR if v is None or v == {} or v == [] else v
+
+
+def _best_effort_records(run_dir: Path, err: VerificationError) -> tuple[dict[str, Any], ...]:
+    """Records that passed the integrity checks, for an explicitly unverified report."""
+    data = (run_dir / LEDGER_FILENAME).read_bytes()
+    pub = load_public_key(run_dir / PUBLIC_KEY_RELPATH)
+    lines = data.split(b"\n")
+    n = err.record_index if err.record_index is not None else len(lines)
+    for k in range(min(n, len(lines) - 1), -1, -1):
+        try:
+            return verify_chain(b"".join(x + b"\n" for x in lines[:k]), pub).records
+        except AuditError:
+            continue
+    return ()
+
+
+# ---------------------------------------------------------------------------------------------------- sections
+def _by_kind(records, kind):
+    return [(i, r["payload"]) for i, r in enumerate(records) if r["kind"] == kind]
+
+
+def _integrity(rep: VerificationReport | None, err: Exception | None, records) -> dict[str, Any]:
+    return {
+        "verified": rep is not None,
+        "error": None if err is None else f"{type(err).__name__}: {err}",
+        "records": len(records),
+        "head_hash": rep.head_hash if rep else NR,
+        "key_fingerprint": rep.key_fingerprint if rep else NR,
+        "complete": rep.complete if rep else False,
+        "schema_versions": list(rep.schema_versions) if rep else [],
+        "kinds": rep.kinds if rep else {},
+        "artifacts": [{"record": a.record_index, "what": a.what, "path": a.path, "sha256": a.sha256,
+                       "status": a.status} for a in rep.artifacts] if rep else [],
+        "repairs": list(rep.repairs) if rep else [],
+        "warnings": list(rep.warnings) if rep else [],
+        "pinning": "Compare key_fingerprint and head_hash with values obtained from the operator out of band "
+                   "(e.g. at run start and run end); a matching signature alone does not exclude a re-signed "
+                   "ledger.",
+    }
+
+
+def _caps(records) -> dict[str, float]:
+    caps: dict[str, float] = {}
+    for _, p in _by_kind(records, "budget_check"):
+        caps[p["client"]] = p["max_epsilon"]
+    return caps
+
+
+def _privacy_loss(rep, records, fig_dir: Path, figs: dict[str, bytes]) -> dict[str, Any]:
+    caps = _caps(records)
+    cfg_cap = None
+    starts = _by_kind(records, "run_start")
+    if starts:
+        dpc = starts[0][1].get("config", {}).get("dp", {})
+        cfg_cap = dpc.get("max_epsilon") or dpc.get("target_epsilon")
+    if rep is None or not rep.epsilon_checks:
+        return {"rows": [], "final": NR, "figure": NR, "caps": caps or NR}
+    rows = []
+    series: dict[str, list[tuple[int, float]]] = {}
+    for c in rep.epsilon_checks:
+        cap = c.cap if c.cap is not None else cfg_cap
+        rows.append({"record": c.record_index, "round": c.round, "client": c.client, "unit": c.unit,
+                     "accountant": c.accountant, "delta": c.delta, "reported_epsilon": c.reported,
+                     "recomputed_epsilon": c.recomputed, "cap": cap if cap is not None else NR,
+                     "within_cap": NR if cap is None else bool(c.recomputed <= cap)})
+        series.setdefault(c.client, []).append((c.round, c.recomputed))
+    deltas = sorted(set(rep.final_delta.values()))
+    figs["epsilon.png"] = figures.epsilon_figure(
+        series, {c: caps.get(c, cfg_cap) for c in series}, "δ=" + ", ".join(f"{d:g}" for d in deltas))
+    final = {c: {"epsilon": rep.final_epsilon[c], "delta": rep.final_delta[c],
+                 "cap": caps.get(c, cfg_cap) if caps.get(c, cfg_cap) is not None else NR}
+             for c in sorted(rep.final_epsilon)}
+    return {"rows": rows, "final": final, "figure": "figures/epsilon.png", "caps": caps or NR}
+
+
+def _privacy_statement(rep, records) -> dict[str, Any]:
+    starts = _by_kind(records, "run_start")
+    dp_mode = starts[0][1]["dp_mode"] if starts else NR
+    sa_mode = starts[0][1]["secure_agg_mode"] if starts else NR
+    events = [p for _, p in _by_kind(records, "dp_event")]
+    if rep is None:
+        txt = ("No privacy statement can be made: the ledger did not verify (section 1). Nothing in this report "
+               "should be relied upon.")
+        return {"text": txt, "dp_mode": dp_mode, "unit": NR, "per_site": NR, "accountant": NR}
+    if dp_mode == "off" or not events:
+        txt = (f"This run recorded no differential-privacy events (dp_mode: {dp_mode}), so it carries no formal "
+               f"guarantee about what its checkpoints and samples reveal about the training data. Secure "
+               f"aggregation mode '{sa_mode}' only keeps individual site updates from the server (section 4).")
+        return {"text": txt, "dp_mode": dp_mode, "unit": NR, "per_site": NR, "accountant": NR}
+    units = sorted({p["unit"] for p in events})
+    accs = sorted({p["accountant"] for p in events})
+    unit_txt = {"example": "one training image held by a site (adding, removing or changing one image)",
+                "client": "one site, i.e. its entire local dataset"}
+    per_site = "; ".join(f"{c}: ε = {rep.final_epsilon[c]:.3g} at δ = {rep.final_delta[c]:g}"
+                         for c in sorted(rep.final_epsilon))
+    clip = sorted({p["max_grad_norm"] for p in events})
+    txt = (f"Everything this run released from training (model checkpoints, and samples and metrics computed from "
+           f"them) is (ε, δ)-differentially private with respect to {' / '.join(unit_txt[u] for u in units)}, "
+           f"per site: {per_site}. These values were recomputed by this audit from the {len(events)} DP events in "
+           f"the signed ledger (composition over all rounds of each site) with the {', '.join(accs).upper()} "
+           f"accountant ({rep.accountant_backend}); they agree with what the run reported to within "
+           f"{rep.tolerance:.0%}. They assume Poisson sampling (each example independently in each step's batch "
+           f"with the recorded rate q), L2 clipping to {', '.join(f'{c:g}' for c in clip)} and Gaussian noise "
+           f"from a cryptographically secure generator. They do not cover the data summary counts (suppressed "
+           f"below k, not DP), hyper-parameter tuning, or any release outside this run; input privacy against "
+           f"the server is provided separately by secure aggregation ('{sa_mode}').")
+    return {"text": txt, "dp_mode": dp_mode, "unit": units, "per_site": per_site, "accountant": accs}
+
+
+def _system(records) -> dict[str, Any]:
+    starts = _by_kind(records, "run_start")
+    p = starts[0][1] if starts else {}
+    cfg = p.get("config", {})
+    return {
+        "description": "Federated training of an image diffusion model (privfed): sites train locally, the server "
+                       "aggregates updates with FedAvg; DP-SGD (Opacus) and secure aggregation optional.",
+        "intended_use": p.get("intended_use", NR),
+        "model": _nr(cfg.get("model")),
+        "data": _nr(cfg.get("data")),
+        "federation": _nr(cfg.get("fed")),
+        "config_hash": p.get("config_hash", NR),
+    }
+
+
+def _threat_model(records) -> dict[str, Any]:
+    starts = _by_kind(records, "run_start")
+    return {"parties": text.PARTIES, "statements": text.THREAT_MODEL,
+            "secure_agg_mode": starts[0][1]["secure_agg_mode"] if starts else NR,
+            "dp_mode": starts[0][1]["dp_mode"] if starts else NR}
+
+
+def _dp_impl(records) -> dict[str, Any]:
+    events = _by_kind(records, "dp_event")
+    starts = _by_kind(records, "run_start")
+    sp = starts[0][1] if starts else {}
+    per_client: dict[str, dict[str, Any]] = {}
+    for _, p in events:
+        d = per_client.setdefault(p["client"], {"noise_multiplier": set(), "sample_rate": set(), "steps": 0,
+                                                "max_grad_norm": set(), "delta": set(), "unit": set()})
+        d["noise_multiplier"].add(p["event"]["noise_multiplier"])
+        d["sample_rate"].add(p["event"]["sample_rate"])
+        d["steps"] += p["event"]["steps"]
+        d["max_grad_norm"].add(p["max_grad_norm"])
+        d["delta"].add(p["delta"])
+        d["unit"].add(p["unit"])
+    table = [{"client": c, **{k: (sorted(v) if isinstance(v, set) else v) for k, v in d.items()}}
+             for c, d in sorted(per_client.items())]
+    return {
+        "dp_mode": sp.get("dp_mode", NR),
+        "noise_rng": sp.get("dp_noise_rng", NR),
+        "sampling": "Poisson (assumed by the accountant; the ledger records the rate q per event)" if events else NR,
+        "per_client": table or NR,
+        "hazards": [{"hazard": h, "detail": d} for h, d in text.DP_HAZARDS],
+    }
+
+
+def _secure_agg(records) -> dict[str, Any]:
+    rows = []
+    for i, p in _by_kind(records, "secure_agg"):
+        t = p["transcript"]
+        known = ("mode", "n", "threshold", "survivors", "dropped", "reconstructed")
+        rows.append({"record": i, "round": p["round"], **{k: t.get(k, NR) for k in known},
+                     "other": {k: v for k, v in t.items() if k not in known}})
+    starts = _by_kind(records, "run_start")
+    return {"mode": starts[0][1]["secure_agg_mode"] if starts else NR, "rounds": rows or NR}
+
+
+def _data_gov(records) -> dict[str, Any]:
+    ds = _by_kind(records, "data_summary")
+    if not ds:
+        return {"suppression_threshold": NR, "clients": NR}
+    p = ds[-1][1]
+    labels = sorted({lab for c in p["clients"].values() for lab in c["label_counts"]})
+    return {"suppression_threshold": p["suppression_threshold"], "labels": labels,
+            "clients": [{"client": cid, "n": c["n"], "label_counts": c["label_counts"]}
+                        for cid, c in sorted(p["clients"].items())],
+            "note": "Counts only; counts between 1 and k-1 are published as '<k'."}
+
+
+def _training(rep, records) -> dict[str, Any]:
+    status = {a.record_index: a.status for a in rep.artifacts} if rep else {}
+    selected = {p["round"]: p["selected"] for _, p in _by_kind(records, "round_start")}
+    rows = []
+    for i, p in _by_kind(records, "round_end"):
+        ck = p["checkpoint"]
+        rows.append({"record": i, "round": p["round"], "selected": selected.get(p["round"], NR),
+                     "checkpoint": ck["path"] if ck else NR, "sha256": ck["sha256"] if ck else NR,
+                     "hash_status": status.get(i, NR) if ck else NR, "metrics": p["metrics"] or NR})
+    ends = _by_kind(records, "run_end")
+    return {
+        "rounds": rows or NR,
+        "aborts": [{"record": i, **p} for i, p in _by_kind(records, "abort")] or NR,
+        "resumes": [{"record": i, **p} for i, p in _by_kind(records, "resume")] or NR,
+        "rounds_completed": ends[0][1]["rounds_completed"] if ends else NR,
+    }
+
+
+def _utility(run_dir: Path, figs: dict[str, bytes]) -> dict[str, Any]:
+    out: dict[str, Any] = {"metrics_source": "metrics.jsonl (not signed)", "fid": NR, "loss": NR,
+                           "figures": [], "samples": [], "notes": []}
+    mpath = run_dir / "metrics.jsonl"
+    fid, loss = [], []
+    if mpath.is_file():
+        for n, line in enumerate(mpath.read_text("utf-8", errors="replace").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                m = json.loads(line)
+                r = m["round"]
+            except (ValueError, KeyError, TypeError):
+                out["notes"].append(f"metrics.jsonl line {n} is not a JSON object with a round; skipped")
+                continue
+            if isinstance(m.get("fid"), (int, float)):
+                fid.append((r, float(m["fid"])))
+            if isinstance(m.get("loss"), (int, float)):
+                loss.append((r, float(m["loss"])))
+    else:
+        out["notes"].append("metrics.jsonl not present")
+    if fid:
+        out["fid"] = [{"round": r, "fid": v} for r, v in fid]
+        figs["fid.png"] = figures.metric_figure(fid, ylabel="FID (lower is better)", title="FID per round")
+        out["figures"].append("figures/fid.png")
+    if loss:
+        out["loss"] = [{"round": r, "loss": v} for r, v in loss]
+        figs["loss.png"] = figures.metric_figure(loss, ylabel="training loss", title="Loss per round")
+        out["figures"].append("figures/loss.png")
+    pngs = sorted((run_dir / "samples").glob("*.png")) if (run_dir / "samples").is_dir() else []
+    for p in pngs[-MAX_SAMPLE_IMAGES:]:
+        data = p.read_bytes()
+        if not data.startswith(b"\x89PNG\r\n\x1a\n"):
+            out["notes"].append(f"samples/{p.name} is not a PNG; skipped")
+            continue
+        out["samples"].append({"file": f"samples/{p.name}", "sha256": hashlib.sha256(data).hexdigest(),
+                               "_b64": base64.b64encode(data).decode("ascii")})
+    if len(pngs) > MAX_SAMPLE_IMAGES:
+        out["notes"].append(f"{len(pngs)} sample grids; the last {MAX_SAMPLE_IMAGES} are shown")
+    if not pngs:
+        out["samples"] = NR
+    return out
+
+
+def _empirical(run_dir: Path) -> Any:
+    p = run_dir / "report" / "empirical.json"
+    if not p.is_file():
+        return NR
+    try:
+        return {"source": "report/empirical.json (not signed)", "results": json.loads(p.read_text("utf-8"))}
+    except ValueError as e:
+        return {"source": "report/empirical.json (not signed)", "results": NR, "error": f"unreadable: {e}"}
+
+
+def _environment(rep, records) -> dict[str, Any]:
+    import importlib.metadata as md
+
+    starts = _by_kind(records, "run_start")
+    p = starts[0][1] if starts else {}
+
+    def v(name):
+        try:
+            return md.version(name)
+        except md.PackageNotFoundError:
+            return NR
+    import audits
+    return {"run_versions": _nr(p.get("versions")), "run_hardware": _nr(p.get("hardware")),
+            "audit_tool": {"audits": audits.__version__, "python": platform.python_version(),
+                           "platform": platform.platform(), "dp-accounting": v("dp-accounting"),
+                           "cryptography": v("cryptography"), "accountant_backend":
+                           rep.accountant_backend if rep else NR}}
+
+
+def _limitations(rep, records) -> list[str]:
+    out = list(text.STATIC_LIMITATIONS)
+    if rep is None:
+        out.insert(0, "The ledger did not verify: the content of this report is unverified.")
+        return out
+    if not rep.complete:
+        out.insert(0, "The ledger has no run_end record: the run was in progress, aborted, or the ledger was "
+                      "truncated.")
+    if rep.repairs:
+        out.insert(0, f"The ledger was repaired after torn writes at records {list(rep.repairs)}.")
+    if "not available" in rep.accountant_backend or "not recognised" in rep.accountant_backend:
+        out.append(f"ε was recomputed with {rep.accountant_backend}, not the project's dp.accountant.")
+    if _by_kind(records, "abort"):
+        out.append("The run recorded aborts (section 9); DP events recorded before an abort still count.")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- entry
+def build_report(run_dir: str | Path, *, pdf: bool = False, allow_unverified: bool = False,
+                 expected_key_fingerprint: str | None = None,
+                 expected_head_hash: str | None = None) -> ReportPaths:
+    """Verify ``run_dir`` and write ``report/report.html``, ``report/report.json`` and ``report/figures/*.png``.
+
+    Raises the verification error unless ``allow_unverified`` (then the report is written with a FAILED integrity
+    section and a banner). ``pdf=True`` also writes report.pdf and needs weasyprint (ReportDependencyMissing).
+    """
+    run_dir = Path(run_dir)
+    if pdf:
+        try:
+            import weasyprint  # type: ignore[import-not-found]  # noqa: F401
+        except ImportError:
+            raise ReportDependencyMissing("pdf=True needs weasyprint (pip install weasyprint); the HTML report is "
+                                          "print-friendly: print it to PDF from a browser") from None
+    err: VerificationError | None = None
+    rep: VerificationReport | None = None
+    try:
+        rep = verify_run(run_dir, expected_key_fingerprint=expected_key_fingerprint,
+                         expected_head_hash=expected_head_hash)
+        records = rep.records
+    except VerificationError as e:
+        if not allow_unverified:
+            raise
+        err, records = e, _best_effort_records(run_dir, e)
+    figs: dict[str, bytes] = {}
+    report_dir = run_dir / "report"
+    fig_dir = report_dir / "figures"
+    sections = {
+        "integrity": _integrity(rep, err, records),
+        "privacy_statement": _privacy_statement(rep, records),
+        "system": _system(records),
+        "threat_model": _threat_model(records),
+        "privacy_loss": _privacy_loss(rep, records, fig_dir, figs),
+        "dp_implementation": _dp_impl(records),
+        "secure_aggregation": _secure_agg(records),
+        "data_governance": _data_gov(records),
+        "training": _training(rep, records),
+        "utility": _utility(run_dir, figs),
+        "empirical_audit": _empirical(run_dir),
+        "environment": _environment(rep, records),
+        "limitations": _limitations(rep, records),
+        "crosswalk": {"rows": text.CROSSWALK, "disclaimer": text.DISCLAIMER},
+    }
+    doc = {"schema": REPORT_SCHEMA, "generated_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+           "run_dir": str(run_dir), "verified": rep is not None,
+           "section_titles": {k: t for k, t in text.SECTIONS}, "sections": sections}
+    public = json.loads(json.dumps(doc, default=str))
+    for s in (public["sections"]["utility"]["samples"] if isinstance(sections["utility"]["samples"], list) else []):
+        s.pop("_b64", None)
+    jsonschema.validate(public, load_schema("report-v1"))
+    fig_paths = []
+    for name, png in sorted(figs.items()):
+        _write_atomic(fig_dir / name, png)
+        fig_paths.append(fig_dir / name)
+    html = render_html(doc, {name: base64.b64encode(png).decode("ascii") for name, png in figs.items()})
+    html_path, json_path = report_dir / "report.html", report_dir / "report.json"
+    _write_atomic(json_path, (json.dumps(public, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode())
+    _write_atomic(html_path, html.encode("utf-8"))
+    pdf_path = None
+    if pdf:  # pragma: no cover - optional dependency
+        import weasyprint
+
+        pdf_path = report_dir / "report.pdf"
+        weasyprint.HTML(string=html).write_pdf(str(pdf_path))
+    return ReportPaths(html=html_path, json=json_path, figures=tuple(fig_paths), pdf=pdf_path)
+
+
+def render_html(doc: dict[str, Any], figures_b64: dict[str, str]) -> str:
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.PackageLoader("audits.report", "templates"),
+                             autoescape=jinja2.select_autoescape(["html", "j2"]), undefined=jinja2.StrictUndefined,
+                             trim_blocks=True, lstrip_blocks=True)
+
+    def fmt(v: Any) -> str:
+        if v is None or v == NR:
+            return NR
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        if isinstance(v, (list, tuple)):
+            return ", ".join(fmt(x) for x in v) if v else NR
+        if isinstance(v, dict):
+            return json.dumps(v, sort_keys=True, default=str) if v else NR
+        return str(v)
+
+    env.filters["fmt"] = fmt
+    env.tests["recorded"] = lambda v: not (v is None or v == NR or v == [] or v == {})
+    return env.get_template("report.html.j2").render(doc=doc, s=doc["sections"], sections=text.SECTIONS,
+                                                     figs=figures_b64, NR=NR, python=sys.version.split()[0])

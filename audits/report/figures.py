@@ -1,0 +1,54 @@
+"""Report figures as PNG bytes (matplotlib, Agg backend, no display needed)."""
+
+from __future__ import annotations
+
+import io
+from typing import Mapping, Sequence
+
+
+def _fig():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(plt, fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def epsilon_figure(series: Mapping[str, Sequence[tuple[int, float]]], caps: Mapping[str, float | None],
+                   delta_label: str) -> bytes:
+    """Cumulative ε per site against round, with each site's cap as a dashed line of the same colour."""
+    plt = _fig()
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for i, (client, pts) in enumerate(sorted(series.items())):
+        color = f"C{i % 10}"
+        ax.plot([r for r, _ in pts], [e for _, e in pts], marker="o", color=color, label=client)
+        cap = caps.get(client)
+        if cap is not None:
+            ax.axhline(cap, color=color, linestyle="--", linewidth=1)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_xlabel("round")
+    ax.set_ylabel(f"cumulative ε ({delta_label})")
+    ax.set_title("Privacy loss per site (recomputed; dashed: cap)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(plt, fig)
+
+
+def metric_figure(points: Sequence[tuple[float, float]], *, ylabel: str, title: str) -> bytes:
+    plt = _fig()
+    fig, ax = plt.subplots(figsize=(6.4, 3.2))
+    ax.plot([r for r, _ in points], [v for _, v in points], marker="o")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_xlabel("round")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    return _png(plt, fig)

@@ -1,0 +1,110 @@
+"""build_report: self-contained HTML with every section, report.json valid against its schema, not-recorded."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import jsonschema
+import pytest
+
+from audits.errors import IncompleteRunDirectory, LedgerIntegrityError, MissingRunDirectory, ReportDependencyMissing
+from audits.ledger import LedgerWriter
+from audits.ledger_schema import load_schema
+from audits.report import SECTIONS, build_report
+
+from .conftest import CLIENTS, ROUNDS
+
+
+@pytest.fixture(scope="module")
+def built(pristine_run, tmp_path_factory):
+    import shutil
+
+    run = tmp_path_factory.mktemp("rep") / "run"
+    shutil.copytree(pristine_run, run)
+    (run / "report").mkdir()
+    (run / "report" / "empirical.json").write_text(json.dumps({"method": "canary", "epsilon_lower_bound": 0.4}))
+    return run, build_report(run)
+
+
+def test_report_json_validates_against_schema(built):
+    run, paths = built
+    doc = json.loads(paths.json.read_text())
+    jsonschema.validate(doc, load_schema("report-v1"))
+    s = doc["sections"]
+    assert doc["verified"] and s["integrity"]["verified"] and s["integrity"]["complete"]
+    assert set(s["privacy_loss"]["final"]) == set(CLIENTS)
+    assert len(s["privacy_loss"]["rows"]) == len(CLIENTS) * ROUNDS
+    assert all(r["within_cap"] is True for r in s["privacy_loss"]["rows"])
+    assert [r["round"] for r in s["utility"]["fid"]] == list(range(1, ROUNDS + 1))
+    assert s["empirical_audit"]["results"]["method"] == "canary"
+    assert s["data_governance"]["clients"][1]["label_counts"]["1"] == "<5"
+    assert "_b64" not in paths.json.read_text()
+
+
+def test_html_has_every_section_and_is_self_contained(built):
+    run, paths = built
+    html = paths.html.read_text()
+    for sid, title in SECTIONS:
+        assert f'<h2 id="{sid}">{title}</h2>' in html
+    assert "<style>" in html and "@media print" in html
+    assert not re.search(r'<(link|script)\b', html) and not re.search(r'src="(?!data:)', html)
+    assert html.count("data:image/png;base64,") >= 3 + ROUNDS  # ε, FID, loss figures + sample grids
+    assert "PASSED" in html and "VERIFICATION FAILED" not in html
+    assert all((run / "report" / "figures" / n).is_file() for n in ("epsilon.png", "fid.png"))
+
+
+def test_unrecorded_things_say_not_recorded(tmp_path):
+    run = tmp_path / "run"
+    with LedgerWriter.open(run, create=True) as led:
+        import hashlib
+
+        (run / "config.toml").write_text("seed = 1\n")
+        led.append("run_start", {"config_hash": hashlib.sha256(b"seed = 1\n").hexdigest(), "config": {},
+                                 "versions": {}, "hardware": {}, "dp_mode": "off", "secure_agg_mode": "off"})
+    paths = build_report(run)
+    doc = json.loads(paths.json.read_text())
+    jsonschema.validate(doc, load_schema("report-v1"))
+    s = doc["sections"]
+    for value in (s["privacy_loss"]["final"], s["secure_aggregation"]["rounds"], s["data_governance"]["clients"],
+                  s["training"]["rounds"], s["utility"]["fid"], s["utility"]["samples"], s["empirical_audit"],
+                  s["system"]["intended_use"], s["dp_implementation"]["noise_rng"], s["environment"]["run_versions"]):
+        assert value == "not recorded"
+    assert "no formal" in s["privacy_statement"]["text"]
+    html = paths.html.read_text()
+    for sid, _ in SECTIONS:
+        assert f'id="{sid}"' in html
+    assert html.count("not recorded") >= 10
+
+
+def test_unverified_run_raises_unless_allowed(run_copy):
+    lines = (run_copy / "ledger.jsonl").read_bytes().splitlines(keepends=True)
+    lines[6] = lines[6].replace(b'"client":"site-b"', b'"client":"site-x"')
+    (run_copy / "ledger.jsonl").write_bytes(b"".join(lines))
+    with pytest.raises(LedgerIntegrityError) as ei:
+        build_report(run_copy)
+    assert ei.value.record_index == 6
+    paths = build_report(run_copy, allow_unverified=True)
+    doc = json.loads(paths.json.read_text())
+    jsonschema.validate(doc, load_schema("report-v1"))
+    assert not doc["verified"] and "record 6" in doc["sections"]["integrity"]["error"]
+    assert "VERIFICATION FAILED" in paths.html.read_text()
+
+
+def test_bad_inputs(tmp_path, run_copy):
+    with pytest.raises(MissingRunDirectory):
+        build_report(tmp_path / "absent")
+    (run_copy / "keys" / "ledger.pub").unlink()
+    with pytest.raises(IncompleteRunDirectory):
+        build_report(run_copy)
+
+
+def test_pdf_without_weasyprint_is_a_named_error(pristine_run):
+    pytest.importorskip  # noqa: B018
+    try:
+        import weasyprint  # noqa: F401
+    except ImportError:
+        with pytest.raises(ReportDependencyMissing, match="weasyprint"):
+            build_report(pristine_run, pdf=True)
+    else:  # pragma: no cover
+        pytest.skip("weasyprint installed")
