@@ -158,10 +158,31 @@ def run(
         console.print(line)
 
 
+@app.command(context_settings={"help_option_names": ["-h", "--help"]})
+def audit(
+    target: list[str] = typer.Argument(..., metavar="[verify] RUN_DIR",
+                                       help="RUN_DIR to report on, or 'verify RUN_DIR' to only verify the ledger."),
+    pin_key: Optional[str] = typer.Option(None, "--pin-key", help="Expected ledger key fingerprint (sha256:…)."),
+    head: Optional[str] = typer.Option(None, "--head", help="A ledger head hash obtained earlier (detects truncation)."),
+    empirical: bool = typer.Option(False, "--empirical", help="Also run the empirical privacy audits."),
+    pdf: bool = typer.Option(False, "--pdf", help="Also write report/report.pdf (needs Chromium)."),
+) -> None:
+    """Verify a run's signed ledger and recompute ε (`audit verify RUN_DIR`), or write its report (`audit RUN_DIR`)."""
+    if len(target) == 2 and target[0] == "verify":
+        from audits.verify import cli_verify
+        raise typer.Exit(cli_verify(target[1], expected_key_fingerprint=pin_key, expected_head_hash=head))
+    if len(target) != 1:
+        raise PrivfedError("usage: privfed audit [verify] RUN_DIR")
+    from privfed.audit_command import run_audit
+    raise typer.Exit(run_audit(Path(target[0]), empirical=empirical, pdf=pdf, pin_key=pin_key, console=console))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: user errors become one line on stderr and exit code 2."""
     try:
-        app(args=argv, standalone_mode=False)
+        rc = app(args=argv, standalone_mode=False)
+        if isinstance(rc, int):     # click returns typer.Exit codes instead of raising when not standalone
+            return rc
     except PrivfedError as e:
         print(f"privfed: error: {e}", file=sys.stderr)
         return 2
