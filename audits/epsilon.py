@@ -42,7 +42,15 @@ def _project_accountant_class() -> tuple[Any, str]:
         from dp.accountant import PrivacyAccountant  # type: ignore[import-not-found]
     except ImportError:
         return None, "dp_accounting {ver} (dp.accountant not available)"
-    if all(callable(getattr(PrivacyAccountant, m, None)) for m in ("add_event", "get_epsilon")):
+    import inspect
+
+    try:
+        inspect.signature(PrivacyAccountant).bind(accountant="pld")
+        inspect.signature(PrivacyAccountant.add_event).bind(None, noise_multiplier=1.0, sample_rate=0.1, steps=1)
+        inspect.signature(PrivacyAccountant.get_epsilon).bind(None, delta=1e-5)
+    except (AttributeError, TypeError, ValueError):
+        pass
+    else:
         return PrivacyAccountant, "dp.accountant.PrivacyAccountant"
     return None, "dp_accounting {ver} (dp.accountant present but its interface is not recognised)"
 
