@@ -56,6 +56,10 @@ def _best_effort_records(run_dir: Path, err: VerificationError) -> tuple[dict[st
     """Records that passed the integrity checks, for an explicitly unverified report."""
     data = (run_dir / LEDGER_FILENAME).read_bytes()
     pub = load_public_key(run_dir / PUBLIC_KEY_RELPATH)
+    try:
+        return verify_chain(data, pub).records  # the chain holds; a later (semantic) check failed
+    except AuditError:
+        pass
     lines = data.split(b"\n")
     n = err.record_index if err.record_index is not None else len(lines)
     for k in range(min(n, len(lines) - 1), -1, -1):
