@@ -1,0 +1,132 @@
+"""DP-SGD on a tiny diffusers UNet2DModel: per-sample gradients, clipping, noise, Poisson batches, events."""
+
+import copy
+
+import pytest
+import torch
+
+from dp.dpsgd import EpsilonModel, UnverifiedGradSampleMode, make_private, per_example_diffusion_loss
+
+B, C = 4, 0.05
+
+
+@pytest.fixture(scope="module")
+def setup():
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
+                       down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                       up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=4, attention_head_dim=8)
+    base = EpsilonModel(unet.to(torch.float64))
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(B, 1, 8, 8, dtype=torch.float64, generator=g)
+    t = torch.randint(0, 50, (B,), generator=g)
+    nz = torch.randn(x.shape, dtype=torch.float64, generator=g)
+    grads = []
+    for i in range(B):  # one-example-at-a-time reference
+        base.zero_grad()
+        (base(x[i:i + 1], t[i:i + 1]) - nz[i:i + 1]).pow(2).mean().backward()
+        grads.append({n: p.grad.clone() for n, p in base.named_parameters()})
+    ref = {n: torch.stack([gr[n] for gr in grads]) for n in grads[0]}
+    flat = torch.cat([ref[n].flatten(1) for n in ref], 1)
+    scale = torch.clamp(C / (flat.norm(dim=1) + 1e-6), max=1.0)
+    clipped_mean = (flat * scale[:, None]).sum(0) / B
+    return base, x, t, nz, ref, clipped_mean
+
+
+def _per_sample_errors(setup, mode):
+    base, x, t, nz, ref, _ = setup
+    m = copy.deepcopy(base)
+    pt = make_private(module=m, optimizer=torch.optim.SGD(m.parameters(), lr=1.0), dataset_size=16, batch_size=B,
+                      noise_multiplier=0.0, max_grad_norm=C, grad_sample_mode=mode, allow_unverified_mode=True)
+    pt.backward((pt.module(x, t) - nz).pow(2).flatten(1).mean(1))
+    # loss_reduction="mean": Opacus stores grad_sample scaled back to per-example gradients
+    return {n.removeprefix("_module."): (p.grad_sample - ref[n.removeprefix("_module.")]).abs().max().item()
+            for n, p in pt.module.named_parameters()}
+
+
+def _clipped_step_error(setup, mode):
+    base, x, t, nz, _, clipped_mean = setup
+    m = copy.deepcopy(base)
+    pt = make_private(module=m, optimizer=torch.optim.SGD(m.parameters(), lr=1.0), dataset_size=16, batch_size=B,
+                      noise_multiplier=0.0, max_grad_norm=C, grad_sample_mode=mode, allow_unverified_mode=True)
+    before = torch.cat([p.detach().flatten().clone() for p in m.parameters()])
+    pt.optimizer.zero_grad()
+    pt.backward((pt.module(x, t) - nz).pow(2).flatten(1).mean(1))
+    pt.step()
+    after = torch.cat([p.detach().flatten() for p in m.parameters()])
+    return ((before - after) - clipped_mean).abs().max().item()
+
+
+def test_default_mode_per_sample_grads_exact(setup):
+    errs = _per_sample_errors(setup, "functorch")
+    assert max(errs.values()) < 1e-6, max(errs.values())
+
+
+def test_hooks_mode_is_wrong_on_unet_and_refused_by_default(setup):
+    errs = _per_sample_errors(setup, "hooks")
+    bad = {n: e for n, e in errs.items() if e > 1e-6}
+    # recorded: Opacus 1.6 hooks conv sampler is wrong on mid/up-block convs of UNet2DModel (~0.1 abs)
+    print("hooks per-sample error:", max(errs.values()), sorted(bad)[:4])
+    assert bad, "hooks became correct: move it to VERIFIED_MODES after re-measuring"
+    base = setup[0]
+    with pytest.raises(UnverifiedGradSampleMode):
+        make_private(module=base, optimizer=torch.optim.SGD(base.parameters(), lr=1.0), dataset_size=16,
+                     batch_size=B, noise_multiplier=1.0, max_grad_norm=C, grad_sample_mode="hooks")
+
+
+@pytest.mark.parametrize("mode", ["functorch", "ghost"])
+def test_clipped_mean_gradient_matches_reference(setup, mode):
+    assert _clipped_step_error(setup, mode) < 1e-9
+
+
+def test_noise_scale_and_poisson_batches_and_event(setup):
+    base = copy.deepcopy(setup[0])
+    g = torch.Generator().manual_seed(0)
+    sigma, n, bs = 2.0, 40, 8
+    pt = make_private(module=base, optimizer=torch.optim.SGD(base.parameters(), lr=1.0), dataset_size=n,
+                      batch_size=bs, noise_multiplier=sigma, max_grad_norm=C, generator=g)
+    assert isinstance(pt.module.forward(setup[1], setup[2]), torch.Tensor)
+    before = torch.cat([p.detach().flatten().clone() for p in base.parameters()])
+    pt.noise_only_step()  # empty Poisson draw: pure noise with std σC/expected_batch_size
+    delta = before - torch.cat([p.detach().flatten() for p in base.parameters()])
+    assert delta.std().item() == pytest.approx(sigma * C / bs, rel=0.05)
+    data = torch.arange(n, dtype=torch.float64).reshape(n, 1)
+    sizes = [len(b) for b in pt.batches(data, epochs=50)]
+    assert len(sizes) == 50 * (n // bs)
+    assert sum(sizes) / len(sizes) == pytest.approx(bs, rel=0.1)
+    ev = pt.event(len(sizes))
+    assert (ev.noise_multiplier, ev.sample_rate, ev.steps) == (sigma, bs / n, len(sizes))
+    assert pt.event().steps == 1  # steps_taken counts the noise-only step
+
+
+def test_training_loop_with_diffusion_loss_runs(setup):
+    from diffusers import DDPMScheduler
+
+    base = copy.deepcopy(setup[0])
+    sched = DDPMScheduler(num_train_timesteps=50)
+    g = torch.Generator().manual_seed(3)
+    pt = make_private(module=base, optimizer=torch.optim.Adam(base.parameters(), 1e-3), dataset_size=12,
+                      batch_size=4, noise_multiplier=1.0, max_grad_norm=1.0, generator=g)
+    data = torch.randn(12, 1, 8, 8, dtype=torch.float64, generator=g)
+    for x0 in pt.batches(data, epochs=1):
+        if len(x0) == 0:
+            pt.noise_only_step()
+            continue
+        pt.optimizer.zero_grad(set_to_none=True)
+        loss = per_example_diffusion_loss(pt.module, sched, x0, generator=g)
+        assert loss.shape == (len(x0),)
+        pt.backward(loss)
+        pt.step()
+    assert pt.steps_taken == 3 and all(torch.isfinite(p).all() for p in base.parameters())
+
+
+def test_make_private_argument_errors(setup):
+    base = setup[0]
+    kw = dict(module=base, optimizer=torch.optim.SGD(base.parameters(), lr=1.0), dataset_size=16, batch_size=4,
+              noise_multiplier=1.0, max_grad_norm=1.0)
+    for bad in (dict(batch_size=32), dict(max_grad_norm=0.0), dict(noise_multiplier=-1.0),
+                dict(grad_sample_mode="jax")):
+        with pytest.raises(ValueError):
+            make_private(**{**kw, **bad})
