@@ -10,6 +10,7 @@ from dp.events import GaussianEvent
 
 _REL_TOL = 1e-3  # bisection stops when (hi - lo) <= _REL_TOL * hi
 _SIGMA_MAX = 1e4
+_COARSE_GRID = 1e-3
 
 
 class CalibrationError(ValueError):
@@ -30,8 +31,8 @@ def default_delta(n_local: int) -> float:
 
 
 def _epsilon_with(sigma: float, *, prior: list[GaussianEvent], kind: str, sample_rate: float, steps: int,
-                  delta: float) -> float:
-    acc = PrivacyAccountant(kind=kind)
+                  delta: float, vdi: float | None = None) -> float:
+    acc = PrivacyAccountant(kind=kind, value_discretization_interval=vdi)
     for e in prior:
         acc.add_event(e)
     acc.add_event(GaussianEvent(noise_multiplier=sigma, sample_rate=sample_rate, steps=steps))
@@ -56,22 +57,48 @@ def calibrate_noise_multiplier(*, target_epsilon: float, target_delta: float, sa
     GaussianEvent(noise_multiplier=1.0, sample_rate=sample_rate, steps=steps)  # validates q and steps
     prior = list(prior_events)
 
-    def eps(s: float) -> float:
+    def eps(s: float, vdi: float | None = None) -> float:
         return _epsilon_with(s, prior=prior, kind=accountant, sample_rate=sample_rate, steps=steps,
-                             delta=target_delta)
+                             delta=target_delta, vdi=vdi)
 
     if steps == 0 or sample_rate == 0.0:
         if eps(1.0) <= target_epsilon:
             return 0.0
         raise CalibrationError(f"prior events already exceed target_epsilon={target_epsilon}")
+    # phase 1: fast bisection on a coarse PLD grid (1e-3) to locate σ within 1 %
+    coarse = _COARSE_GRID if accountant != "rdp" else None
     lo, hi = 0.0, 1.0
-    while eps(hi) > target_epsilon:
+    while eps(hi, coarse) > target_epsilon:
         lo, hi = hi, hi * 2.0
         if hi > _SIGMA_MAX:
             raise CalibrationError(f"no noise_multiplier <= {_SIGMA_MAX:g} reaches target_epsilon={target_epsilon} "
                                    f"at delta={target_delta} (q={sample_rate}, steps={steps}, "
                                    f"{len(prior)} prior events)")
-    # invariant: eps(hi) <= target, eps(lo) > target (or lo == 0 where ε = inf)
+    tol = _REL_TOL if coarse is None else 10 * _REL_TOL
+    while hi - lo > tol * hi:
+        mid = 0.5 * (lo + hi)
+        if eps(mid, coarse) <= target_epsilon:
+            hi = mid
+        else:
+            lo = mid
+    if coarse is None:
+        return hi
+    # phase 2: the exact accountant (adaptive grid, what PrivacyAccountant reports) decides; invariant:
+    # eps(hi) <= target, eps(lo) > target
+    while eps(hi) > target_epsilon:
+        lo, hi = hi, hi * 1.01
+        if hi > _SIGMA_MAX:
+            raise CalibrationError(f"no noise_multiplier <= {_SIGMA_MAX:g} reaches target_epsilon={target_epsilon}")
+    lo = max(lo, hi * 0.98)
+    if eps(lo) <= target_epsilon:
+        lo = 0.0
+        while hi - lo > _REL_TOL * hi:  # rare: coarse grid was far too pessimistic; full bisection
+            mid = 0.5 * (lo + hi)
+            if eps(mid) <= target_epsilon:
+                hi = mid
+            else:
+                lo = mid
+        return hi
     while hi - lo > _REL_TOL * hi:
         mid = 0.5 * (lo + hi)
         if eps(mid) <= target_epsilon:
