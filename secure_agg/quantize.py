@@ -1,0 +1,74 @@
+"""Clip, stochastically round to fixed point in Z_{2^k}, and dequantize the sum.
+
+Scheme (per coordinate, per client): clip x to [-c, c]; map to u = (x + c) / Δ in [0, L] with Δ = 2c / L; round u
+to floor(u) or floor(u)+1 with probability frac(u) (unbiased; uses the caller's numpy Generator — this randomness
+is not secret). Each quantized value lies in {0, …, L}; a sum over at most n clients lies in {0, …, n·L}, and
+L = floor((2^k − 1) / n) makes n·L ≤ 2^k − 1, so the sum never wraps mod 2^k.
+
+Error bound (documented and tested): for m summed clients, |dequantize(Σq) − Σ clip(x)| ≤ m·Δ deterministically
+(each rounding moves a value by < Δ), and E[dequantize(Σq)] = Σ clip(x).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+MAX_BITS = 32
+MIN_LEVELS = 2
+
+
+@dataclass(frozen=True)
+class Quantizer:
+    clip_range: float
+    modulus_bits: int
+    levels: int  # L: per-client values lie in {0..L}
+
+    @property
+    def step(self) -> float:
+        """Δ = 2c / L, the quantization step."""
+        return 2.0 * self.clip_range / self.levels
+
+    @property
+    def modulus_mask(self) -> int:
+        return (1 << self.modulus_bits) - 1
+
+    def quantize(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """uint32 vector in {0..L} (unbiased stochastic rounding of the clipped input)."""
+        if not isinstance(rng, np.random.Generator):
+            raise TypeError("rng must be a numpy.random.Generator (non-secret rounding randomness)")
+        x = np.asarray(x, dtype=np.float64)
+        if x.ndim != 1:
+            raise ValueError("input must be a 1-D vector")
+        if not np.all(np.isfinite(x)):
+            raise ValueError("input contains NaN or inf")
+        u = (np.clip(x, -self.clip_range, self.clip_range) + self.clip_range) / self.step
+        lo = np.floor(u)
+        q = lo + (rng.random(u.shape) < (u - lo))
+        return np.clip(q, 0, self.levels).astype(np.uint32)
+
+    def dequantize_sum(self, total: np.ndarray, count: int) -> np.ndarray:
+        """float64 sum of ``count`` clients from the (unwrapped) integer sum."""
+        return np.asarray(total, dtype=np.float64) * self.step - count * self.clip_range
+
+    def error_bound(self, count: int) -> float:
+        """Worst-case |dequantized sum − sum of clipped inputs| for ``count`` clients."""
+        return count * self.step
+
+
+def make_quantizer(*, n_clients: int, clip_range: float, modulus_bits: int | None = None) -> Quantizer:
+    """Choose k (auto: 32) and L so that n clients' sum never wraps; ValueError when that is impossible."""
+    if isinstance(n_clients, bool) or not isinstance(n_clients, int) or n_clients < 1:
+        raise ValueError("n_clients must be a positive int")
+    c = float(clip_range)
+    if not np.isfinite(c) or c <= 0:
+        raise ValueError("clip_range must be a positive finite number")
+    k = MAX_BITS if modulus_bits is None else modulus_bits
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_BITS:
+        raise ValueError(f"modulus_bits must be an int in 1..{MAX_BITS} (4 bytes/param at most)")
+    levels = ((1 << k) - 1) // n_clients
+    if levels < MIN_LEVELS:
+        raise ValueError(f"{n_clients} clients cannot be summed without wrap-around in Z_2^{k}: "
+                         f"need at least {MIN_LEVELS} levels per client; raise modulus_bits or use fewer clients")
+    return Quantizer(clip_range=c, modulus_bits=k, levels=levels)
