@@ -31,7 +31,7 @@ def expected_sum(inputs, params, dropouts, seed):
 def test_dropout_at_every_stage_exact(mode):
     rng = np.random.default_rng(0)
     inputs = {c: rng.uniform(-1.5, 1.5, 257) for c in range(16)}
-    params = SecAggParams(mode=mode)
+    params = SecAggParams(mode=mode, neighbours=None if mode == "secagg" else 15)
     drops = {"advertise_keys": [1], "share_keys": [4], "masked_input": [7], "consistency": [9], "unmasking": [11]}
     r = secure_sum_in_process(inputs, params=params, run_id="run", round_index=3, rng=np.random.default_rng(5),
                               dropouts=drops)
@@ -68,3 +68,16 @@ def test_transcript_is_json_and_ledger_clean():
     if check_payload is not None:
         check_payload("secure_agg", {"round": 0, "transcript": r.transcript})
     assert "0.25" not in text
+
+
+def test_sparse_graph_exact_with_dropouts():
+    rng = np.random.default_rng(1)
+    inputs = {c: rng.uniform(-1, 1, 64) for c in range(40)}
+    params = SecAggParams(mode="secagg+", neighbours=8)
+    drops = {"masked_input": [3, 17], "unmasking": [25]}
+    r = secure_sum_in_process(inputs, params=params, run_id="r", round_index=2, rng=np.random.default_rng(2),
+                              dropouts=drops)
+    want, survivors, _ = expected_sum(inputs, params, drops, 2)
+    assert r.transcript["neighbours"] == 8 and r.transcript["mode"] == "secagg+"
+    assert list(r.survivors) == survivors
+    np.testing.assert_array_equal(r.sum, want)
