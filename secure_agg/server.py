@@ -77,9 +77,9 @@ class SecAggServer:
                             graph_seed=self.seed)
 
     def advertise_stage(self, msgs: Iterable[AdvertiseKeys]) -> dict[int, KeysBroadcast]:
+        self._advance("advertise_keys", "share_keys")
         got = collect(msgs, AdvertiseKeys, run_id=self.run_id, round_index=self.round_index, stage="advertise_keys",
                       allowed=set(self.ids))
-        self._advance("advertise_keys", "share_keys")
         self._need(got, "advertise_keys")
         for u, m in got.items():
             if self._registry is not None:
@@ -94,9 +94,9 @@ class SecAggServer:
         return out
 
     def share_keys_stage(self, msgs: Iterable[EncryptedShares]) -> dict[int, CiphertextBroadcast]:
+        self._advance("share_keys", "masked_input")
         got = collect(msgs, EncryptedShares, run_id=self.run_id, round_index=self.round_index, stage="share_keys",
                       allowed=self.u1)
-        self._advance("share_keys", "masked_input")
         self._need(got, "share_keys")
         for u, m in got.items():
             if set(m.ciphertexts) != self.neigh[u] & self.u1:
@@ -109,9 +109,9 @@ class SecAggServer:
         return out
 
     def masked_input_stage(self, msgs: Iterable[MaskedInput]) -> dict[int, ConsistencyRequest]:
+        self._advance("masked_input", "consistency")
         got = collect(msgs, MaskedInput, run_id=self.run_id, round_index=self.round_index, stage="masked_input",
                       allowed=self.u2)
-        self._advance("masked_input", "consistency")
         self._need(got, "masked_input")
         total = np.zeros(self.dim, dtype=np.uint32)
         for u, m in got.items():
@@ -126,9 +126,9 @@ class SecAggServer:
         return {u: ConsistencyRequest(*self._hdr("masked_input"), survivors=self.u3) for u in self.u3}
 
     def consistency_stage(self, msgs: Iterable[ConsistencyAck]) -> dict[int, UnmaskRequest]:
+        self._advance("consistency", "unmasking")
         got = collect(msgs, ConsistencyAck, run_id=self.run_id, round_index=self.round_index, stage="consistency",
                       allowed=set(self.u3))
-        self._advance("consistency", "unmasking")
         self._need(got, "consistency")
         if self._registry is not None:
             payload = consistency_payload(VERSION, self.run_id, self.round_index, self.u3)
@@ -145,9 +145,9 @@ class SecAggServer:
         return out
 
     def unmasking_stage(self, msgs: Iterable[UnmaskShares]) -> ServerResult:
+        self._advance("unmasking", "done")
         got = collect(msgs, UnmaskShares, run_id=self.run_id, round_index=self.round_index, stage="unmasking",
                       allowed=set(self.u4))
-        self._advance("unmasking", "done")
         self._need(got, "unmasking")
         b_sh: dict[int, dict[int, bytes]] = {u: {} for u in self.u3}
         k_sh: dict[int, dict[int, bytes]] = {v: {} for v in self.u2 - set(self.u3)}
