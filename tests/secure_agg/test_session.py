@@ -81,3 +81,46 @@ def test_sparse_graph_exact_with_dropouts():
     assert r.transcript["neighbours"] == 8 and r.transcript["mode"] == "secagg+"
     assert list(r.survivors) == survivors
     np.testing.assert_array_equal(r.sum, want)
+
+
+def test_argument_validation():
+    ok = {0: np.zeros(3), 1: np.zeros(3)}
+    kw = dict(params=SecAggParams(), run_id="r", round_index=0, rng=np.random.default_rng(0))
+    with pytest.raises(ValueError):
+        secure_sum_in_process({0: np.zeros(3), 1: np.zeros(4)}, **kw)
+    with pytest.raises(ValueError):
+        secure_sum_in_process({0: np.zeros(3), 1: np.array([0, np.nan, 0])}, **kw)
+    with pytest.raises(TypeError):
+        secure_sum_in_process({"a": np.zeros(3), 1: np.zeros(3)}, **kw)
+    with pytest.raises(ValueError):
+        secure_sum_in_process(ok, dropouts={"bogus": [0]}, **kw)
+    with pytest.raises(ValueError):
+        secure_sum_in_process(ok, dropouts={"masked_input": [7]}, **kw)
+    with pytest.raises(TypeError):
+        secure_sum_in_process(ok, params=SecAggParams(), run_id="r", round_index=0, rng=np.random.RandomState(0))
+    with pytest.raises(TypeError):
+        secure_sum_in_process(ok, SecAggParams(), "r", 0, np.random.default_rng(0))  # keyword-only
+    for bad in [dict(mode="pairwise"), dict(clip_range=0), dict(threshold_fraction=1.0), dict(neighbours=0),
+                dict(modulus_bits=64)]:
+        with pytest.raises(ValueError):
+            SecAggParams(**bad)
+
+
+def test_sparse_auto_degree_is_logarithmic():
+    inputs = {c: np.zeros(2) for c in range(100)}
+    r = secure_sum_in_process(inputs, params=SecAggParams(), run_id="r", round_index=0, rng=np.random.default_rng(0))
+    assert r.transcript["mode"] == "secagg+" and r.transcript["neighbours"] < 40
+    assert r.transcript["n"] == 100 and r.threshold == 68
+    full = secure_sum_in_process({c: np.zeros(2) for c in range(12)}, params=SecAggParams(mode="secagg"),
+                                 run_id="r", round_index=0, rng=np.random.default_rng(0))
+    assert full.transcript["neighbours"] == 11
+
+
+def test_graph_is_public_deterministic_and_symmetric():
+    from secure_agg import graph
+    ids = list(range(50))
+    g1 = graph.neighbours(ids, 8, graph.graph_seed("r", 1))
+    assert g1 == graph.neighbours(ids, 8, graph.graph_seed("r", 1))
+    assert g1 != graph.neighbours(ids, 8, graph.graph_seed("r", 2))
+    assert all(len(v) == 8 and u not in v for u, v in g1.items())
+    assert all(u in g1[v] for u in ids for v in g1[u])
