@@ -2,6 +2,16 @@
 
 Every client and the server run their real stage machines and exchange the real messages; only the transport is
 a function call. ``dropouts`` simulates clients that go silent just before sending a stage's message.
+
+Threat model. Honest-but-curious server, any number of dropouts down to t: the server learns only the sum of the
+survivors' quantized inputs (plus who survived each stage); any coalition of fewer than t clients together with
+the server learns nothing more (the Bonawitz et al. bound; for SecAgg+ the local threshold applies per
+neighbourhood and the guarantee holds with high probability over the public random graph, Bell et al.). Active
+server: with Ed25519 identities and an authentic PKI (every client knows every peer's identity key, e.g. from
+enrolment), substituted keys, forged/misrouted/tampered shares, replays, cross-round messages, inconsistent
+survivor lists, survivor/dropped overlap and unsafe thresholds are all rejected; the server can still drop honest
+clients to shrink the survivor set to t (so t > n/2 limits how small a sum it can isolate), and it sees the
+participation pattern. In-process, the identities are generated per call and stand in for that PKI.
 """
 
 from __future__ import annotations
