@@ -239,6 +239,8 @@ class SecAggClient:
             checked = 0
             for v in signers:
                 if v in self._holders:
+                    if v not in self._registry or not isinstance(msg.signatures, dict):
+                        raise IntegrityError(f"no identity key or signature for client {v}")
                     signing.verify(self._registry[v], msg.signatures.get(v, b""), payload)
                     checked += 1
             if checked < self._t_loc:

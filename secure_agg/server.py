@@ -83,6 +83,8 @@ class SecAggServer:
         self._need(got, "advertise_keys")
         for u, m in got.items():
             if self._registry is not None:
+                if u not in self._registry:
+                    raise IntegrityError(f"no identity key for client {u}")
                 signing.verify(self._registry[u], m.signature,
                                advertise_payload(VERSION, self.run_id, self.round_index, u, m.c_pk, m.s_pk))
         self.u1 = set(got)
