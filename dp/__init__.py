@@ -15,7 +15,10 @@ from dp.budget import BudgetExceeded, check_budget, enforce_budget, validate_dp_
 _LAZY = {
     "EpsilonModel": "dp.dpsgd", "PrivateTraining": "dp.dpsgd", "make_private": "dp.dpsgd",
     "per_example_diffusion_loss": "dp.dpsgd", "GRAD_SAMPLE_MODES": "dp.dpsgd",
-    "clip_update": "dp.client_level", "aggregate_noise": "dp.client_level", "client_level_event": "dp.client_level",
+    "DEFAULT_GRAD_SAMPLE_MODE": "dp.dpsgd", "UnclippedGradientError": "dp.dpsgd",
+    "UnverifiedGradSampleMode": "dp.dpsgd", "make_conv_inputs_contiguous": "dp.conv_layout",
+    "client_level_event": "dp.client_level",
+    "clip_update": "dp.client_level", "aggregate_noise": "dp.client_level",
     "privacy_statement": "dp.statement",
 }
 
