@@ -41,7 +41,7 @@ from dp.events import GaussianEvent
 KINDS = ("pld", "prv", "rdp")
 STATE_VERSION = 1
 _GRID_LADDER = (1e-6, 1e-5, 1e-4, 1e-3)
-_INITIAL_GRID = 1e-4
+_INITIAL_GRID = 1e-3  # coarse first: typical ε ≥ 2 needs no finer grid; finer grids come by regrid
 _GRID_RATIO = 2000.0  # vdi <= ε / _GRID_RATIO
 _CACHE_SIZE = 256
 

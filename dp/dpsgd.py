@@ -39,6 +39,7 @@ The Opacus accountant is never used: the privacy spent is reported as :class:`~d
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any, Iterator, Optional
 
 import torch
@@ -46,6 +47,9 @@ from torch import nn
 
 from dp.conv_layout import make_conv_inputs_contiguous
 from dp.events import GaussianEvent
+
+# the inputs of a UNet (noised images) never require grad; Opacus' full backward hooks warn about that each step
+warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed")
 
 GRAD_SAMPLE_MODES = ("ghost", "hooks", "functorch")
 #: the default: fastest mode whose clipped gradients match the per-example reference (benchmarks/bench_dp.py)
@@ -218,7 +222,8 @@ def make_private(*, module: nn.Module, optimizer: torch.optim.Optimizer, noise_m
     whose inputs and outputs are batched along dim 0); ``optimizer`` over ``module.parameters()``.
     ``generator`` seeds Poisson sampling and the noise (reproducible experiments; not a CSPRNG);
     ``noise_generator`` seeds only the noise. ``secure_mode=True``: Opacus' floating-point-attack-resistant noise
-    and sampling/noise seeds from the OS CSPRNG (seeded generators are then refused).
+    (sum of four Gaussians) and a private generator for sampling and noise seeded with 64 bits from the OS CSPRNG
+    (seeded generators are then refused; the global torch RNG is never used for noise).
     ``poisson_sampling=False`` is refused: the recorded events assume Poisson sampling.
     ``contiguous_conv_inputs=False`` disables the conv-layout fix (tests only: hooks/ghost are then wrong).
     """
@@ -273,7 +278,7 @@ def make_private(*, module: nn.Module, optimizer: torch.optim.Optimizer, noise_m
     noise_gen = noise_generator if noise_generator is not None else generator
     dpo = opt_cls(optimizer, noise_multiplier=float(noise_multiplier), max_grad_norm=float(max_grad_norm),
                   expected_batch_size=batch_size, loss_reduction="mean",
-                  generator=None if secure_mode else noise_gen, secure_mode=secure_mode)
+                  generator=noise_gen, secure_mode=secure_mode)
     dp_loader = None
     if data_loader is not None:
         from opacus.data_loader import DPDataLoader

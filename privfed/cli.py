@@ -59,7 +59,7 @@ class RichReporter:
 
     def round_end(self, round_index: int, record: dict[str, Any]) -> None:
         parts = [f"round {round_index:>3}"]
-        if "loss" in record:
+        if record.get("loss") is not None:
             parts.append(f"loss {record['loss']:.4f}")
         if "fid" in record:
             parts.append(f"FID {record['fid']:.1f}")
@@ -89,7 +89,7 @@ def _overrides(**opts: Any) -> dict[str, Any]:
         "dp": {"mode": opts["dp"], "target_epsilon": opts["target_epsilon"], "delta": opts["delta"],
                "max_grad_norm": opts["max_grad_norm"], "noise_multiplier": opts["noise_multiplier"],
                "max_epsilon": opts["max_epsilon"], "accountant": opts["accountant"],
-               "grad_sample_mode": opts["grad_sample_mode"]},
+               "grad_sample_mode": opts["grad_sample_mode"], "allow_large_delta": opts["allow_large_delta"]},
         "secure_agg": {"mode": opts["secure_agg"], "dropout_rate": opts["dropout_rate"]},
     }
     out: dict[str, Any] = {k: {kk: vv for kk, vv in v.items() if vv is not None} for k, v in sections.items()}
@@ -125,7 +125,10 @@ def run(
     noise_multiplier: Optional[float] = typer.Option(None, "--noise-multiplier", help="σ/C; skips calibration."),
     max_epsilon: Optional[float] = typer.Option(None, "--max-epsilon", help="Hard per-client ε cap."),
     accountant: Optional[str] = typer.Option(None, "--accountant", help="pld | prv | rdp"),
-    grad_sample_mode: Optional[str] = typer.Option(None, "--grad-sample-mode", help="Opacus per-sample mode."),
+    grad_sample_mode: Optional[str] = typer.Option(None, "--grad-sample-mode", help="hooks | ghost | functorch "
+                                                   "(Opacus per-sample gradients; all verified exact on the UNet)."),
+    allow_large_delta: Optional[bool] = typer.Option(None, "--allow-large-delta", help="Accept δ ≥ 1/n_local "
+                                                     "(weak guarantee; refused by default)."),
     secure_agg: Optional[str] = typer.Option(None, "--secure-agg", help="secagg | secagg+ | off"),
     dropout_rate: Optional[float] = typer.Option(None, "--dropout-rate", help="Simulated client dropout rate."),
 ) -> None:
@@ -165,7 +168,7 @@ def audit(
     pin_key: Optional[str] = typer.Option(None, "--pin-key", help="Expected ledger key fingerprint (sha256:…)."),
     head: Optional[str] = typer.Option(None, "--head", help="A ledger head hash obtained earlier (detects truncation)."),
     empirical: bool = typer.Option(False, "--empirical", help="Also run the empirical privacy audits."),
-    pdf: bool = typer.Option(False, "--pdf", help="Also write report/report.pdf (needs Chromium)."),
+    pdf: bool = typer.Option(False, "--pdf", help="Also write report/report.pdf (needs the optional weasyprint package)."),
 ) -> None:
     """Verify a run's signed ledger and recompute ε (`audit verify RUN_DIR`), or write its report (`audit RUN_DIR`)."""
     if len(target) == 2 and target[0] == "verify":

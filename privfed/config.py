@@ -107,19 +107,22 @@ class FedConfig:
 class DPConfig:
     """Differential privacy. `mode`: sample (DP-SGD, unit = one image), client (DP-FedAvg, unit = one site), off."""
 
-    mode: str = "off"
+    mode: str = "sample"
     target_epsilon: float | None = 10.0   # calibrates noise_multiplier when it is not given
     delta: float | None = None            # None -> below 1/n_local (sample) or 1/clients (client)
     max_grad_norm: float = 1.0            # L2 clip per example (sample) or per client update (client)
     noise_multiplier: float | None = None # sigma / clip; overrides target_epsilon calibration
     max_epsilon: float | None = None      # hard cap per client; None -> target_epsilon
     accountant: str = "pld"
-    grad_sample_mode: str = "functorch"
+    grad_sample_mode: str = "hooks"           # exact once conv inputs are contiguous (dp/conv_layout.py)
     allow_large_delta: bool = False
+    secure_rng: bool = True               # sampling + noise from an OS-CSPRNG-seeded generator, Opacus secure_mode
 
     def __post_init__(self) -> None:
         if self.mode not in DP_MODES:
             raise ConfigError(f"dp mode must be one of {', '.join(DP_MODES)}; got {self.mode!r}")
+        if self.grad_sample_mode not in ("hooks", "ghost", "functorch"):
+            raise ConfigError(f"grad_sample_mode must be hooks, ghost or functorch; got {self.grad_sample_mode!r}")
         if self.accountant not in ACCOUNTANTS:
             raise ConfigError(f"accountant must be one of {', '.join(ACCOUNTANTS)}; got {self.accountant!r}")
         if self.target_epsilon is not None and not self.target_epsilon > 0:
@@ -140,7 +143,7 @@ class DPConfig:
 class SecAggConfig:
     """Secure aggregation of client updates: the server only sees the sum over survivors."""
 
-    mode: str = "off"
+    mode: str = "secagg+"
     clip_range: float = 0.25         # per-coordinate clip of the (weighted) update before quantization
     threshold_fraction: float = 0.67
     dropout_rate: float = 0.0        # simulated fraction of selected clients that drop at the masked-input stage
@@ -154,6 +157,9 @@ class SecAggConfig:
             raise ConfigError("secure-agg threshold_fraction must be in (0.5, 1]")
         if not 0 <= self.dropout_rate < 0.5:
             raise ConfigError("secure-agg dropout_rate must be in [0, 0.5)")
+        if self.dropout_rate > 1 - self.threshold_fraction:
+            raise ConfigError(f"secure-agg dropout_rate {self.dropout_rate} leaves fewer survivors than the threshold "
+                              f"fraction {self.threshold_fraction}: every round would abort")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -177,6 +183,9 @@ class RunConfig:
             raise ConfigError("eval_every must be >= 1")
         if self.eval_samples < 16:
             raise ConfigError("eval_samples must be >= 16")
+        if self.secure_agg.mode != "off" and (self.fed.clients < 2 or self.fed.min_clients < 2):
+            raise ConfigError("secure aggregation needs at least 2 clients per round (clients and min_clients "
+                              ">= 2); use --secure-agg off for a single site")
 
     def to_dict(self) -> dict[str, Any]:
         return _drop_none(dataclasses.asdict(self))

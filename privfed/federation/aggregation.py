@@ -24,9 +24,13 @@ class AggregateResult:
 
 
 def client_weights(updates: Sequence[ClientUpdate]) -> dict[int, float]:
-    """FedAvg weights n_i / Σ n_j over the selected clients (the server knows the counts, not the data)."""
-    total = sum(u.num_examples for u in updates)
-    return {u.client_id: u.num_examples / total for u in updates}
+    """FedAvg weights n_i / Σ n_j over the selected clients (the server knows the counts, not the data).
+
+    Updates that carry an explicit `weight` (DP-FedAvg weights every site equally) use it instead of n_i.
+    """
+    raw = {u.client_id: (u.weight if u.weight is not None else float(u.num_examples)) for u in updates}
+    total = sum(raw.values())
+    return {c: w / total for c, w in raw.items()}
 
 
 def fedavg(updates: Sequence[ClientUpdate]) -> torch.Tensor:

@@ -24,6 +24,7 @@ class ClientUpdate:
     loss: float
     steps: int
     dp: dict[str, Any] | None = None     # the DP event of this round (sample-level DP), never ε alone
+    weight: float | None = None          # aggregation weight; None means num_examples (FedAvg)
     info: dict[str, Any] = field(default_factory=dict)
 
 
@@ -49,6 +50,10 @@ class LocalTrainer:
         """Hook for DP-SGD: return (model, optimizer, batches). Plain training returns its inputs unchanged."""
         return model, optimizer, self.make_loader(data, generator)
 
+    def backward(self, per_example_loss: torch.Tensor) -> None:
+        """Hook for DP-SGD (ghost clipping needs the per-example loss): plain training backprops the mean."""
+        per_example_loss.mean().backward()
+
     def dp_record(self, *, client_id: int, round_index: int, steps: int, data: ImageDataset) -> dict | None:
         """Hook for DP-SGD: the DP event of this round. None when training is not private."""
         return None
@@ -70,11 +75,11 @@ class LocalTrainer:
                 optimizer.step()
                 steps += 1
                 continue
-            loss = diffusion_loss(model_t, self.scheduler, x0, generator=generator)
+            per_example = diffusion_loss(model_t, self.scheduler, x0, generator=generator, reduction="none")
             optimizer.zero_grad()
-            loss.backward()
+            self.backward(per_example)
             optimizer.step()
-            total += float(loss.detach())
+            total += float(per_example.detach().mean())
             steps += 1
         delta = parameters_to_vector(model.parameters()).detach() - start
         return ClientUpdate(client_id=client_id, delta=delta.float().cpu(), num_examples=len(data),

@@ -7,7 +7,7 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
@@ -17,7 +17,7 @@ from privfed.config import RunConfig
 from privfed.data import client_summary, load_dataset, partition_indices
 from privfed.data.dataset import DatasetSplits, ImageDataset
 from privfed.errors import RunDirError
-from privfed.federation.aggregation import PlainFedAvg
+from privfed.federation.aggregation import AggregateResult, PlainFedAvg
 from privfed.federation.client import ClientUpdate, LocalTrainer
 from privfed.federation.seeding import derive_seed, numpy_generator, torch_generator
 from privfed.metrics import domain_fid, load_or_train_classifier, save_grid
@@ -71,10 +71,17 @@ class FederatedRun:
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
-    def create(cls, cfg: RunConfig, run_dir: str | Path, *, reporter: Reporter | None = None) -> "FederatedRun":
-        """Validate data and partition first, then create the run directory (nothing half-written on bad input)."""
+    def create(cls, cfg: RunConfig, run_dir: str | Path, *, reporter: Reporter | None = None,
+               augment: Callable[[list[ImageDataset]], list[ImageDataset]] | None = None) -> "FederatedRun":
+        """Validate data and partition first, then create the run directory (nothing half-written on bad input).
+
+        `augment` may add examples to the clients' data (the empirical canary audit inserts canaries this way);
+        DP noise is calibrated on the augmented sizes.
+        """
         run = cls(cfg, run_dir, reporter=reporter)
         run._load_data()
+        if augment is not None:
+            run.client_data = augment(run.client_data)
         run._build_privacy()
         run.dir.create()
         atomic_write_text(run.dir.config, cfg.to_toml())
@@ -185,18 +192,28 @@ class FederatedRun:
         return SecureFedAvg(self.cfg.secure_agg, run_id=run_id, seed=self.cfg.seed)
 
     def _select(self, round_index: int) -> list[int]:
-        n = self.cfg.fed.clients
-        k = max(1, int(round(self.cfg.fed.fraction * n)))
+        """Clients of this round: a fixed-size uniform draw, or Poisson (each site independently with
+        probability `fraction`) under DP-FedAvg, whose accounting assumes Poisson sampling of sites."""
+        n, q = self.cfg.fed.clients, self.cfg.fed.fraction
         rng = numpy_generator(self.cfg.seed, "select", round_index)
+        if self.cfg.dp.mode == "client":
+            if q >= 1:
+                return list(range(n))
+            # the draw must be secret from whoever could otherwise learn who took part: OS CSPRNG
+            import secrets
+            return [c for c in range(n) if secrets.randbelow(2**53) < q * 2**53]
+        k = max(1, int(round(q * n)))
         return sorted(rng.choice(n, size=k, replace=False).tolist())
 
     def _round(self, r: int) -> dict[str, Any] | None:
         """One round; None when too few clients may still train (the run then ends cleanly)."""
         t0 = time.perf_counter()
         selected = self._select(r)
+        site_level = self.cfg.dp.mode == "client"
         if self.privacy:
             allowed = []
-            for cid in selected:
+            # DP-FedAvg charges every site every round (amplification by site sampling), so every site is checked
+            for cid in (range(self.cfg.fed.clients) if site_level else selected):
                 check = self.privacy.check_budget(cid, r)
                 self.ledger.append("budget_check", {"round": r, "client": str(cid), **check})
                 if check["allowed"]:
@@ -204,13 +221,17 @@ class FederatedRun:
                 else:
                     self.reporter.note(f"client {cid} refuses round {r}: ε would reach "
                                        f"{check['projected_epsilon']:.2f} > cap {check['max_epsilon']:.2f}")
-            selected = allowed
-        if len(selected) < min(self.cfg.fed.min_clients, self.cfg.fed.clients):
-            reason = (f"only {len(selected)} client(s) may still train in round {r} "
-                      f"(min_clients={self.cfg.fed.min_clients}); their privacy budgets are spent")
-            self.ledger.append("abort", {"round": r, "reason": reason})
-            self.reporter.note(f"stopping: {reason}")
-            return None
+            if site_level and len(allowed) < self.cfg.fed.clients:
+                return self._abort(r, f"round {r} would push {self.cfg.fed.clients - len(allowed)} site(s) over "
+                                      f"their ε cap; DP-FedAvg charges every site each round")
+            selected = [c for c in selected if c in allowed]
+        if site_level and len(selected) < min(self.cfg.fed.min_clients, self.cfg.fed.clients):
+            # Poisson site sampling drew too few sites: a noise-only round (the draw does not depend on data)
+            self.reporter.note(f"round {r}: {len(selected)} site(s) drawn (< min_clients); noise-only update")
+            selected = []
+        elif len(selected) < min(self.cfg.fed.min_clients, self.cfg.fed.clients):
+            return self._abort(r, f"only {len(selected)} client(s) may still train in round {r} "
+                                  f"(min_clients={self.cfg.fed.min_clients}); their privacy budgets are spent")
         self.ledger.append("round_start", {"round": r, "selected": [str(c) for c in selected]})
         self.reporter.round_start(r, selected)
         updates: list[ClientUpdate] = []
@@ -219,7 +240,11 @@ class FederatedRun:
                                      generator=torch_generator(self.cfg.seed, "client", r, cid))
             updates.append(upd)
             self.reporter.client_done(r, cid, upd)
-        agg = self.aggregator.aggregate(updates, round_index=r)
+        if updates:
+            agg = self.aggregator.aggregate(updates, round_index=r)
+        else:
+            agg = AggregateResult(torch.zeros_like(parameters_to_vector(self.model.parameters())).cpu(), [],
+                                  {"mode": "off", "note": "no participants"})
         if agg.transcript.get("mode", "off") != "off":
             self.ledger.append("secure_agg", {"round": r, "transcript": agg.transcript})
         mean_delta = agg.mean_delta
@@ -235,7 +260,8 @@ class FederatedRun:
         train_time = time.perf_counter() - t0
         record = {
             "round": r, "selected": selected, "contributors": agg.contributors,
-            "loss": float(np.average([u.loss for u in updates], weights=[u.num_examples for u in updates])),
+            "loss": (float(np.average([u.loss for u in updates], weights=[u.num_examples for u in updates]))
+                     if updates else None),
             "examples": int(sum(u.num_examples for u in updates)), "train_seconds": round(train_time, 3),
             **record,
         }
@@ -243,6 +269,11 @@ class FederatedRun:
             record.update(self._evaluate(r))
         record["seconds"] = round(time.perf_counter() - t0, 3)
         return record
+
+    def _abort(self, r: int, reason: str) -> None:
+        self.ledger.append("abort", {"round": r, "reason": reason})
+        self.reporter.note(f"stopping: {reason}")
+        return None
 
     def _evaluate(self, r: int) -> dict[str, Any]:
         t0 = time.perf_counter()

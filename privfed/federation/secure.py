@@ -16,6 +16,7 @@ from privfed.federation.aggregation import AggregateResult, client_weights
 from privfed.federation.client import ClientUpdate
 from privfed.federation.seeding import numpy_generator
 from secure_agg import SecAggParams, secure_sum_in_process
+from secure_agg.errors import ThresholdError
 
 
 class SecureFedAvg:
@@ -42,9 +43,15 @@ class SecureFedAvg:
         inputs = {u.client_id: (u.delta.double() * weights[u.client_id]).numpy() for u in updates}
         clipped = sum(int(np.count_nonzero(np.abs(v) > self.cfg.clip_range)) for v in inputs.values())
         dropped = self.simulated_dropouts([u.client_id for u in updates], round_index)
-        result = secure_sum_in_process(inputs, params=self.params, run_id=self.run_id, round_index=round_index,
-                                       rng=numpy_generator(self.seed, "quantize", round_index),
-                                       dropouts={"masked_input": dropped} if dropped else None)
+        try:
+            result = secure_sum_in_process(inputs, params=self.params, run_id=self.run_id, round_index=round_index,
+                                           rng=numpy_generator(self.seed, "quantize", round_index),
+                                           dropouts={"masked_input": dropped} if dropped else None)
+        except ThresholdError as e:
+            # fewer than t survivors: the protocol aborts with nothing revealed; the global model stays as it was
+            zero = torch.zeros_like(updates[0].delta)
+            return AggregateResult(zero, [], {"mode": self.cfg.mode, "aborted": str(e), "survivors": [],
+                                              "dropped": {"masked_input": dropped}})
         survivors = list(result.survivors)
         total_w = sum(weights[c] for c in survivors)
         mean = torch.from_numpy(np.asarray(result.sum, dtype=np.float64) / total_w).float()
