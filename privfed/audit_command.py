@@ -1,0 +1,37 @@
+"""`privfed audit RUN_DIR`: verify the ledger, optionally run the empirical audits, write the report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+
+from privfed.errors import PrivfedError
+
+
+def run_audit(run_dir: Path, *, empirical: bool, pdf: bool, pin_key: str | None, console: Console) -> int:
+    """Return the exit code: 0 when the report was written from a verified ledger."""
+    from audits.empirical import EmpiricalBoundViolation
+    from audits.errors import AuditError, VerificationError
+    from audits.report.build import build_report
+
+    if not run_dir.is_dir():
+        raise PrivfedError(f"run directory not found: {run_dir}")
+    try:
+        if empirical:
+            from privfed.empirical import run_empirical
+            run_empirical(run_dir, console=console)
+        paths = build_report(run_dir, pdf=pdf, expected_key_fingerprint=pin_key)
+    except VerificationError as e:
+        console.print(f"[bold red]FAILED[/] {type(e).__name__}: {e}")
+        return 1
+    except EmpiricalBoundViolation as e:
+        console.print(f"[bold red]FAILED: empirical privacy audit contradicts the accountant[/] {e}")
+        return 3
+    except AuditError as e:
+        raise PrivfedError(f"{type(e).__name__}: {e}") from None
+    for name in ("html", "json", "pdf"):
+        p = getattr(paths, name, None)
+        if p:
+            console.print(f"report: {p}")
+    return 0
