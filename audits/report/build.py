@@ -133,6 +133,7 @@ def _privacy_statement(rep, records) -> dict[str, Any]:
     starts = _by_kind(records, "run_start")
     dp_mode = starts[0][1]["dp_mode"] if starts else NR
     sa_mode = starts[0][1]["secure_agg_mode"] if starts else NR
+    noise_rng = starts[0][1].get("dp_noise_rng", NR) if starts else NR
     events = [p for _, p in _by_kind(records, "dp_event")]
     if rep is None:
         txt = ("No privacy statement can be made: the ledger did not verify (section 1). Nothing in this report "
@@ -157,7 +158,7 @@ def _privacy_statement(rep, records) -> dict[str, Any]:
            f"accountant ({rep.accountant_backend}); they agree with what the run reported to within "
            f"{rep.tolerance:.0%}. They assume Poisson sampling (each example independently in each step's batch "
            f"with the recorded rate q), L2 clipping to {', '.join(f'{c:g}' for c in clip)} and Gaussian noise "
-           f"from a cryptographically secure generator. They do not cover the data summary counts (suppressed "
+           f"whose values nobody else saw (noise generator as recorded: {noise_rng}). They do not cover the data summary counts (suppressed "
            f"below k, not DP), hyper-parameter tuning, or any release outside this run; input privacy against "
            f"the server is provided separately by secure aggregation ('{sa_mode}').")
     return {"text": txt, "dp_mode": dp_mode, "unit": units, "per_site": per_site, "accountant": accs}
