@@ -144,14 +144,15 @@ def best_lower_bound(scores: Sequence[float], included: Sequence[int], *, delta:
         raise ValueError(f"no k in {list(k_grid)} fits m={m} canaries (need 2k <= m)")
     significance = (1 - confidence) / len(ks)
     order = np.argsort(-s, kind="stable")
-    per_k, best = [], {"epsilon_lower_bound": 0.0, "k": ks[0], "correct": 0, "guesses": 2 * ks[0]}
+    per_k, best = [], None
     ceiling = 0.0
     for k in ks:
         v = int(np.sum(inc[order[:k]] == 1) + np.sum(inc[order[-k:]] == -1))
         eps = epsilon_lower_bound(m=m, r=2 * k, v=v, delta=delta, significance=significance)
         ceiling = max(ceiling, epsilon_lower_bound(m=m, r=2 * k, v=2 * k, delta=delta, significance=significance))
         per_k.append({"k": k, "guesses": 2 * k, "correct": v, "epsilon_lower_bound": eps})
-        if eps > best["epsilon_lower_bound"]:
+        # the best k: the largest bound; among equal bounds the highest fraction of correct guesses
+        if best is None or (eps, v / (2 * k)) > (best["epsilon_lower_bound"], best["correct"] / best["guesses"]):
             best = {"epsilon_lower_bound": eps, "k": k, "correct": v, "guesses": 2 * k}
     return {**best, "max_certifiable_epsilon": ceiling, "canaries": m, "delta": delta, "confidence": confidence,
             "bonferroni_tests": len(ks), "per_k": per_k}

@@ -82,3 +82,11 @@ def test_canary_inclusion_validates():
         canary_inclusion(1, rng=np.random.default_rng(0))
     s = canary_inclusion(10000, rng=np.random.default_rng(0))
     assert set(np.unique(s)) == {-1, 1} and abs(s.mean()) < 0.05
+
+
+def test_reported_counts_are_real_when_no_bound_is_positive():
+    rng = np.random.default_rng(3)
+    inc = canary_inclusion(64, rng=rng)
+    b = best_lower_bound(rng.normal(size=64), inc, delta=1e-5, k_grid=(8, 16))
+    row = next(r for r in b["per_k"] if r["k"] == b["k"])
+    assert b["correct"] == row["correct"] and b["guesses"] == 2 * b["k"]
