@@ -8,7 +8,6 @@ ledger on resume, so the ε a resumed run reports is the ε of an uninterrupted 
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -211,9 +210,6 @@ class ClientPrivacy(SamplePrivacy):
                                 clip_norm=self.cfg.dp.max_grad_norm, generator=g)
         total = mean_delta.double() * len(agg.contributors)
         return ((total + noise.double()) / expected).float()
-
-    def check_budget(self, cid: int, round_index: int) -> dict[str, Any]:
-        return super().check_budget(cid, round_index)
 
     def commit_round(self, updates, agg, *, round_index: int) -> list[dict[str, Any]]:
         """Every site is charged each round: sampling amplification is over the selection of sites."""
