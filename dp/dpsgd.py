@@ -177,14 +177,37 @@ class PrivateTraining:
             mask = torch.rand(self.dataset_size, generator=self.generator) < self.sample_rate
             yield data[mask.to(data.device)]
 
-    def backward(self, per_example_loss: torch.Tensor) -> None:
+    def backward(self, per_example_loss: torch.Tensor, *, multiplicity: int = 1) -> None:
         """Backward of the mean of ``per_example_loss`` (shape ``(B,)``) as the grad-sample mode needs.
 
         ghost: two passes (norms, then the clip-weighted loss); hooks/functorch: ``mean().backward()``.
+
+        ``multiplicity`` K > 1 (noise multiplicity, Dockhorn et al. 2022): the loss has K·B rows, row ``k·B + i``
+        being the k-th (noise, timestep) draw for example i. The K per-row gradients of one example are averaged
+        *before* clipping, so the clip — and hence the sensitivity and the accounting — stays per example while
+        the clipped gradient has less diffusion-loss variance. Needs per-sample gradients (hooks or functorch):
+        ghost clipping only sees per-row norms, which cannot be grouped.
         """
         if not torch.is_tensor(per_example_loss) or per_example_loss.dim() != 1:
             raise ValueError(f"per_example_loss must be a tensor of shape (B,), got "
                              f"{tuple(getattr(per_example_loss, 'shape', ()))}")
+        if isinstance(multiplicity, bool) or not isinstance(multiplicity, int) or multiplicity < 1:
+            raise ValueError(f"multiplicity must be an int >= 1, got {multiplicity!r}")
+        if multiplicity > 1:
+            if self.grad_sample_mode == "ghost":
+                raise ValueError("noise multiplicity needs per-sample gradients: use grad_sample_mode hooks or "
+                                 "functorch (ghost clipping cannot group the K rows of one example)")
+            rows = per_example_loss.shape[0]
+            if rows % multiplicity:
+                raise ValueError(f"per_example_loss has {rows} rows, not a multiple of multiplicity={multiplicity}")
+            per_example_loss.mean().backward()
+            b = rows // multiplicity
+            for p in self.module.parameters():
+                gs = getattr(p, "grad_sample", None)
+                if gs is not None:
+                    # loss_reduction="mean": each row already holds its own row's gradient (Opacus rescales)
+                    p.grad_sample = gs.view(multiplicity, b, *gs.shape[1:]).mean(0)
+            return
         if self.grad_sample_mode == "ghost":
             from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
 

@@ -32,6 +32,7 @@ class RichReporter:
         self.p = progress
         self.rounds = None
         self.clients = None
+        self.pretrain = None
 
     def run_start(self, *, total_rounds: int, done_rounds: int, info: dict[str, Any]) -> None:
         console.print(f"[bold]privfed[/] {info['dataset']}: {info['train']} train / {info['test']} test images "
@@ -48,6 +49,11 @@ class RichReporter:
         for line in info.get("notes", []):
             console.print(line)
         self.rounds = self.p.add_task("rounds", total=total_rounds, completed=done_rounds)
+
+    def pretrain_progress(self, done: int, total: int) -> None:
+        if self.pretrain is None:
+            self.pretrain = self.p.add_task("public pretraining (no site data)", total=total)
+        self.p.update(self.pretrain, completed=done)
 
     def round_start(self, round_index: int, selected: list[int]) -> None:
         if self.clients is not None:
@@ -89,7 +95,8 @@ def _overrides(**opts: Any) -> dict[str, Any]:
         "dp": {"mode": opts["dp"], "target_epsilon": opts["target_epsilon"], "delta": opts["delta"],
                "max_grad_norm": opts["max_grad_norm"], "noise_multiplier": opts["noise_multiplier"],
                "max_epsilon": opts["max_epsilon"], "accountant": opts["accountant"],
-               "grad_sample_mode": opts["grad_sample_mode"], "allow_large_delta": opts["allow_large_delta"]},
+               "grad_sample_mode": opts["grad_sample_mode"], "noise_multiplicity": opts["noise_multiplicity"],
+               "allow_large_delta": opts["allow_large_delta"]},
         "secure_agg": {"mode": opts["secure_agg"], "dropout_rate": opts["dropout_rate"]},
     }
     out: dict[str, Any] = {k: {kk: vv for kk, vv in v.items() if vv is not None} for k, v in sections.items()}
@@ -127,6 +134,8 @@ def run(
     accountant: Optional[str] = typer.Option(None, "--accountant", help="pld | prv | rdp"),
     grad_sample_mode: Optional[str] = typer.Option(None, "--grad-sample-mode", help="hooks | ghost | functorch "
                                                    "(Opacus per-sample gradients; all verified exact on the UNet)."),
+    noise_multiplicity: Optional[int] = typer.Option(None, "--noise-multiplicity", help="K draws of (noise, "
+                                                     "timestep) averaged per image before clipping (hooks/functorch)."),
     allow_large_delta: Optional[bool] = typer.Option(None, "--allow-large-delta", help="Accept δ ≥ 1/n_local "
                                                      "(weak guarantee; refused by default)."),
     secure_agg: Optional[str] = typer.Option(None, "--secure-agg", help="secagg | secagg+ | off"),
@@ -155,7 +164,8 @@ def run(
     console.print(f"[bold green]done[/] {result.rounds_completed} rounds in {time.perf_counter() - t0:.0f} s → "
                   f"{result.run_dir}")
     if result.final_fid is not None:
-        console.print(f"domain-FID: final {result.final_fid:.1f} (untrained model {result.untrained_fid:.1f}); "
+        console.print(f"domain-FID: final {result.final_fid:.1f} (round 0, {result.initial_label}: "
+                      f"{result.untrained_fid:.1f}); "
                       f"samples in {result.run_dir / 'samples'}")
     for line in getattr(result, "closing_lines", []):
         console.print(line)

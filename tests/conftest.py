@@ -21,7 +21,8 @@ def tiny_config():
 
     return RunConfig.from_dict({
         "seed": 3, "eval_every": 2, "eval_samples": 16,
-        "model": {"base_channels": 8, "num_train_timesteps": 50, "sampling_steps": 2},
+        "model": {"base_channels": 8, "num_train_timesteps": 50, "sampling_steps": 2, "pretrain_steps": 5,
+                  "pretrain_set_size": 64},
         "fed": {"clients": 3, "rounds": 2, "batch_size": 16, "local_epochs": 1},
         "data": {"partition": "iid"},
         "dp": {"mode": "off"}, "secure_agg": {"mode": "off"},

@@ -244,7 +244,9 @@ def _training(rep, records) -> dict[str, Any]:
                      "checkpoint": ck["path"] if ck else NR, "sha256": ck["sha256"] if ck else NR,
                      "hash_status": status.get(i, NR) if ck else NR, "metrics": p["metrics"] or NR})
     ends = _by_kind(records, "run_end")
+    starts = _by_kind(records, "run_start")
     return {
+        "initial_model": starts[0][1].get("public_pretrain", NR) if starts else NR,
         "rounds": rows or NR,
         "aborts": [{"record": i, **p} for i, p in _by_kind(records, "abort")] or NR,
         "resumes": [{"record": i, **p} for i, p in _by_kind(records, "resume")] or NR,

@@ -50,6 +50,10 @@ class LocalTrainer:
         """Hook for DP-SGD: return (model, optimizer, batches). Plain training returns its inputs unchanged."""
         return model, optimizer, self.make_loader(data, generator)
 
+    def per_example_loss(self, model: torch.nn.Module, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Hook: the ε-prediction loss per row (one random timestep and noise per example here)."""
+        return diffusion_loss(model, self.scheduler, x0, generator=generator, reduction="none")
+
     def backward(self, per_example_loss: torch.Tensor) -> None:
         """Hook for DP-SGD (ghost clipping needs the per-example loss): plain training backprops the mean."""
         per_example_loss.mean().backward()
@@ -75,7 +79,7 @@ class LocalTrainer:
                 optimizer.step()
                 steps += 1
                 continue
-            per_example = diffusion_loss(model_t, self.scheduler, x0, generator=generator, reduction="none")
+            per_example = self.per_example_loss(model_t, x0, generator)
             optimizer.zero_grad()
             self.backward(per_example)
             optimizer.step()

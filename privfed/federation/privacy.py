@@ -155,8 +155,13 @@ class DPSGDTrainer(LocalTrainer):
         self._current = priv
         return priv.module, priv.optimizer, priv.batches(data.images, self.fed.local_epochs)
 
+    def per_example_loss(self, model, x0, generator) -> torch.Tensor:
+        """K = `noise_multiplicity` (noise, timestep) draws per example, rows ordered k·B + i."""
+        k = self.privacy.cfg.dp.noise_multiplicity
+        return super().per_example_loss(model, x0.repeat(k, *([1] * (x0.dim() - 1))) if k > 1 else x0, generator)
+
     def backward(self, per_example_loss: torch.Tensor) -> None:
-        self._current.backward(per_example_loss)
+        self._current.backward(per_example_loss, multiplicity=self.privacy.cfg.dp.noise_multiplicity)
 
     def dp_record(self, *, client_id: int, round_index: int, steps: int, data) -> dict | None:
         ev = self._current.event()     # the optimizer's own count of noisy steps (empty draws included)

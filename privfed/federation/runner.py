@@ -53,9 +53,10 @@ class RunResult:
     run_dir: Path
     rounds_completed: int
     final_fid: float | None
-    untrained_fid: float | None
+    untrained_fid: float | None          # FID at round 0: the initial model (after public pretraining, if any)
     metrics: list[dict[str, Any]]
     closing_lines: list[str] = field(default_factory=list)
+    initial_label: str = "untrained model"
 
 
 class FederatedRun:
@@ -149,11 +150,12 @@ class FederatedRun:
                 LocalTrainer(cfg.fed, self.scheduler)
             self.aggregator = self._aggregator()
             info = self._info()
-            if self.privacy:
-                info["notes"] = self.privacy.notes()
+            info["notes"] = self.privacy.notes() if self.privacy else []
+            if start < 0:
+                info["notes"].append("initial model: " + ledger_payloads.public_pretrain_description(cfg))
             self.reporter.run_start(total_rounds=cfg.fed.rounds, done_rounds=max(start, 0), info=info)
             if start < 0:
-                record = {"round": 0, **self._evaluate(0)}
+                record = {"round": 0, **self._public_pretrain(), **self._evaluate(0)}
                 self._finish_round(0, record)
                 start = 0
             stopped = None
@@ -171,6 +173,8 @@ class FederatedRun:
         fids = [m["fid"] for m in metrics if "fid" in m]
         untrained = next((m["fid"] for m in metrics if m["round"] == 0 and "fid" in m), None)
         result = RunResult(self.dir.root, completed, fids[-1] if fids else None, untrained, metrics)
+        result.initial_label = ("public pretraining only, before any site data" if cfg.public_pretrain != "none"
+                                else "untrained model")
         if self.privacy:
             result.closing_lines = self.privacy.statement_lines()
         return result
@@ -269,6 +273,24 @@ class FederatedRun:
             record.update(self._evaluate(r))
         record["seconds"] = round(time.perf_counter() - t0, 3)
         return record
+
+    def _public_pretrain(self) -> dict[str, Any]:
+        """Non-private pretraining of the fresh global model on public data (no site data, no ε spent)."""
+        cfg, tr = self.cfg, self.splits.train
+        if cfg.public_pretrain == "none":
+            return {}
+        from privfed.data.typeset import typeset_digits
+        from privfed.models.pretrain import public_pretrain
+
+        t0 = time.perf_counter()
+        public = typeset_digits(cfg.model.pretrain_set_size, image_size=tr.size, channels=tr.channels,
+                                seed=derive_seed(cfg.seed, "public-data"))
+        progress = getattr(self.reporter, "pretrain_progress", None)
+        loss = public_pretrain(self.model, self.scheduler, public, steps=cfg.model.pretrain_steps,
+                               lr=cfg.model.pretrain_lr, batch_size=cfg.fed.batch_size,
+                               generator=torch_generator(cfg.seed, "pretrain"), progress=progress)
+        return {"public_pretrain": cfg.public_pretrain, "pretrain_loss": round(loss, 5),
+                "pretrain_seconds": round(time.perf_counter() - t0, 3)}
 
     def _abort(self, r: int, reason: str) -> None:
         self.ledger.append("abort", {"round": r, "reason": reason})

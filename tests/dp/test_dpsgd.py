@@ -184,3 +184,45 @@ def test_make_private_argument_errors(setup):
                 dict(grad_sample_mode="jax")):
         with pytest.raises(ValueError):
             make_private(**{**kw, **bad})
+
+
+@pytest.mark.parametrize("mode", ["hooks", "functorch"])
+def test_noise_multiplicity_clips_the_mean_of_k_draws_per_example(setup, mode):
+    """K (noise, timestep) draws per example: their gradients are averaged, then clipped once per example."""
+    base, x, _, _, _, _ = setup
+    K = 3
+    g = torch.Generator().manual_seed(7)
+    t = torch.randint(0, 50, (K * B,), generator=g)
+    nz = torch.randn((K * B, *x.shape[1:]), dtype=x.dtype, generator=g)
+    xs = x.repeat(K, 1, 1, 1)                      # row k*B + i is draw k of example i
+    ref = []
+    for i in range(B):                             # one example at a time: gradient of its mean loss over K draws
+        base.zero_grad()
+        rows = [k * B + i for k in range(K)]
+        (base(xs[rows], t[rows]) - nz[rows]).pow(2).flatten(1).mean(1).mean().backward()
+        ref.append(torch.cat([p.grad.flatten() for p in base.parameters()]))
+    ref = torch.stack(ref)
+    scale = torch.clamp(C / (ref.norm(dim=1) + 1e-6), max=1.0)
+    clipped_mean = (ref * scale[:, None]).sum(0) / B
+
+    m, pt = _private(setup, mode)
+    before = torch.cat([p.detach().flatten().clone() for p in m.parameters()])
+    pt.optimizer.zero_grad()
+    pt.backward((pt.module(xs, t) - nz).pow(2).flatten(1).mean(1), multiplicity=K)
+    got = torch.cat([p.grad_sample.flatten(1) for p in pt.module.parameters()], 1)
+    assert got.shape[0] == B
+    assert (got - ref).abs().max().item() < 1e-9
+    pt.optimizer.step()
+    after = torch.cat([p.detach().flatten() for p in m.parameters()])
+    assert ((before - after) - clipped_mean).abs().max().item() < 1e-9
+    assert pt.steps_taken == 1
+
+
+def test_noise_multiplicity_refuses_ghost_and_ragged_rows(setup):
+    _, x, t, nz, _, _ = setup
+    _, pt = _private(setup, "ghost")
+    with pytest.raises(ValueError, match="per-sample gradients"):
+        pt.backward((pt.module(x, t) - nz).pow(2).flatten(1).mean(1), multiplicity=2)
+    _, pt = _private(setup, "hooks")
+    with pytest.raises(ValueError, match="multiple"):
+        pt.backward((pt.module(x[:3], t[:3]) - nz[:3]).pow(2).flatten(1).mean(1), multiplicity=2)

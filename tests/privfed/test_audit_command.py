@@ -14,7 +14,8 @@ def dp_run(tmp_path_factory):
     from privfed.config import RunConfig
     cfg = RunConfig.from_dict({
         "seed": 4, "eval_every": 2, "eval_samples": 16,
-        "model": {"base_channels": 8, "num_train_timesteps": 50, "sampling_steps": 2},
+        "model": {"base_channels": 8, "num_train_timesteps": 50, "sampling_steps": 2, "pretrain_steps": 5,
+                  "pretrain_set_size": 64},
         "fed": {"clients": 3, "rounds": 2, "batch_size": 32, "local_epochs": 1},
         "data": {"partition": "iid"},
         "dp": {"mode": "sample", "target_epsilon": 4.0}, "secure_agg": {"mode": "secagg+"},
