@@ -85,3 +85,12 @@ def test_run_without_public_pretraining_starts_from_random_weights(tiny_config, 
     assert "public_pretrain" not in res.metrics[0] and res.initial_label == "untrained model"
     start = json.loads((tmp_path / "run" / "ledger.jsonl").read_text().splitlines()[0])
     assert start["payload"]["public_pretrain"].startswith("none")
+
+
+def test_report_names_the_initial_model(tiny_config, tmp_path):
+    from audits.report import build_report
+
+    _run(tiny_config.replace(fed={"rounds": 1}), tmp_path / "run")
+    doc = json.loads(build_report(tmp_path / "run").json.read_text())
+    assert doc["sections"]["training"]["initial_model"].startswith("typeset-digits: 5 non-private Adam steps")
+    assert "no privacy budget spent" in (tmp_path / "run" / "report" / "report.html").read_text()
