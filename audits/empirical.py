@@ -80,8 +80,14 @@ def membership_inference(member_scores: Sequence[float], nonmember_scores: Seque
         out[k] = v
         out[f"{k}_ci"] = [float(np.percentile(vals, lo)), float(np.percentile(vals, hi))]
     out.update({"n_members": int(len(pos)), "n_nonmembers": int(len(neg)), "confidence": confidence,
-                "bootstrap": n_bootstrap, "min_resolvable_fpr": 1.0 / len(neg)})
+                "bootstrap": n_bootstrap, "min_resolvable_fpr": 1.0 / len(neg), "roc": roc_curve(pos, neg)})
     return out
+
+
+def roc_curve(pos: np.ndarray, neg: np.ndarray, points: int = 40) -> dict[str, list[float]]:
+    """TPR at log-spaced FPRs from 1/n_nonmembers to 1 (for a log-log ROC plot; low FPR is what matters)."""
+    fprs = np.unique(np.concatenate([np.geomspace(1.0 / len(neg), 1.0, points), [1.0]]))
+    return {"fpr": [float(f) for f in fprs], "tpr": [_tpr_at_fpr(pos, neg, float(f)) for f in fprs]}
 
 
 def canary_inclusion(m: int, *, rng: np.random.Generator) -> np.ndarray:

@@ -103,6 +103,14 @@ def _safe_optimizer(base_cls):
     class _Safe(base_cls):
         privfed_steps = 0
         _privfed_ghost_clipped = False
+        #: optional callable(params): may add to each ``p.summed_grad`` (the sum of clipped per-example
+        #: gradients) before the noise; the empirical audit inserts gradient canaries here
+        privfed_before_noise = None
+
+        def add_noise(self):
+            if self.privfed_before_noise is not None:
+                self.privfed_before_noise(self.params)
+            super().add_noise()
 
         def pre_step(self, closure=None):
             ghost = hasattr(base_cls, "accumulate")

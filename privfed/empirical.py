@@ -1,12 +1,26 @@
 """Empirical privacy audits of a trained run (`privfed audit --empirical`).
 
-1. Loss-based membership inference (Carlini et al. 2022 style, without shadow models): the score of an image is
-   minus its diffusion loss averaged over fixed (noise, timestep) draws; members are training images, non-members
-   the held-out split. Run on the audited model and on a non-private control trained with the same configuration.
-2. The one-run canary audit of Steinke, Nasr & Jagielski (NeurIPS 2023): m out-of-distribution canaries are each
-   inserted with probability ½ into a random client's data, a run with the same DP configuration is trained, and
-   the canaries' losses give a 95 %-confidence lower bound on ε. A lower bound above the accountant's ε is a bug:
-   the command fails loudly.
+Two helper runs are trained from the audited run's configuration, both with the same canaries: a non-private
+control (DP and secure aggregation off) and, when the run is private, a DP run. Each canary is inserted with
+probability ½ (Steinke, Nasr & Jagielski, NeurIPS 2023), into a random client:
+
+* image canaries: random ±1 pixel patterns added to the client's images (a black-box canary: the loss on the image
+  is the score);
+* gradient canaries (:mod:`privfed.federation.canaries`): examples whose clipped gradient is C on one random
+  parameter coordinate — the strongest example the DP analysis allows. The attacker is the server (who sees every
+  aggregate, hence the final model) knowing the published configuration and run seed: it replays the helper run
+  without the gradient canaries and scores each canary by how far its coordinate moved against its sign relative
+  to the replay. Without DP the replay is exact, so any inserted example shows; under DP the noise comes from the
+  OS CSPRNG and cannot be replayed (with ``secure_rng = false`` it can, and the audit may then refute ε — rightly).
+
+Reported:
+1. Membership inference on the natural images (members: training images; non-members: the held-out split), with a
+   difficulty-calibrated loss score (Watson et al. 2022): the loss of the run's round-0 model (public pretraining
+   only, never saw site data) minus the loss of the audited model, over fixed (noise, timestep) draws. Run on the
+   audited model and on the non-private control.
+2. Membership inference on each canary kind (inserted vs not inserted) for the control and the DP run.
+3. The one-run ε lower bound at 95 % for each canary kind. A lower bound above the accountant's ε is a bug: the
+   command fails loudly (:class:`audits.empirical.EmpiricalBoundViolation`, exit 3).
 
 Results go to RUN_DIR/report/empirical.json (not signed; the report says so) and the helper runs to
 RUN_DIR/report/empirical_runs/.
@@ -22,18 +36,26 @@ from typing import Any
 import numpy as np
 import torch
 from diffusers import UNet2DModel
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch.nn.utils import parameters_to_vector
 
-from audits.empirical import assert_consistent, best_lower_bound, canary_inclusion, membership_inference
+from audits.empirical import (EmpiricalBoundViolation, assert_consistent, best_lower_bound, canary_inclusion,
+                              membership_inference)
 from privfed.config import RunConfig
 from privfed.data import load_dataset
 from privfed.data.dataset import ImageDataset
-from privfed.federation.runner import FederatedRun
+from privfed.federation.canaries import GradientCanaries
+from privfed.federation.runner import FederatedRun, SilentReporter
 from privfed.federation.seeding import derive_seed, numpy_generator, torch_generator
 from privfed.models import build_scheduler
 from privfed.rundir import RunDir, atomic_write_text
 
 CONFIDENCE = 0.95
 CANARIES = 256
+#: gradient canaries: cheap (no forward pass), so many more; each takes one distinct parameter coordinate
+GRADIENT_CANARIES = 1000
+#: (noise, timestep) draws per image for the natural-data attack
+MIA_DRAWS = 16
 
 
 @torch.no_grad()
@@ -54,17 +76,23 @@ def per_example_loss(model: UNet2DModel, scheduler, images: torch.Tensor, *, dra
     return (total / draws).numpy()
 
 
+def _load_unet(path: Path) -> UNet2DModel:
+    # diffusers warns on every load that `accelerate` is missing; it only matters for huge models
+    return UNet2DModel.from_pretrained(path, low_cpu_mem_usage=False)
+
+
 def _final_model(run_dir: Path) -> UNet2DModel:
     latest = RunDir(run_dir).latest_checkpoint()
     if latest is None:
         raise FileNotFoundError(f"{run_dir} has no checkpoint")
-    return UNet2DModel.from_pretrained(latest[1] / "unet")
+    return _load_unet(latest[1] / "unet")
 
 
-def _mia(model, scheduler, members: torch.Tensor, nonmembers: torch.Tensor, *, seed: int) -> dict[str, Any]:
-    m = per_example_loss(model, scheduler, members, draws=8, seed=seed)
-    nm = per_example_loss(model, scheduler, nonmembers, draws=8, seed=seed)
-    return membership_inference(-m, -nm, higher_is_member=True, rng=numpy_generator(seed, "mia-bootstrap"))
+def _initial_model(run_dir: Path) -> UNet2DModel:
+    path = RunDir(run_dir).checkpoint_dir(0) / "unet"
+    if not path.is_dir():
+        raise FileNotFoundError(f"{run_dir} has no round-0 checkpoint (the initial model)")
+    return _load_unet(path)
 
 
 def make_canaries(m: int, *, channels: int, size: int, seed: int) -> torch.Tensor:
@@ -91,18 +119,40 @@ def _with_canaries(canaries: torch.Tensor, included: np.ndarray, seed: int):
     return augment
 
 
-def _train(cfg: RunConfig, out: Path, console, augment, label: str) -> FederatedRun:
+class _RoundBar(SilentReporter):
+    """One progress bar per helper run (rounds completed)."""
+
+    def __init__(self, progress: Progress | None, label: str) -> None:
+        self.progress, self.label, self.task = progress, label, None
+
+    def run_start(self, *, total_rounds: int, done_rounds: int, info: dict[str, Any]) -> None:
+        if self.progress is not None:
+            self.task = self.progress.add_task(self.label, total=total_rounds, completed=done_rounds)
+
+    def round_end(self, round_index: int, record: dict[str, Any]) -> None:
+        if self.task is not None:
+            self.progress.update(self.task, completed=round_index)
+
+
+def _train(cfg: RunConfig, out: Path, progress: Progress | None, augment, gradient_canaries,
+           label: str) -> FederatedRun:
     if out.exists():
         shutil.rmtree(out)
-    console.print(f"empirical audit: training the {label} ({cfg.fed.rounds} rounds) …")
-    run = FederatedRun.create(cfg, out, augment=augment)
+    run = FederatedRun.create(cfg, out, augment=augment, gradient_canaries=gradient_canaries,
+                              reporter=_RoundBar(progress, f"audit: {label}"))
     run.run()
     return run
 
 
-def run_empirical(run_dir: Path, *, console, canaries: int | None = None) -> dict[str, Any]:
+def _flat(model: torch.nn.Module) -> torch.Tensor:
+    return parameters_to_vector(model.parameters()).detach().cpu()
+
+
+def run_empirical(run_dir: Path, *, console, canaries: int | None = None,
+                  gradient_canaries: int | None = None) -> dict[str, Any]:
     """Run both audits for `run_dir`, write report/empirical.json, and fail if a lower bound exceeds ε."""
     canaries = CANARIES if canaries is None else canaries
+    n_grad = GRADIENT_CANARIES if gradient_canaries is None else gradient_canaries
     cfg = RunConfig.from_toml(run_dir / "config.toml")
     seed = derive_seed(cfg.seed, "empirical")
     splits = load_dataset(cfg.data, seed=cfg.seed)
@@ -113,49 +163,106 @@ def run_empirical(run_dir: Path, *, console, canaries: int | None = None) -> dic
     members = splits.train.images[torch.as_tensor(pick)]
     work = run_dir / "report" / "empirical_runs"
     result: dict[str, Any] = {"method": {
-        "membership_inference": "loss-based (score = −mean diffusion loss over 8 fixed draws); members: random "
-                                "training images, non-members: the held-out test split",
-        "canary": "Steinke, Nasr & Jagielski 2023 one-run audit; random ±1 canaries, each inserted with "
-                  "probability 1/2 into a random client; Bonferroni-corrected search over k",
-        "confidence": CONFIDENCE, "canaries": canaries}}
+        "membership_inference": f"natural images: members are random training images, non-members the held-out "
+                                f"test split; score = loss of the run's round-0 model (public pretraining only) "
+                                f"minus loss of the attacked model, each the mean diffusion loss over {MIA_DRAWS} "
+                                f"fixed (noise, timestep) draws (difficulty calibration, Watson et al. 2022). "
+                                f"Canaries: members are the inserted canaries, non-members the ones left out; "
+                                f"gradient canaries are scored by −sign × (final model − attacker's replay) at "
+                                f"their coordinate, the replay being the same configuration and seed trained "
+                                f"without them (exact without DP; fresh noise under DP); image canaries by the "
+                                f"calibrated loss",
+        "canary": f"Steinke, Nasr & Jagielski 2023 one-run audit; each canary inserted with probability 1/2 into a "
+                  f"random client of a helper run trained with the audited configuration. Gradient canaries: "
+                  f"{n_grad} Dirac gradients of L2 norm C (the clip norm) on distinct random parameter coordinates, "
+                  f"Poisson-sampled like images and added between clipping and noise (white box: the server sees "
+                  f"every aggregate). Image canaries: {canaries} random ±1 images (black box). Bonferroni-corrected "
+                  f"search over k",
+        "confidence": CONFIDENCE, "canaries": canaries, "gradient_canaries": n_grad}}
 
-    result["membership_inference"] = {"audited_model": _mia(_final_model(run_dir), scheduler, members, nonmembers,
-                                                            seed=seed)}
+    reference = _initial_model(run_dir)
+
+    def loss(model, images):
+        return per_example_loss(model, scheduler, images, draws=MIA_DRAWS, seed=seed)
+
+    ref_m, ref_nm = loss(reference, members), loss(reference, nonmembers)
+
+    def mia(model) -> dict[str, Any]:
+        r = membership_inference(ref_m - loss(model, members), ref_nm - loss(model, nonmembers),
+                                 rng=numpy_generator(seed, "mia-bootstrap"))
+        return {"target": "training images vs held-out images", **r}
+
+    mias = {"audited_model": mia(_final_model(run_dir))}
     included = canary_inclusion(canaries, rng=numpy_generator(seed, "canary-bits"))
     canary_imgs = make_canaries(canaries, channels=splits.train.channels, size=splits.train.size, seed=seed)
-    control_cfg = cfg.replace(dp={"mode": "off"}, secure_agg={"mode": "off"})
-    control = _train(control_cfg, work / "control", console, _with_canaries(canary_imgs, included, seed),
-                     "non-private control")
-    control_model = control.model
-    result["membership_inference"]["non_private_control"] = _mia(control_model, scheduler, members, nonmembers,
-                                                                 seed=seed)
-    k_grid = [k for k in (8, 16, 32, 64) if 2 * k <= canaries]
-    canary_results = {}
-    audited = {"non_private_control": (control_model, None, None)}
+    ref_canary = loss(reference, canary_imgs)
+    n_params = int(_flat(reference).numel())
+    grad_included = canary_inclusion(n_grad, rng=numpy_generator(seed, "gradient-canary-bits"))
+    grad = GradientCanaries.draw(grad_included, n_params=n_params, n_clients=cfg.fed.clients,
+                                 norm=cfg.dp.max_grad_norm, seed=seed)
+    helpers = [("non_private_control", cfg.replace(dp={"mode": "off"}, secure_agg={"mode": "off"}),
+                "non-private control")]
     if cfg.dp.mode != "off":
-        dp_run = _train(cfg, work / "dp", console, _with_canaries(canary_imgs, included, seed),
-                        "DP model with canaries")
-        eps = dp_run.privacy.epsilons()
-        audited["dp_model"] = (dp_run.model, max(eps.values()) if eps else None, dp_run.privacy.delta)
-    for name, (model, claimed, delta) in audited.items():
-        scores = -per_example_loss(model, scheduler, canary_imgs, draws=8, seed=seed)
-        bound = best_lower_bound(scores, included, delta=delta or 1e-5, confidence=CONFIDENCE, k_grid=k_grid)
-        bound["claimed_epsilon"] = claimed
-        bound["unit"] = "one image (canary)"
-        canary_results[name] = bound
-    result["canary"] = canary_results
+        helpers.append(("dp_model", cfg, "DP model with canaries"))
+    bounds: dict[str, Any] = {}
+    violations = []
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=False) as progress:
+        for name, hcfg, label in helpers:
+            augment = _with_canaries(canary_imgs, included, seed)
+            run = _train(hcfg, work / name, progress, augment, grad, label)
+            # the attacker's reference: the published configuration and seed replayed without the gradient canaries
+            # (same image canaries). Without DP the replay is exact; under DP its noise is fresh (OS CSPRNG).
+            replay = _train(hcfg, work / f"{name}_replay", progress, _with_canaries(canary_imgs, included, seed), None,
+                            f"{label}: attacker's replay without gradient canaries")
+            eps = run.privacy.epsilons() if run.privacy else {}
+            claimed = max(eps.values()) if eps else None
+            delta = run.privacy.delta if run.privacy else 1e-5
+            if name == "non_private_control":
+                mias[name] = mia(run.model)
+            scores = {
+                "gradient_canaries": grad.scores(_flat(replay.model), _flat(run.model)),
+                "image_canaries": ref_canary - loss(run.model, canary_imgs),
+            }
+            del replay
+            for kind, sc in scores.items():
+                inc = grad_included if kind == "gradient_canaries" else included
+                key = f"{name}_{kind}"
+                mias[key] = {"target": f"{kind.replace('_', ' ')}: inserted vs left out",
+                             **membership_inference(sc[inc > 0], sc[inc < 0],
+                                                    rng=numpy_generator(seed, "canary-mia-bootstrap", kind))}
+                m = len(sc)
+                k_grid = [k for k in (8, 16, 32, 64, 128, 256) if 2 * k <= m]
+                bound = best_lower_bound(sc, inc, delta=delta, confidence=CONFIDENCE, k_grid=k_grid)
+                bound.update({"claimed_epsilon": claimed, "model": name, "canary_kind": kind,
+                              "unit": "one example (canary)"})
+                bounds[key] = bound
+                if claimed is not None:
+                    violations.append((bound["epsilon_lower_bound"], claimed))
+    # natural images first, then per canary kind: control before DP model
+    order = ["audited_model", "non_private_control"] + [f"{m}_{k}" for k in ("gradient_canaries", "image_canaries")
+                                                         for m in ("non_private_control", "dp_model")]
+    result["membership_inference"] = {k: mias[k] for k in order if k in mias}
+    result["canary"] = {k: bounds[k] for k in order if k in bounds}
     out = run_dir / "report" / "empirical.json"
-    atomic_write_text(out, json.dumps(result, indent=1, sort_keys=True, default=float))
-    dp_bound = canary_results.get("dp_model")
-    if dp_bound is not None and dp_bound["claimed_epsilon"] is not None:
-        assert_consistent(dp_bound["epsilon_lower_bound"], dp_bound["claimed_epsilon"])
+    atomic_write_text(out, json.dumps(result, indent=1, default=float))
     _print(console, result)
+    for lower, claimed in violations:
+        try:
+            assert_consistent(lower, claimed)
+        except EmpiricalBoundViolation as e:
+            if cfg.dp.mode != "off" and not cfg.dp.secure_rng:
+                raise EmpiricalBoundViolation(f"{e}; note: this run has dp.secure_rng = false, so its noise is "
+                                              f"reproducible from the published seed and the accountant's ε does "
+                                              f"not hold against the server") from None
+            raise
     return result
 
 
 def _print(console, result: dict[str, Any]) -> None:
     for name, r in result["membership_inference"].items():
-        console.print(f"MIA {name}: AUC {r['auc']:.3f}, TPR@1%FPR {r['tpr_at_1pct_fpr']:.3f}")
+        console.print(f"MIA {name}: AUC {r['auc']:.3f}, TPR@1%FPR {r['tpr_at_1pct_fpr']:.3f}, "
+                      f"TPR@0.1%FPR {r['tpr_at_0.1pct_fpr']:.3f}")
     for name, r in result["canary"].items():
         claimed = r.get("claimed_epsilon")
         console.print(f"canary audit {name}: ε ≥ {r['epsilon_lower_bound']:.3f} at {CONFIDENCE:.0%} "

@@ -298,14 +298,20 @@ def _utility(run_dir: Path, figs: dict[str, bytes]) -> dict[str, Any]:
     return out
 
 
-def _empirical(run_dir: Path) -> Any:
+def _empirical(run_dir: Path, figs: dict[str, bytes]) -> Any:
     p = run_dir / "report" / "empirical.json"
     if not p.is_file():
         return NR
     try:
-        return {"source": "report/empirical.json (not signed)", "results": json.loads(p.read_text("utf-8"))}
+        results = json.loads(p.read_text("utf-8"))
     except ValueError as e:
         return {"source": "report/empirical.json (not signed)", "results": NR, "error": f"unreadable: {e}"}
+    mia = results.get("membership_inference") if isinstance(results, dict) else None
+    curves = {k.replace("_", " "): r["roc"] for k, r in (mia or {}).items()
+              if isinstance(r, dict) and isinstance(r.get("roc"), dict) and r["roc"].get("fpr")}
+    if curves:
+        figs["mia_roc.png"] = figures.roc_figure(curves)
+    return {"source": "report/empirical.json (not signed)", "results": results}
 
 
 def _environment(rep, records) -> dict[str, Any]:
@@ -384,7 +390,7 @@ def build_report(run_dir: str | Path, *, pdf: bool = False, allow_unverified: bo
         "data_governance": _data_gov(records),
         "training": _training(rep, records),
         "utility": _utility(run_dir, figs),
-        "empirical_audit": _empirical(run_dir),
+        "empirical_audit": _empirical(run_dir, figs),
         "environment": _environment(rep, records),
         "limitations": _limitations(rep, records),
         "crosswalk": {"rows": text.CROSSWALK, "disclaimer": text.DISCLAIMER},

@@ -52,3 +52,38 @@ def metric_figure(points: Sequence[tuple[float, float]], *, ylabel: str, title: 
     ax.set_title(title)
     ax.grid(alpha=0.3)
     return _png(plt, fig)
+
+
+def roc_figure(curves: Mapping[str, Mapping[str, Sequence[float]]]) -> bytes:
+    """Membership-inference ROC curves on log-log axes (Carlini et al. 2022): the low-FPR corner is the risk.
+
+    ``curves`` maps "<model> <what was attacked>" names to {"fpr": [...], "tpr": [...]}; one colour per attacked
+    target, solid for the non-private control, dashed for DP models.
+    """
+    plt = _fig()
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    models = ("non private control", "audited model", "dp model")
+    groups: list[str] = []
+    lo = 1.0
+    for name, c in curves.items():
+        model = next((m for m in models if name.startswith(m)), "")
+        target = name[len(model):].strip() or "training images"
+        if target not in groups:
+            groups.append(target)
+        control = model == "non private control"
+        fpr, tpr = list(c["fpr"]), [max(t, 1e-4) for t in c["tpr"]]
+        lo = min(lo, fpr[0])
+        ax.plot(fpr, tpr, color=f"C{groups.index(target) % 10}", linewidth=1.8 if control else 1.4,
+                linestyle="-" if control else "--",
+                label=f"{'non-private control' if control else 'DP model'}: {target}")
+    ax.plot([lo, 1], [lo, 1], color="grey", linewidth=1, linestyle=":", label="chance")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(lo, 1)
+    ax.set_ylim(lo, 1.3)
+    ax.set_xlabel("false-positive rate")
+    ax.set_ylabel("true-positive rate")
+    ax.set_title("Membership inference ROC (log-log)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="lower right")
+    return _png(plt, fig)

@@ -34,6 +34,8 @@ class LocalTrainer:
     def __init__(self, fed: FedConfig, scheduler) -> None:
         self.fed = fed
         self.scheduler = scheduler
+        self.canaries = None            # GradientCanaries: set only by the empirical audit's helper runs
+        self._inject = None             # this client-round's canary injector (or None)
 
     def make_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
         return torch.optim.Adam(model.parameters(), lr=self.fed.lr)
@@ -58,6 +60,11 @@ class LocalTrainer:
         """Hook for DP-SGD (ghost clipping needs the per-example loss): plain training backprops the mean."""
         per_example_loss.mean().backward()
 
+    def add_canaries(self, model: torch.nn.Module, optimizer, batch_len: int) -> None:
+        """Hook: add this step's sampled gradient canaries as extra examples of the mean-reduced batch loss."""
+        if self._inject is not None:
+            self._inject(list(model.parameters()), "grad", 1.0 / max(batch_len, 1))
+
     def dp_record(self, *, client_id: int, round_index: int, steps: int, data: ImageDataset) -> dict | None:
         """Hook for DP-SGD: the DP event of this round. None when training is not private."""
         return None
@@ -69,6 +76,8 @@ class LocalTrainer:
         start = parameters_to_vector(global_model.parameters()).detach().clone()
         model = copy.deepcopy(global_model).train()
         optimizer = self.make_optimizer(model)
+        self._inject = None if self.canaries is None else self.canaries.injector(
+            client_id, round_index, sample_rate=min(self.fed.batch_size, len(data)) / len(data))
         model_t, optimizer, batches = self.privatize(model, optimizer, data, generator,
                                                      client_id=client_id, round_index=round_index)
         total, steps = 0.0, 0
@@ -82,6 +91,7 @@ class LocalTrainer:
             per_example = self.per_example_loss(model_t, x0, generator)
             optimizer.zero_grad()
             self.backward(per_example)
+            self.add_canaries(model, optimizer, x0.shape[0])
             optimizer.step()
             total += float(per_example.detach().mean())
             steps += 1

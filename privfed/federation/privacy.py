@@ -153,12 +153,19 @@ class DPSGDTrainer(LocalTrainer):
                             # the noise must not be reproducible from the (public) run seed
                             generator=None if p.cfg.dp.secure_rng else generator, secure_mode=p.cfg.dp.secure_rng)
         self._current = priv
+        if self._inject is not None:
+            inject = self._inject
+            # the canary enters like one more clipped example: after clipping, before the Gaussian noise
+            priv.optimizer.privfed_before_noise = lambda params: inject(params, "summed_grad", 1.0)
         return priv.module, priv.optimizer, priv.batches(data.images, self.fed.local_epochs)
 
     def per_example_loss(self, model, x0, generator) -> torch.Tensor:
         """K = `noise_multiplicity` (noise, timestep) draws per example, rows ordered k·B + i."""
         k = self.privacy.cfg.dp.noise_multiplicity
         return super().per_example_loss(model, x0.repeat(k, *([1] * (x0.dim() - 1))) if k > 1 else x0, generator)
+
+    def add_canaries(self, model, optimizer, batch_len: int) -> None:
+        """Canaries are added inside the DP optimizer (between clipping and noise), also on empty draws."""
 
     def backward(self, per_example_loss: torch.Tensor) -> None:
         self._current.backward(per_example_loss, multiplicity=self.privacy.cfg.dp.noise_multiplicity)

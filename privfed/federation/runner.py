@@ -66,6 +66,7 @@ class FederatedRun:
         self.cfg = cfg
         self.dir = RunDir(run_dir)
         self.reporter = reporter or SilentReporter()
+        self.gradient_canaries = None    # set by the empirical audit (privfed.federation.canaries)
         self.device = torch.device(cfg.device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise RunDirError("--device cuda requested but no CUDA device is available")
@@ -73,13 +74,17 @@ class FederatedRun:
     # ---- construction -------------------------------------------------------------------------
     @classmethod
     def create(cls, cfg: RunConfig, run_dir: str | Path, *, reporter: Reporter | None = None,
-               augment: Callable[[list[ImageDataset]], list[ImageDataset]] | None = None) -> "FederatedRun":
+               augment: Callable[[list[ImageDataset]], list[ImageDataset]] | None = None,
+               gradient_canaries=None) -> "FederatedRun":
         """Validate data and partition first, then create the run directory (nothing half-written on bad input).
 
         `augment` may add examples to the clients' data (the empirical canary audit inserts canaries this way);
-        DP noise is calibrated on the augmented sizes.
+        DP noise is calibrated on the augmented sizes. `gradient_canaries` (a
+        :class:`~privfed.federation.canaries.GradientCanaries`) makes the clients insert white-box gradient
+        canaries; audits only, never a production run.
         """
         run = cls(cfg, run_dir, reporter=reporter)
+        run.gradient_canaries = gradient_canaries
         run._load_data()
         if augment is not None:
             run.client_data = augment(run.client_data)
@@ -148,6 +153,7 @@ class FederatedRun:
                     self.privacy.restore(ledger_path)
             self.trainer = self.privacy.trainer(cfg.fed, self.scheduler) if self.privacy else \
                 LocalTrainer(cfg.fed, self.scheduler)
+            self.trainer.canaries = self.gradient_canaries
             self.aggregator = self._aggregator()
             info = self._info()
             info["notes"] = self.privacy.notes() if self.privacy else []

@@ -38,17 +38,30 @@ def test_audit_writes_report_with_all_sections(dp_run, capsys):
 
 def test_empirical_audit_tiny_run(dp_run, capsys, monkeypatch):
     monkeypatch.setattr(empirical, "CANARIES", 64)
+    monkeypatch.setattr(empirical, "GRADIENT_CANARIES", 400)
+    monkeypatch.setattr(empirical, "MIA_DRAWS", 4)
     assert main(["audit", "--empirical", str(dp_run)]) == 0
     res = json.loads((dp_run / "report" / "empirical.json").read_text())
     mia = res["membership_inference"]
-    assert set(mia) == {"audited_model", "non_private_control"}
+    kinds = ("gradient_canaries", "image_canaries")
+    assert set(mia) == {"audited_model", "non_private_control",
+                        *(f"{m}_{k}" for m in ("non_private_control", "dp_model") for k in kinds)}
     for r in mia.values():
         assert 0 <= r["auc"] <= 1 and r["auc_ci"][0] <= r["auc"] <= r["auc_ci"][1]
-    dp = res["canary"]["dp_model"]
-    assert 0 <= dp["epsilon_lower_bound"] <= dp["claimed_epsilon"] <= 4.0 + 1e-9
-    assert dp["max_certifiable_epsilon"] > 0
+        assert r["roc"]["fpr"][-1] == 1.0 and len(r["roc"]["fpr"]) == len(r["roc"]["tpr"])
+    # the white-box canaries are found in the non-private control far more often than under DP
+    ctrl, dp = mia["non_private_control_gradient_canaries"], mia["dp_model_gradient_canaries"]
+    assert ctrl["tpr_at_1pct_fpr"] > 0.5 and ctrl["tpr_at_1pct_fpr_ci"][0] > dp["tpr_at_1pct_fpr_ci"][1]
+    for kind in kinds:
+        b = res["canary"][f"dp_model_{kind}"]
+        assert 0 <= b["epsilon_lower_bound"] <= b["claimed_epsilon"] <= 4.0 + 1e-9
+        assert b["max_certifiable_epsilon"] > 0
+        assert res["canary"][f"non_private_control_{kind}"]["claimed_epsilon"] is None
+    # the control's gradient canaries refute any ε below a clearly positive bound: the audit has power
+    assert res["canary"]["non_private_control_gradient_canaries"]["epsilon_lower_bound"] > 1.0
     html = (dp_run / "report" / "report.html").read_text()
-    assert "Membership inference" in html and "One-run canary audit" in html
+    assert "Membership inference" in html and "One-run canary audit" in html and "gradient canaries" in html
+    assert 'alt="membership inference ROC curves, log-log"' in html
 
 
 def test_empirical_bound_above_claim_fails_loudly(dp_run, capsys, monkeypatch):
