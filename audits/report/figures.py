@@ -58,11 +58,11 @@ def roc_figure(curves: Mapping[str, Mapping[str, Sequence[float]]]) -> bytes:
     """Membership-inference ROC curves on log-log axes (Carlini et al. 2022): the low-FPR corner is the risk.
 
     ``curves`` maps "<model> <what was attacked>" names to {"fpr": [...], "tpr": [...]}; one colour per attacked
-    target, solid for the non-private control, dashed for DP models.
+    target, solid for the non-private control, dashed for the audited run and the DP helper run.
     """
     plt = _fig()
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    models = ("non private control", "audited model", "dp model")
+    models = {"non private control": "non-private control", "audited model": "audited run", "dp model": "DP model"}
     groups: list[str] = []
     lo = 1.0
     for name, c in curves.items():
@@ -75,7 +75,7 @@ def roc_figure(curves: Mapping[str, Mapping[str, Sequence[float]]]) -> bytes:
         lo = min(lo, fpr[0])
         ax.plot(fpr, tpr, color=f"C{groups.index(target) % 10}", linewidth=1.8 if control else 1.4,
                 linestyle="-" if control else "--",
-                label=f"{'non-private control' if control else 'DP model'}: {target}")
+                label=f"{models.get(model, name)}: {target}")
     ax.plot([lo, 1], [lo, 1], color="grey", linewidth=1, linestyle=":", label="chance")
     ax.set_xscale("log")
     ax.set_yscale("log")
