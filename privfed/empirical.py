@@ -47,7 +47,7 @@ from privfed.data.dataset import ImageDataset
 from privfed.federation.canaries import GradientCanaries
 from privfed.federation.runner import FederatedRun, SilentReporter
 from privfed.federation.seeding import derive_seed, numpy_generator, torch_generator
-from privfed.models import build_scheduler
+from privfed.models import build_scheduler, load_unet
 from privfed.rundir import RunDir, atomic_write_text
 
 CONFIDENCE = 0.95
@@ -76,23 +76,18 @@ def per_example_loss(model: UNet2DModel, scheduler, images: torch.Tensor, *, dra
     return (total / draws).numpy()
 
 
-def _load_unet(path: Path) -> UNet2DModel:
-    # diffusers warns on every load that `accelerate` is missing; it only matters for huge models
-    return UNet2DModel.from_pretrained(path, low_cpu_mem_usage=False)
-
-
 def _final_model(run_dir: Path) -> UNet2DModel:
     latest = RunDir(run_dir).latest_checkpoint()
     if latest is None:
         raise FileNotFoundError(f"{run_dir} has no checkpoint")
-    return _load_unet(latest[1] / "unet")
+    return load_unet(latest[1] / "unet")
 
 
 def _initial_model(run_dir: Path) -> UNet2DModel:
     path = RunDir(run_dir).checkpoint_dir(0) / "unet"
     if not path.is_dir():
         raise FileNotFoundError(f"{run_dir} has no round-0 checkpoint (the initial model)")
-    return _load_unet(path)
+    return load_unet(path)
 
 
 def make_canaries(m: int, *, channels: int, size: int, seed: int) -> torch.Tensor:

@@ -23,7 +23,7 @@ from privfed.federation.seeding import derive_seed, numpy_generator, torch_gener
 from privfed.metrics import domain_fid, load_or_train_classifier, save_grid
 from privfed.metrics.classifier import accuracy
 from privfed.metrics.fid import class_histogram
-from privfed.models import build_scheduler, build_unet, sample_images
+from privfed.models import build_scheduler, build_unet, load_unet, sample_images
 from privfed.rundir import RunDir, atomic_write_text
 from privfed import run_ledger as ledger_payloads
 from privfed.run_ledger import completed_rounds
@@ -144,8 +144,7 @@ class FederatedRun:
                 self.dir.truncate_metrics_after(-1)
             else:
                 start, path = latest
-                from diffusers import UNet2DModel
-                self.model = UNet2DModel.from_pretrained(path / "unet").to(self.device)
+                self.model = load_unet(path / "unet").to(self.device)
                 self.dir.truncate_metrics_after(start)
                 self.ledger.append("resume", {"from_round": start})
                 self.reporter.note(f"resuming {self.dir.root} after round {start}")

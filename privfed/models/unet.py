@@ -41,3 +41,10 @@ def build_scheduler(cfg: ModelConfig) -> DDPMScheduler:
     """The DDPM training schedule (ε-prediction)."""
     return DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
                          prediction_type="epsilon", clip_sample=True)
+
+
+def load_unet(path) -> UNet2DModel:
+    """Load a checkpoint written by ``save_pretrained`` (a folder with config.json and safetensors), on the CPU."""
+    # low_cpu_mem_usage=False: otherwise diffusers warns on every load that `accelerate` is missing; that path only
+    # matters for models far larger than ours
+    return UNet2DModel.from_pretrained(path, low_cpu_mem_usage=False)
