@@ -76,6 +76,9 @@ STATIC_LIMITATIONS = [
     "configuration recorded, not proven by this report.",
     "Counts in the data summary are suppressed below k but are not differentially private.",
     "Secure aggregation protects individual updates against an honest-but-curious server only (section 4).",
+    "The empirical audit (section 11, when run) attacks helper runs retrained with the audited configuration and "
+    "canaries, not the audited checkpoints themselves (except the natural-image attack); its ε values are lower "
+    "bounds at 95 % confidence: they can refute the claimed ε, never certify it.",
 ]
 
 CROSSWALK = [
