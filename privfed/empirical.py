@@ -1,8 +1,9 @@
 """Empirical privacy audits of a trained run (`privfed audit --empirical`).
 
-Two helper runs are trained from the audited run's configuration, both with the same canaries: a non-private
-control (DP and secure aggregation off) and, when the run is private, a DP run. Each canary is inserted with
-probability ½ (Steinke, Nasr & Jagielski, NeurIPS 2023), into a random client:
+Helper runs are trained from the audited run's configuration, both with the same canaries: a non-private control
+(DP and secure aggregation off) and, when the run is private, a DP run; plus, for each, the attacker's replay
+without the gradient canaries (below). Each canary is inserted with probability ½ (Steinke, Nasr & Jagielski,
+NeurIPS 2023), into a random client:
 
 * image canaries: random ±1 pixel patterns added to the client's images (a black-box canary: the loss on the image
   is the score);
@@ -143,6 +144,18 @@ def _flat(model: torch.nn.Module) -> torch.Tensor:
     return parameters_to_vector(model.parameters()).detach().cpu()
 
 
+def _canary_audit(scores: np.ndarray, included: np.ndarray, *, kind: str, delta: float, claimed: float | None,
+                  seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Membership inference (inserted vs left-out canaries) and the one-run ε lower bound for one canary kind."""
+    mia = {"target": f"{kind.replace('_', ' ')}: inserted vs left out",
+           **membership_inference(scores[included > 0], scores[included < 0],
+                                  rng=numpy_generator(seed, "canary-mia-bootstrap", kind))}
+    k_grid = [k for k in (8, 16, 32, 64, 128, 256) if 2 * k <= len(scores)]
+    bound = best_lower_bound(scores, included, delta=delta, confidence=CONFIDENCE, k_grid=k_grid)
+    bound.update({"claimed_epsilon": claimed, "canary_kind": kind, "unit": "one example (canary)"})
+    return mia, bound
+
+
 def run_empirical(run_dir: Path, *, console, canaries: int | None = None,
                   gradient_canaries: int | None = None) -> dict[str, Any]:
     """Run both audits for `run_dir`, write report/empirical.json, and fail if a lower bound exceeds ε."""
@@ -204,8 +217,7 @@ def run_empirical(run_dir: Path, *, console, canaries: int | None = None,
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=False) as progress:
         for name, hcfg, label in helpers:
-            augment = _with_canaries(canary_imgs, included, seed)
-            run = _train(hcfg, work / name, progress, augment, grad, label)
+            run = _train(hcfg, work / name, progress, _with_canaries(canary_imgs, included, seed), grad, label)
             # the attacker's reference: the published configuration and seed replayed without the gradient canaries
             # (same image canaries). Without DP the replay is exact; under DP its noise is fresh (OS CSPRNG).
             replay = _train(hcfg, work / f"{name}_replay", progress, _with_canaries(canary_imgs, included, seed), None,
@@ -223,17 +235,10 @@ def run_empirical(run_dir: Path, *, console, canaries: int | None = None,
             for kind, sc in scores.items():
                 inc = grad_included if kind == "gradient_canaries" else included
                 key = f"{name}_{kind}"
-                mias[key] = {"target": f"{kind.replace('_', ' ')}: inserted vs left out",
-                             **membership_inference(sc[inc > 0], sc[inc < 0],
-                                                    rng=numpy_generator(seed, "canary-mia-bootstrap", kind))}
-                m = len(sc)
-                k_grid = [k for k in (8, 16, 32, 64, 128, 256) if 2 * k <= m]
-                bound = best_lower_bound(sc, inc, delta=delta, confidence=CONFIDENCE, k_grid=k_grid)
-                bound.update({"claimed_epsilon": claimed, "model": name, "canary_kind": kind,
-                              "unit": "one example (canary)"})
-                bounds[key] = bound
+                mias[key], bounds[key] = _canary_audit(sc, inc, kind=kind, delta=delta, claimed=claimed, seed=seed)
+                bounds[key]["model"] = name
                 if claimed is not None:
-                    violations.append((bound["epsilon_lower_bound"], claimed))
+                    violations.append((bounds[key]["epsilon_lower_bound"], claimed))
     # natural images first, then per canary kind: control before DP model
     order = ["audited_model", "non_private_control"] + [f"{m}_{k}" for k in ("gradient_canaries", "image_canaries")
                                                          for m in ("non_private_control", "dp_model")]
