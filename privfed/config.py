@@ -6,8 +6,11 @@ Every privacy-relevant argument is keyword-only and named with its unit (see DES
 from __future__ import annotations
 
 import dataclasses
-import hashlib
+import functools
+import math
 import tomllib
+import types
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
@@ -16,7 +19,6 @@ import tomli_w
 
 from privfed.errors import ConfigError
 
-DATASETS_BUILTIN = ("digits",)
 PARTITIONS = ("iid", "dirichlet", "quantity")
 DP_MODES = ("sample", "client", "off")
 SECAGG_MODES = ("secagg", "secagg+", "off")
@@ -37,6 +39,7 @@ class DataConfig:
     test_fraction: float = 0.2       # only for datasets without an official test split (digits, folders)
 
     def __post_init__(self) -> None:
+        _check_types(self, "data")
         if self.partition not in PARTITIONS:
             raise ConfigError(f"partition must be one of {', '.join(PARTITIONS)}; got {self.partition!r}")
         if not self.alpha > 0:
@@ -70,6 +73,7 @@ class ModelConfig:
     pretrain_set_size: int = 4000
 
     def __post_init__(self) -> None:
+        _check_types(self, "model")
         if self.base_channels < 8 or self.base_channels % 8:
             raise ConfigError(f"base_channels must be a multiple of 8, >= 8; got {self.base_channels}")
         if self.layers_per_block < 1:
@@ -99,6 +103,7 @@ class FedConfig:
     min_clients: int = 2             # end the run cleanly when fewer clients can train
 
     def __post_init__(self) -> None:
+        _check_types(self, "fed")
         if self.clients < 1:
             raise ConfigError(f"clients must be >= 1; got {self.clients}")
         if self.rounds < 1:
@@ -132,12 +137,12 @@ class DPConfig:
     secure_rng: bool = True               # sampling + noise from an OS-CSPRNG-seeded generator, Opacus secure_mode
 
     def __post_init__(self) -> None:
+        _check_types(self, "dp")
         if self.mode not in DP_MODES:
             raise ConfigError(f"dp mode must be one of {', '.join(DP_MODES)}; got {self.mode!r}")
         if self.grad_sample_mode not in ("hooks", "ghost", "functorch"):
             raise ConfigError(f"grad_sample_mode must be hooks, ghost or functorch; got {self.grad_sample_mode!r}")
-        if isinstance(self.noise_multiplicity, bool) or not isinstance(self.noise_multiplicity, int) \
-                or not 1 <= self.noise_multiplicity <= 64:
+        if not 1 <= self.noise_multiplicity <= 64:
             raise ConfigError(f"noise_multiplicity must be an integer in [1, 64]; got {self.noise_multiplicity!r}")
         if self.noise_multiplicity > 1 and self.grad_sample_mode == "ghost":
             raise ConfigError("noise_multiplicity > 1 needs grad_sample_mode hooks or functorch (ghost clipping "
@@ -160,25 +165,78 @@ class DPConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class SecAggConfig:
-    """Secure aggregation of client updates: the server only sees the sum over survivors."""
+    """Secure aggregation of client updates: the server only sees the sum over survivors.
+
+    With n sites in a round the threshold is t = floor(threshold_fraction·n) + 1; every site refuses a round unless
+    n/2 < t <= n and, against an active server working with up to `max_colluders` (n_C) sites, t >= floor((n + n_C)/2)
+    + 1. `RunConfig` checks these for the configured round size at load, before a run directory exists.
+    """
 
     mode: str = "secagg+"
     clip_range: float = 0.25         # per-coordinate clip of the (weighted) update before quantization
-    threshold_fraction: float = 0.67
+    threshold_fraction: float = 0.67 # t = floor(threshold_fraction * n) + 1, in [0.5, 1)
     dropout_rate: float = 0.0        # simulated fraction of selected clients that drop at the masked-input stage
+    max_colluders: int = 0           # n_C: colluding sites tolerated against an active server (needs t > (n+n_C)/2)
+    failure_log2: int = 40           # SecAgg+ graph: accept a failure probability of at most 2^-failure_log2
+    min_clients: int = 3             # the smallest round (sites) a site accepts
+    seeded_rounding: bool = False    # stochastic rounding from the run seed (reproducible; experiments only);
+                                     # false: each site rounds with its own OS-CSPRNG generator
 
     def __post_init__(self) -> None:
+        _check_types(self, "secure_agg")
         if self.mode not in SECAGG_MODES:
             raise ConfigError(f"secure-agg mode must be one of {', '.join(SECAGG_MODES)}; got {self.mode!r}")
         if not self.clip_range > 0:
             raise ConfigError("secure-agg clip_range must be > 0")
-        if not 0.5 < self.threshold_fraction <= 1:
-            raise ConfigError("secure-agg threshold_fraction must be in (0.5, 1]")
+        if not 0.5 <= self.threshold_fraction < 1:
+            raise ConfigError(f"secure-agg threshold_fraction must be in [0.5, 1) (t = floor(fraction·n) + 1 must "
+                              f"satisfy n/2 < t <= n); got {self.threshold_fraction}")
         if not 0 <= self.dropout_rate < 0.5:
             raise ConfigError("secure-agg dropout_rate must be in [0, 0.5)")
         if self.dropout_rate > 1 - self.threshold_fraction:
             raise ConfigError(f"secure-agg dropout_rate {self.dropout_rate} leaves fewer survivors than the threshold "
                               f"fraction {self.threshold_fraction}: every round would abort")
+        if self.max_colluders < 0:
+            raise ConfigError(f"secure-agg max_colluders must be >= 0; got {self.max_colluders}")
+        if not 10 <= self.failure_log2 <= 128:
+            raise ConfigError(f"secure-agg failure_log2 must be in [10, 128] (failure probability 2^-failure_log2); "
+                              f"got {self.failure_log2}")
+        if self.min_clients < 2:
+            raise ConfigError(f"secure-agg min_clients must be >= 2 (a sum of one site is that site's update); "
+                              f"got {self.min_clients}")
+
+    def threshold(self, n: int) -> int:
+        """t for a round of n sites: floor(threshold_fraction·n) + 1 (as `secure_agg.SecAggParams.threshold`)."""
+        return int(math.floor(self.threshold_fraction * n)) + 1
+
+    def check_round(self, n: int) -> int:
+        """Raise ConfigError unless every site would accept a round of n sites; return its threshold t."""
+        t = self.threshold(n)
+        where = f"a round of n={n} sites (threshold_fraction={self.threshold_fraction} gives t={t})"
+        if n < self.min_clients:
+            raise ConfigError(f"secure aggregation: {where} is below secure_agg.min_clients={self.min_clients}, "
+                              f"the smallest round a site accepts")
+        if t < 2 or 2 * t <= n or t > n:
+            raise ConfigError(f"secure aggregation: {where} is unsafe: need n/2 < t <= n and t >= 2")
+        need = (n + self.max_colluders) // 2 + 1
+        if t < need:
+            raise ConfigError(f"secure aggregation: {where} tolerates fewer than max_colluders={self.max_colluders} "
+                              f"colluding sites: need t >= floor((n + n_C)/2) + 1 = {need}"
+                              + ("" if need <= n else f" > n; at most {n - 1} colluders are possible with n={n}")
+                              + "; raise threshold_fraction or lower max_colluders")
+        survivors = n - int(math.floor(self.dropout_rate * n))
+        if survivors < t:
+            raise ConfigError(f"secure aggregation: {where} with dropout_rate={self.dropout_rate} leaves "
+                              f"{survivors} survivors < t: every round would abort")
+        return t
+
+
+def sites_per_round(fed: FedConfig) -> int:
+    """Sites selected per round, rounded as the runner draws them: max(1, round(fraction·clients)).
+
+    Under DP-FedAvg with fraction < 1 the runner draws sites by Poisson sampling: this is then the expected size.
+    """
+    return max(1, int(round(fed.fraction * fed.clients)))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -196,6 +254,7 @@ class RunConfig:
     secure_agg: SecAggConfig = field(default_factory=SecAggConfig)
 
     def __post_init__(self) -> None:
+        _check_types(self, "")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"device must be cpu or cuda; got {self.device!r}")
         if self.eval_every < 1:
@@ -205,6 +264,8 @@ class RunConfig:
         if self.secure_agg.mode != "off" and (self.fed.clients < 2 or self.fed.min_clients < 2):
             raise ConfigError("secure aggregation needs at least 2 clients per round (clients and min_clients "
                               ">= 2); use --secure-agg off for a single site")
+        if self.secure_agg.mode != "off":
+            self.secure_agg.check_round(sites_per_round(self.fed))
 
     @property
     def public_pretrain(self) -> str:
@@ -219,9 +280,6 @@ class RunConfig:
 
     def to_toml(self) -> str:
         return tomli_w.dumps(self.to_dict())
-
-    def sha256(self) -> str:
-        return hashlib.sha256(self.to_toml().encode()).hexdigest()
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> "RunConfig":
@@ -255,20 +313,77 @@ def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
 
 def _build(cls, raw: Mapping[str, Any], where: str):
     if not isinstance(raw, Mapping):
-        raise ConfigError(f"config section [{where}] must be a table")
-    known = {f.name: f for f in fields(cls)}
-    unknown = set(raw) - set(known)
+        raise ConfigError(f"config key {where} expects a table ([{where}]); got {type(raw).__name__} {raw!r}")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(raw) - known, key=str)
     if unknown:
-        raise ConfigError(f"unknown config key(s) in [{where or 'top'}]: {', '.join(sorted(unknown))}")
+        key = unknown[0]
+        name = f"{where}.{key}" if where else str(key)
+        what = "section or key" if not where else "key"
+        raise ConfigError(f"unknown config {what} {name} = {raw[key]!r}; known in [{where or 'top level'}]: "
+                          f"{', '.join(sorted(known))}")
     kwargs = {}
     for name, value in raw.items():
-        ftype = known[name].type
         sub = _SECTIONS.get(name) if cls is RunConfig else None
         kwargs[name] = _build(sub, value, name) if sub else value
-    try:
-        return cls(**kwargs)
-    except TypeError as e:
-        raise ConfigError(f"bad config in [{where or 'top'}]: {e}") from None
+    return cls(**kwargs)
 
 
 _SECTIONS = {"data": DataConfig, "model": ModelConfig, "fed": FedConfig, "dp": DPConfig, "secure_agg": SecAggConfig}
+
+
+@functools.cache
+def _field_types(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "nothing (omit the key)"
+    if tp is float:
+        return "float"
+    if dataclasses.is_dataclass(tp):
+        return "a table"
+    return tp.__name__
+
+
+def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
+    """(ok, value) for `value` against a field type; ints are accepted (as floats) where floats are expected."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            ok, v = _coerce(value, arg)
+            if ok:
+                return True, v
+        return False, value
+    if tp is type(None):
+        return value is None, value
+    if tp is bool:
+        return isinstance(value, bool), value
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False, value
+        try:
+            v = float(value)
+        except OverflowError:
+            return False, value
+        return math.isfinite(v), v
+    return isinstance(value, tp), value
+
+
+def _check_types(obj: Any, section: str) -> None:
+    """Type-check every field of a frozen config dataclass (ConfigError naming key, expected type and value)."""
+    hints = _field_types(type(obj))
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        ok, coerced = _coerce(value, hints[f.name])
+        if not ok:
+            key = f"{section}.{f.name}" if section else f.name
+            finite = "a finite " if isinstance(value, float) and not math.isfinite(value) else ""
+            raise ConfigError(f"config key {key} expects {finite}{_type_name(hints[f.name])}; "
+                              f"got {type(value).__name__} {value!r}")
+        if coerced is not value:
+            object.__setattr__(obj, f.name, coerced)

@@ -1,0 +1,177 @@
+"""Config: every value type-checked on load; what the secure-aggregation protocol will check, checked at load."""
+
+import math
+
+import pytest
+
+from privfed.cli import main
+from privfed.config import RunConfig, SecAggConfig, sites_per_round
+from privfed.errors import ConfigError
+
+# (raw config, key named in the error, expected type named, value named)
+WRONG_TYPES = [
+    ({"fed": {"clients": 2.5}}, "fed.clients", "int", "2.5"),
+    ({"fed": {"rounds": True}}, "fed.rounds", "int", "True"),           # a bool is not an int
+    ({"fed": {"clients": "10"}}, "fed.clients", "int", "'10'"),
+    ({"dp": {"allow_large_delta": "yes"}}, "dp.allow_large_delta", "bool", "'yes'"),
+    ({"dp": {"secure_rng": 1}}, "dp.secure_rng", "bool", "1"),          # an int is not a bool
+    ({"fed": {"lr": "fast"}}, "fed.lr", "float", "'fast'"),
+    ({"fed": {"fraction": False}}, "fed.fraction", "float", "False"),
+    ({"dp": {"target_epsilon": "8"}}, "dp.target_epsilon", "float", "'8'"),
+    ({"data": {"alpha": math.nan}}, "data.alpha", "finite float", "nan"),
+    ({"dp": {"delta": math.inf}}, "dp.delta", "finite float", "inf"),
+    ({"data": {"path": 3}}, "data.path", "str", "3"),
+    ({"data": {"image_size": 28.0}}, "data.image_size", "int", "28.0"),
+    ({"seed": "0"}, "seed", "int", "'0'"),
+    ({"device": 0}, "device", "str", "0"),
+    ({"secure_agg": {"max_colluders": 1.0}}, "secure_agg.max_colluders", "int", "1.0"),
+    ({"secure_agg": {"seeded_rounding": "false"}}, "secure_agg.seeded_rounding", "bool", "'false'"),
+    ({"model": {"attention": 0}}, "model.attention", "bool", "0"),
+    ({"fed": {"clients": [10]}}, "fed.clients", "int", "[10]"),
+]
+
+
+@pytest.mark.parametrize("raw,key,expected,value", WRONG_TYPES)
+def test_wrong_type_names_key_expected_type_and_value(raw, key, expected, value):
+    with pytest.raises(ConfigError) as e:
+        RunConfig.from_dict(raw)
+    msg = str(e.value)
+    assert f"config key {key} expects" in msg and expected in msg and value in msg, msg
+
+
+def test_wrong_type_on_direct_construction():
+    from privfed.config import FedConfig
+    with pytest.raises(ConfigError, match="fed.clients expects int"):
+        FedConfig(clients=2.5)
+
+
+def test_floats_accept_ints_and_store_floats():
+    cfg = RunConfig.from_dict({"fed": {"lr": 1, "fraction": 1}, "dp": {"target_epsilon": 8}})
+    assert cfg.fed.lr == 1.0 and isinstance(cfg.fed.lr, float)
+    assert isinstance(cfg.fed.fraction, float) and isinstance(cfg.dp.target_epsilon, float)
+    assert "lr = 1.0" in cfg.to_toml()
+
+
+def test_optional_fields_accept_none():
+    cfg = RunConfig.from_dict({"dp": {"target_epsilon": None, "noise_multiplier": 1.0}})
+    assert cfg.dp.target_epsilon is None
+
+
+@pytest.mark.parametrize("raw,match", [
+    ({"fed": {"clientz": 3}}, r"unknown config key fed.clientz = 3; known in \[fed\]: .*clients"),
+    ({"fedd": {"clients": 3}}, r"unknown config section or key fedd = \{'clients': 3\}"),
+    ({"colour": "blue"}, r"unknown config section or key colour = 'blue'"),
+    ({"fed": 3}, r"config key fed expects a table \(\[fed\]\); got int 3"),
+])
+def test_unknown_keys_and_sections(raw, match):
+    with pytest.raises(ConfigError, match=match):
+        RunConfig.from_dict(raw)
+
+
+def test_wrong_type_in_toml_file(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text('[fed]\nclients = 2.5\n')
+    with pytest.raises(ConfigError, match="fed.clients expects int; got float 2.5"):
+        RunConfig.from_toml(p)
+
+
+def test_default_config_valid_and_round_trips(tmp_path):
+    cfg = RunConfig()
+    assert cfg.secure_agg == SecAggConfig(max_colluders=0, failure_log2=40, min_clients=3, seeded_rounding=False)
+    p = tmp_path / "c.toml"
+    p.write_text(cfg.to_toml())
+    assert RunConfig.from_toml(p) == cfg
+
+
+# --- what the protocol checks, checked at load -------------------------------------------------------------------
+
+def _sec(clients=10, fraction=1.0, **sec):
+    return RunConfig.from_dict({"fed": {"clients": clients, "fraction": fraction},
+                                "secure_agg": {"mode": "secagg+", **sec}})
+
+
+def test_threshold_fraction_one_fails_at_load():
+    with pytest.raises(ConfigError, match="threshold_fraction must be in"):
+        _sec(threshold_fraction=1.0)
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 9, 10, 11])
+def test_t_over_half_boundary(n):
+    # threshold_fraction 0.5 gives t = floor(n/2) + 1 > n/2: accepted; just below gives t <= n/2 for even n
+    assert _sec(clients=n, min_clients=2, threshold_fraction=0.5).secure_agg.threshold(n) * 2 > n
+    with pytest.raises(ConfigError, match="threshold_fraction must be in"):
+        _sec(clients=n, min_clients=2, threshold_fraction=0.49)
+
+
+def test_round_of_one_site_fails():
+    # 10 clients at fraction 0.1 -> 1 site per round: t = 1, no secure sum
+    with pytest.raises(ConfigError, match="n=1"):
+        _sec(fraction=0.1, min_clients=2)
+
+
+def test_colluder_bound_both_sides():
+    # n = 10, threshold_fraction 0.67 -> t = 7; t >= floor((n + n_C)/2) + 1 holds for n_C <= 3, fails for n_C = 4
+    assert _sec(max_colluders=3).secure_agg.threshold(10) == 7
+    with pytest.raises(ConfigError, match=r"max_colluders=4.*floor\(\(n \+ n_C\)/2\) \+ 1 = 8"):
+        _sec(max_colluders=4)
+    # raising the threshold restores it: 0.75 -> t = 8
+    assert _sec(max_colluders=4, threshold_fraction=0.75).secure_agg.threshold(10) == 8
+
+
+def test_colluder_bound_uses_sites_per_round():
+    # 20 clients at fraction 0.5 -> n = 10 per round (the runner's rounding); the bound is checked for n = 10
+    cfg = _sec(clients=20, fraction=0.5, max_colluders=3)
+    assert sites_per_round(cfg.fed) == 10
+    with pytest.raises(ConfigError, match="n=10"):
+        _sec(clients=20, fraction=0.5, max_colluders=4)
+    # 0.55 * 10 = 5.5 -> round() gives 6 (banker's rounding as the runner does), t = floor(0.67 * 6) + 1 = 5
+    assert sites_per_round(_sec(clients=10, fraction=0.55).fed) == 6
+
+
+def test_impossible_colluder_count_says_so():
+    assert _sec(max_colluders=9, threshold_fraction=0.99).secure_agg.threshold(10) == 10    # t = n
+    with pytest.raises(ConfigError, match="at most 9 colluders"):
+        _sec(max_colluders=10, threshold_fraction=0.99)
+
+
+def test_round_below_site_minimum_fails():
+    assert sites_per_round(_sec(clients=3).fed) == 3
+    with pytest.raises(ConfigError, match="min_clients=4"):
+        _sec(clients=3, min_clients=4)
+    with pytest.raises(ConfigError, match="min_clients must be >= 2"):
+        _sec(min_clients=1)
+
+
+def test_exact_dropouts_leave_threshold():
+    # n = 3, t = 3: the approximate rate rule passes (0.3 <= 0.33) but floor(0.3 * 3) = 0 drop; fine
+    assert _sec(clients=3, dropout_rate=0.3).secure_agg.check_round(3) == 3
+    with pytest.raises(ConfigError, match="every round would abort"):
+        _sec(dropout_rate=0.4)
+
+
+def test_protocol_checks_skipped_when_secure_agg_off():
+    cfg = RunConfig.from_dict({"fed": {"clients": 2}, "secure_agg": {"mode": "off", "max_colluders": 5}})
+    assert cfg.secure_agg.mode == "off"
+
+
+@pytest.mark.parametrize("bad,match", [({"failure_log2": 5}, "failure_log2"), ({"max_colluders": -1}, "max_colluders")])
+def test_new_field_ranges(bad, match):
+    with pytest.raises(ConfigError, match=match):
+        SecAggConfig(**bad)
+
+
+def test_threshold_matches_protocol():
+    from secure_agg import SecAggParams
+    for f in (0.5, 0.51, 0.6, 0.67, 0.75, 0.9, 0.99):
+        for n in range(2, 60):
+            assert SecAggConfig(threshold_fraction=f).threshold(n) == SecAggParams(threshold_fraction=f).threshold(n)
+
+
+def test_cli_bad_threshold_fails_before_run_dir(tmp_path, capsys):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[secure_agg]\nthreshold_fraction = 1.0\n")
+    out = tmp_path / "run"
+    assert main(["run", "--config", str(cfg), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "threshold_fraction" in err
+    assert not out.exists()
