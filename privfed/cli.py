@@ -1,9 +1,15 @@
-"""`privfed` command line: run (train a federation) and audit (verify and report on a run)."""
+"""`privfed` command line: run (train a federation), audit (verify and report on a run), site init (a site's identity).
+
+Errors: the project's own named errors (bad input, a refused round, a failed verification, an exhausted budget)
+become one line on stderr and exit code 2; anything else is a bug and keeps its traceback. `--debug` shows the
+traceback for the project's errors too.
+"""
 
 from __future__ import annotations
 
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any, Optional
 
@@ -20,9 +26,14 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 console = Console(stderr=False)
 
 
+_STATE = {"debug": False}
+
+
 @app.callback()
-def _root() -> None:
+def _root(debug: bool = typer.Option(False, "--debug", help="Show the traceback of the project's own errors too "
+                                     "(a bug always shows one).")) -> None:
     """Privacy-hardened federated training of image diffusion models."""
+    _STATE["debug"] = debug
 
 
 class RichReporter:
@@ -142,20 +153,24 @@ def run(
     dropout_rate: Optional[float] = typer.Option(None, "--dropout-rate", help="Simulated client dropout rate."),
 ) -> None:
     """Train a diffusion model across clients (embedded default: 10 clients, Dirichlet α=0.5, digits)."""
-    from privfed.federation.runner import FederatedRun
-
     opts = dict(locals())
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        TimeRemainingColumn(), console=console, transient=False)
-    reporter = RichReporter(progress)
+    cfg = None
     if resume is not None:
         given = {k: v for k, v in _overrides(**opts).items()}
         if given or config is not None:
             raise PrivfedError("--resume takes the run's own config.toml; do not combine it with other options")
-        fr = FederatedRun.resume(resume, reporter=reporter)
     else:
+        # the whole configuration is validated before the runner (and torch) is imported or anything is written
         cfg = RunConfig.from_toml(config) if config else RunConfig()
         cfg = cfg.replace(**_overrides(**opts))
+    from privfed.federation.runner import FederatedRun
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        TimeRemainingColumn(), console=console, transient=False)
+    reporter = RichReporter(progress)
+    if cfg is None:
+        fr = FederatedRun.resume(resume, reporter=reporter)
+    else:
         run_dir = out or Path("runs") / time.strftime("run-%Y%m%d-%H%M%S")
         fr = FederatedRun.create(cfg, run_dir, reporter=reporter)
     t0 = time.perf_counter()
@@ -192,22 +207,69 @@ def audit(
     raise typer.Exit(run_audit(Path(target[0]), empirical=empirical, pdf=pdf, pin_key=pin_key, console=console))
 
 
+site_app = typer.Typer(no_args_is_help=True, help="A site's own setup: its long-term identity.")
+app.add_typer(site_app, name="site")
+
+
+@site_app.command("init")
+def site_init(
+    site_dir: Path = typer.Argument(..., help="The site's directory (created if missing)."),
+    site_id: Optional[int] = typer.Option(None, "--site-id", help="The site's id on the roster (a non-negative "
+                                          "integer); also writes a default site.toml policy."),
+) -> None:
+    """Create the site's long-term Ed25519 identity (private key mode 0600) and print its fingerprint.
+
+    Refuses to overwrite an existing key (SiteKeyError): a site's identity is pinned on every roster.
+    """
+    from privfed.parties.identity import KEY_FILE, init_site
+
+    identity = init_site(site_dir, site_id=site_id)
+    key_path = identity.site_dir / KEY_FILE
+    typer.echo(f"fingerprint: {identity.fingerprint}")
+    typer.echo(f"private key: {key_path} (mode 0600)")
+
+
+# The project's named errors besides privfed.errors.PrivfedError (ConfigError, DataError, RunDirError, the SiteError
+# family): module -> class names. Only these become one-line messages; a plain ValueError/KeyError/... is a bug.
+PROJECT_ERRORS = {
+    "secure_agg.errors": ("SecAggError",),
+    "audits.errors": ("AuditError",),
+    "dp.budget": ("BudgetExceeded",),
+    "dp.calibrate": ("CalibrationError",),
+}
+
+
+def project_error_types() -> tuple[type[BaseException], ...]:
+    """PrivfedError plus the other packages' named errors whose modules are loaded (an error from a module that
+    was never imported cannot have been raised, so nothing is imported here)."""
+    types_: list[type[BaseException]] = [PrivfedError]
+    for module, names in PROJECT_ERRORS.items():
+        if module in sys.modules:
+            types_.extend(getattr(sys.modules[module], name) for name in names)
+    return tuple(types_)
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+    return text or type(e).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point: user errors become one line on stderr and exit code 2."""
+    """Console entry point: the project's errors become one line on stderr and exit code 2; bugs keep tracebacks."""
+    _STATE["debug"] = False
     try:
         rc = app(args=argv, standalone_mode=False)
         if isinstance(rc, int):     # click returns typer.Exit codes instead of raising when not standalone
             return rc
-    except PrivfedError as e:
-        print(f"privfed: error: {e}", file=sys.stderr)
-        return 2
-    except (ValueError, TypeError) as e:   # argument validation raised below the CLI layer
-        print(f"privfed: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("privfed: interrupted; resume with privfed run --resume RUN_DIR", file=sys.stderr)
         return 130
     except Exception as e:
+        if isinstance(e, project_error_types()):
+            if _STATE["debug"]:
+                traceback.print_exc()
+            print(f"privfed: error: {_one_line(e)}", file=sys.stderr)
+            return 2
         # typer vendors click: recognise its usage errors and exits by shape, not by import path
         if hasattr(e, "show") and hasattr(e, "exit_code"):
             e.show()
