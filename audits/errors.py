@@ -7,11 +7,16 @@ Every error renders as one clear line (``str(err)``), which is what the CLI prin
     │   ├── MissingRunDirectory        no such directory
     │   └── IncompleteRunDirectory     a file of the §4 contract is missing (ledger.jsonl, keys/ledger.pub, config.toml)
     ├── KeyError_ (LedgerKeyError)     key files: unreadable, wrong format, unsafe permissions, fingerprint not pinned one
-    ├── VerificationError              a record fails a check; carries .record_index (0-based line) and .reason
+    ├── VerificationError              a record fails a check; carries .record_index (0-based line), .reason and
+    │   │                              .source ("ledger" or "receipt of site <id>")
     │   ├── LedgerIntegrityError       bytes/canonical form/seq/prev_hash/signature (tampering, truncation)
-    │   │   └── UnsignedRecordError    a record without a signature
+    │   │   ├── UnsignedRecordError    a record without a signature
+    │   │   └── ReceiptIntegrityError  the same checks failing on a site's receipt (byte change, wrong key, reorder)
     │   ├── UnknownSchemaVersion       a validly signed record of a schema version this verifier does not know
     │   ├── RecordSchemaError          envelope or payload does not match its JSON schema / run order
+    │   │   └── UnknownEventType       a DP event whose "type" this verifier cannot account
+    │   ├── RosterError                the ledger's roster record is inconsistent (fingerprint, server key, sites)
+    │   ├── ReceiptMismatch            a site's receipt disagrees with the server's ledger (events, rounds, key, roster)
     │   ├── EpsilonMismatchError       recomputed ε differs from the reported ε by more than the tolerance
     │   ├── BudgetViolationError       a budget check was ignored, or recomputed ε exceeds the recorded cap
     │   ├── SmallCellError             a data summary publishes a count below the suppression threshold
@@ -49,13 +54,17 @@ class LedgerKeyError(AuditError):
 
 
 class VerificationError(AuditError):
-    """A ledger record failed a check. ``record_index`` is the 0-based line number in ledger.jsonl (None: run level)."""
+    """A record failed a check. ``record_index`` is the 0-based line number in ``source`` (None: file level);
+    ``source`` is ``"ledger"`` (RUN_DIR/ledger.jsonl) or ``"receipt of site <id>"`` (a site's receipt.jsonl)."""
 
-    def __init__(self, record_index: int | None, reason: str, *, kind: str | None = None) -> None:
+    def __init__(self, record_index: int | None, reason: str, *, kind: str | None = None,
+                 source: str = "ledger") -> None:
         self.record_index = record_index
         self.reason = reason
         self.kind = kind
-        where = "ledger" if record_index is None else f"record {record_index}" + (f" ({kind})" if kind else "")
+        self.source = source
+        prefix = "" if source == "ledger" else f"{source}: "
+        where = source if record_index is None else f"{prefix}record {record_index}" + (f" ({kind})" if kind else "")
         super().__init__(f"{where}: {reason}")
 
 
@@ -67,12 +76,39 @@ class UnsignedRecordError(LedgerIntegrityError):
     """A record carries no signature."""
 
 
+class ReceiptIntegrityError(LedgerIntegrityError):
+    """A site receipt's bytes, canonical form, sequence, hash chain or signature (under the site's key) fail."""
+
+
 class UnknownSchemaVersion(VerificationError):
     """A (validly signed) record declares a schema version this verifier does not know."""
 
 
 class RecordSchemaError(VerificationError, ValueError):
     """A record's envelope or payload does not match the schema of its kind, or records are out of order."""
+
+
+class UnknownEventType(RecordSchemaError):
+    """A (validly signed) DP event names a ``type`` this verifier cannot account (known: "gaussian")."""
+
+
+class RosterError(VerificationError):
+    """The ledger's roster record does not hash to its fingerprint, names another server key, or misses a site."""
+
+
+class ReceiptMismatch(VerificationError):
+    """A site's verified receipt disagrees with the server's verified ledger: DP events (σ, q, steps, unit) of a
+    round differ, one side has a round the other lacks, or the site key / roster fingerprint differ.
+    ``site`` and ``round`` (None: not tied to a round) name where; ``record_index`` is the ledger record, if any."""
+
+    def __init__(self, reason: str, *, site: str, round: int | None = None, record_index: int | None = None,
+                 kind: str | None = None) -> None:
+        self.site = site
+        self.round = round
+        where = f"site {site}" + ("" if round is None else f", round {round}")
+        at = "" if record_index is None else f" (ledger record {record_index}" + (f", {kind})" if kind else ")")
+        super().__init__(None, reason + at, kind=kind, source=f"receipt cross-check of {where}")
+        self.record_index = record_index
 
 
 class EpsilonMismatchError(VerificationError):
@@ -104,4 +140,4 @@ class ReportDependencyMissing(AuditError):
 
 
 class LedgerBusyError(AuditError):
-    """Another LedgerWriter (process) holds the ledger open for writing."""
+    """Another writer (process) holds the ledger or receipt open for writing."""

@@ -1,7 +1,9 @@
-"""Ed25519 run key for signing the ledger.
+"""Ed25519 keys: the run key that signs the ledger, and each site's long-term identity key that signs its receipt.
 
 Files (DESIGN §4): ``RUN_DIR/keys/ledger.pub`` (PEM SubjectPublicKeyInfo; a raw 32-byte key as 64 hex characters is
 also accepted) and ``RUN_DIR/keys/ledger.key`` (unencrypted PKCS#8 PEM, mode 0600, or any path the user gives).
+A site: ``SITE_DIR/identity.key`` (PKCS#8 PEM, or the raw 32-byte private key as bytes or 64 hex characters; mode
+0600) and ``SITE_DIR/identity.pub`` (same formats as ledger.pub); a roster names it by its raw public key in hex.
 
 Trust note for auditors: a signature only proves that *someone holding the private key* wrote the ledger. Anyone
 with the private key (or who can replace ledger.pub) can rewrite and re-sign the whole ledger. Auditors must
@@ -25,11 +27,28 @@ from audits.errors import LedgerKeyError
 
 PUBLIC_KEY_RELPATH = Path("keys") / "ledger.pub"
 PRIVATE_KEY_RELPATH = Path("keys") / "ledger.key"
+SITE_PRIVATE_KEY_FILENAME = "identity.key"
+SITE_PUBLIC_KEY_FILENAME = "identity.pub"
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
 def raw_public_bytes(public_key: Ed25519PublicKey) -> bytes:
     return public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def public_key_hex(public_key: Ed25519PublicKey) -> str:
+    """The raw 32-byte public key as 64 lowercase hex characters (how rosters and receipts name a site key)."""
+    return raw_public_bytes(public_key).hex()
+
+
+def public_key_from_hex(text: str) -> Ed25519PublicKey:
+    """Inverse of :func:`public_key_hex`; LedgerKeyError if ``text`` is not 64 hex characters of a valid key."""
+    if not isinstance(text, str) or not _HEX64.match(text):
+        raise LedgerKeyError(f"not a raw Ed25519 public key in hex (64 characters): {text!r:.80}")
+    try:
+        return Ed25519PublicKey.from_public_bytes(bytes.fromhex(text))
+    except ValueError as e:
+        raise LedgerKeyError(f"invalid Ed25519 public key: {e}") from None
 
 
 def key_fingerprint(public_key: Ed25519PublicKey) -> str:
@@ -67,28 +86,37 @@ def write_public_key(path: Path, public_key: Ed25519PublicKey) -> None:
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
-    """Load an Ed25519 private key; refuse it when group or others can read or write it (must be 0600 or stricter)."""
+    """Load an Ed25519 private key (unencrypted PKCS#8 PEM, or raw: 32 bytes or 64 hex characters); refuse it when
+    group or others can read or write it (must be 0600 or stricter)."""
+    path = Path(path)
     try:
         st = path.stat()
     except FileNotFoundError:
-        raise LedgerKeyError(f"{path}: ledger private key not found") from None
+        raise LedgerKeyError(f"{path}: private key not found") from None
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise LedgerKeyError(f"{path}: private key permissions are {stat.S_IMODE(st.st_mode):04o}; must be 0600")
+    data = path.read_bytes()
+    text = data.decode("ascii", errors="replace").strip()
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        if len(data) == 32 and not data.startswith(b"-----"):
+            return Ed25519PrivateKey.from_private_bytes(data)
+        if _HEX64.match(text):
+            return Ed25519PrivateKey.from_private_bytes(bytes.fromhex(text))
+        key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as e:
-        raise LedgerKeyError(f"{path}: not an unencrypted PEM private key ({e})") from None
+        raise LedgerKeyError(f"{path}: not an unencrypted PEM or raw Ed25519 private key ({e})") from None
     if not isinstance(key, Ed25519PrivateKey):
         raise LedgerKeyError(f"{path}: not an Ed25519 key")
     return key
 
 
 def load_public_key(path: Path) -> Ed25519PublicKey:
-    """Load ``ledger.pub``: PEM SubjectPublicKeyInfo, or the raw key as 64 hex characters."""
+    """Load ``ledger.pub`` or ``identity.pub``: PEM SubjectPublicKeyInfo, or the raw key as 64 hex characters."""
+    path = Path(path)
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise LedgerKeyError(f"{path}: ledger public key not found") from None
+        raise LedgerKeyError(f"{path}: public key not found") from None
     text = data.decode("ascii", errors="replace").strip()
     try:
         if _HEX64.match(text):

@@ -8,16 +8,23 @@ Checks, in order (the first failure raises; nothing returns False):
    schemas (:mod:`audits.chain`); run order (run_start first, nothing after run_end); small-cell suppression;
 4. config.toml hashes to run_start.config_hash; every checkpoint that is present hashes to its recorded sha256
    (:func:`audits.artifact_hash.sha256_path`); a missing checkpoint is a warning (it may have been pruned);
-5. ε: each client's dp_event events are composed in ledger order with the recorded accountant, independently of
-   what the run printed; every dp_event's reported cumulative ε and run_end.final_epsilon must match the
-   recomputation within ``tolerance`` (relative, default 1 %); budget checks must be consistent and obeyed;
-6. optionally: the ledger contains the pinned ``expected_head_hash`` and ends with run_end (``require_complete``).
+5. ε: each client's typed dp_event events are composed in ledger order with dp_accounting's own accountant for the
+   recorded kind (:mod:`audits.accounting`, never the project's ``dp/``); every dp_event's reported cumulative ε
+   and run_end.final_epsilon must match the recomputation: ``|reported − recomputed| ≤ tolerance·recomputed +
+   2e-3`` (``tolerance`` relative, default 1 %; 2e-3 absolute covers the PLD grid); budget checks must be consistent
+   and obeyed;
+6. roster and receipts: when the ledger has a ``roster`` record it must hash to its fingerprint and name the ledger
+   key as server key, every dp_event client must be on it, and every ``RUN_DIR/sites/<id>/receipt.jsonl`` is
+   verified under the roster's key for ``<id>`` (:func:`audits.receipt.verify_receipt`) and cross-checked against
+   the ledger (:func:`audits.cross_check.cross_check`): any disagreement raises ReceiptMismatch;
+7. optionally: the ledger contains the pinned ``expected_head_hash`` and ends with run_end (``require_complete``).
 
 A ledger cut at a record boundary is only detectable through (6) or a missing run_end: pin the head hash.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -26,13 +33,16 @@ from typing import Any
 
 from audits.artifact_hash import sha256_path
 from audits.chain import verify_chain
+from audits.accounting import IndependentAccountant, backend_description, parse_event, within_tolerance
+from audits.cross_check import SiteCrossCheck, cross_check
 from audits.errors import (ArtifactMismatchError, AuditError, BudgetViolationError, EpsilonMismatchError,
                            IncompleteRunDirectory, LedgerIntegrityError, LedgerKeyError, MissingRunDirectory,
-                           RecordSchemaError, SmallCellError, VerificationError)
-from audits.epsilon import ClientAccountant, GaussianEvent, backend_description
+                           ReceiptMismatch, RecordSchemaError, RosterError, SmallCellError, VerificationError)
 from audits.keys import PUBLIC_KEY_RELPATH, key_fingerprint, load_public_key
 from audits.ledger import LEDGER_FILENAME
 from audits.ledger_schema import small_cell_error
+from audits.receipt import RECEIPT_FILENAME, VerifiedReceipt, verify_receipt
+from audits.roster import roster_from_records
 
 DEFAULT_TOLERANCE = 0.01
 
@@ -79,6 +89,8 @@ class VerificationReport:
     repairs: tuple[int, ...]
     warnings: tuple[str, ...]
     records: tuple[dict[str, Any], ...] = field(repr=False, default=())
+    roster_fingerprint: str | None = None
+    receipts: tuple[SiteCrossCheck, ...] = ()          # one row per roster site (cross-checked or not)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -158,15 +170,9 @@ def _check_artifacts(run_dir: Path, records: tuple[dict[str, Any], ...]) -> tupl
     return checks, warnings
 
 
-def _rel_diff(a: float, b: float) -> float:
-    if a == b:
-        return 0.0
-    return abs(a - b) / max(abs(b), 1e-12)
-
-
 def _check_epsilon(records: tuple[dict[str, Any], ...], tolerance: float
                    ) -> tuple[list[EpsilonCheck], dict[str, float], dict[str, float]]:
-    accountants: dict[str, ClientAccountant] = {}
+    accountants: dict[str, IndependentAccountant] = {}
     caps: dict[str, float] = {}
     denied: set[tuple[int, str]] = set()
     last_delta: dict[str, float] = {}
@@ -187,17 +193,17 @@ def _check_epsilon(records: tuple[dict[str, Any], ...], tolerance: float
                                               "check refused it", kind=kind)
             acc = accountants.get(client)
             if acc is None:
-                acc = accountants[client] = ClientAccountant(accountant=p["accountant"])
+                acc = accountants[client] = IndependentAccountant(accountant=p["accountant"])
             elif acc.accountant != p["accountant"]:
                 raise RecordSchemaError(i, f"client {client}: accountant changed from {acc.accountant} to "
                                            f"{p['accountant']}", kind=kind)
-            acc.compose(GaussianEvent.from_payload(p["event"]))
+            acc.compose(parse_event(p["event"]))
             eps = acc.epsilon(delta=p["delta"])
             last_delta[client] = p["delta"]
             cap = caps.get(client)
             checks.append(EpsilonCheck(i, p["round"], client, p["unit"], p["accountant"], p["delta"], p["epsilon"],
                                        eps, cap))
-            if _rel_diff(p["epsilon"], eps) > tolerance:
+            if not within_tolerance(p["epsilon"], eps, rel=tolerance):
                 raise EpsilonMismatchError(i, f"client {client} round {p['round']}: reported ε={p['epsilon']:.6g} "
                                               f"but recomputed ε={eps:.6g} at δ={p['delta']:g} ({p['accountant']})",
                                            kind=kind)
@@ -212,7 +218,7 @@ def _check_epsilon(records: tuple[dict[str, Any], ...], tolerance: float
             for client, acc in accountants.items():
                 delta = p["delta"] if p["delta"] is not None else last_delta[client]
                 eps = acc.epsilon(delta=delta)
-                if _rel_diff(reported[client], eps) > tolerance:
+                if not within_tolerance(reported[client], eps, rel=tolerance):
                     raise EpsilonMismatchError(i, f"client {client}: final ε={reported[client]:.6g} but recomputed "
                                                   f"ε={eps:.6g} at δ={delta:g}", kind=kind)
     final_delta = {}
@@ -223,11 +229,52 @@ def _check_epsilon(records: tuple[dict[str, Any], ...], tolerance: float
     return checks, final, final_delta
 
 
+def _claimed_site(site_dir: Path) -> str:
+    try:
+        first = (site_dir / RECEIPT_FILENAME).read_bytes().split(b"\n", 1)[0]
+        site = json.loads(first)["payload"]["site"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return site_dir.name
+    return site if isinstance(site, str) else site_dir.name
+
+
+def _check_receipts(run_dir: Path, records: tuple[dict[str, Any], ...], fp: str, tolerance: float,
+                    site_dirs: tuple[Path, ...]) -> tuple[str | None, list[SiteCrossCheck], list[str]]:
+    roster = roster_from_records(records, ledger_key_fingerprint=fp)
+    sites_dir = run_dir / "sites"
+    found = sorted(p.parent for p in sites_dir.glob(f"*/{RECEIPT_FILENAME}")) if sites_dir.is_dir() else []
+    found += [Path(d) for d in site_dirs]
+    if roster is None:
+        return None, [], ([f"{len(found)} site receipt(s) present but the ledger has no roster record: receipts were "
+                           "not cross-checked"] if found else [])
+    for i, r in enumerate(records):
+        if r["kind"] == "dp_event" and r["payload"]["client"] not in roster.sites:
+            raise RosterError(i, f"client {r['payload']['client']!r} is not on the roster", kind="dp_event")
+    receipts: dict[str, VerifiedReceipt] = {}
+    for d in found:
+        # RUN_DIR/sites/<id>/: the directory names the site. A standalone SITE_DIR: its receipt_start names it
+        # (unverified until verify_receipt checks it under the roster's key for that very site).
+        site = d.name if d.parent == run_dir / "sites" else _claimed_site(d)
+        if site not in roster.sites:
+            raise ReceiptMismatch(f"{d} holds a receipt but the site is not on the ledger's roster", site=site,
+                                  record_index=roster.record_index, kind="roster")
+        if site in receipts:
+            raise ReceiptMismatch(f"two receipts given ({receipts[site].path}, {d / RECEIPT_FILENAME})", site=site)
+        receipts[site] = verify_receipt(d, public_key=roster.sites[site], expected_site=site, tolerance=tolerance)
+    rows = cross_check(records, receipts, ledger_key_fingerprint=fp)
+    warnings = [f"site {r.site}: no receipt in sites/{r.site}/ (kept by the site?): its DP events were not "
+                "cross-checked" for r in rows if not r.receipt_verified and r.rounds]
+    return roster.fingerprint, rows, warnings
+
+
 def verify_run(run_dir: str | Path, *, expected_key_fingerprint: str | None = None,
                expected_head_hash: str | None = None, require_complete: bool = False,
                tolerance: float = DEFAULT_TOLERANCE, check_epsilon: bool = True,
-               check_artifacts: bool = True) -> VerificationReport:
-    """Verify ``run_dir`` (see module docstring). Returns a report on success; raises an AuditError otherwise."""
+               check_artifacts: bool = True, check_receipts: bool = True,
+               site_dirs: tuple[str | Path, ...] = ()) -> VerificationReport:
+    """Verify ``run_dir`` (see module docstring). Returns a report on success; raises an AuditError otherwise.
+
+    ``site_dirs``: standalone SITE_DIRs whose receipt.jsonl to cross-check as well (besides RUN_DIR/sites/*/)."""
     if not 0 < tolerance < 1:
         raise ValueError("tolerance must be in (0, 1)")
     run_dir = Path(run_dir)
@@ -244,6 +291,10 @@ def verify_run(run_dir: str | Path, *, expected_key_fingerprint: str | None = No
         artifacts, w = _check_artifacts(run_dir, records)
         warnings += w
     eps_checks, final, final_delta = _check_epsilon(records, tolerance) if check_epsilon else ([], {}, {})
+    roster_fp, receipts = None, []
+    if check_receipts:
+        roster_fp, receipts, w = _check_receipts(run_dir, records, fp, tolerance, tuple(Path(d) for d in site_dirs))
+        warnings += w
     complete = records[-1]["kind"] == "run_end"
     if expected_head_hash is not None and expected_head_hash.lower() not in state.line_hashes:
         raise LedgerIntegrityError(None, f"the pinned head hash {expected_head_hash} is not in the ledger "
@@ -263,15 +314,19 @@ def verify_run(run_dir: str | Path, *, expected_key_fingerprint: str | None = No
         kinds=dict(Counter(r["kind"] for r in records)), complete=complete,
         accountant_backend=backend_description() if check_epsilon else "not run", tolerance=tolerance,
         epsilon_checks=tuple(eps_checks), final_epsilon=final, final_delta=final_delta, artifacts=tuple(artifacts),
-        repairs=repairs, warnings=tuple(warnings), records=records)
+        repairs=repairs, warnings=tuple(warnings), records=records, roster_fingerprint=roster_fp,
+        receipts=tuple(receipts))
 
 
 def cli_verify(run_dir: str | Path, *, expected_key_fingerprint: str | None = None,
-               expected_head_hash: str | None = None, require_complete: bool = False) -> int:
-    """``privfed audit verify RUN_DIR``: print the outcome; return 0 (verified), 1 (a record fails), 2 (bad input)."""
+               expected_head_hash: str | None = None, require_complete: bool = False,
+               site_dirs: tuple[str | Path, ...] = ()) -> int:
+    """``privfed audit verify RUN_DIR``: print the outcome; return 0 (verified), 1 (a record or a receipt cross-check
+    fails), 2 (bad input)."""
     try:
         rep = verify_run(run_dir, expected_key_fingerprint=expected_key_fingerprint,
-                         expected_head_hash=expected_head_hash, require_complete=require_complete)
+                         expected_head_hash=expected_head_hash, require_complete=require_complete,
+                         site_dirs=site_dirs)
     except VerificationError as e:
         print(f"FAILED {type(e).__name__}: {e}", file=sys.stderr)
         return 1
@@ -283,6 +338,16 @@ def cli_verify(run_dir: str | Path, *, expected_key_fingerprint: str | None = No
     for c in sorted(rep.final_epsilon):
         print(f"client {c}: ε={rep.final_epsilon[c]:.4g} at δ={rep.final_delta[c]:g} (recomputed, "
               f"{rep.accountant_backend})")
+    if rep.roster_fingerprint is not None:
+        print(f"roster {rep.roster_fingerprint}")
+    for r in rep.receipts:
+        if r.receipt_verified:
+            eps = "nothing spent" if r.receipt_epsilon is None else \
+                f"receipt ε={r.receipt_epsilon:.4g} at δ={r.receipt_delta:g}"
+            print(f"site {r.site}: receipt verified and consistent with the ledger ({eps}; site key "
+                  f"{r.key_fingerprint})")
+        else:
+            print(f"site {r.site}: no receipt to cross-check (site key {r.key_fingerprint})")
     for w in rep.warnings:
         print(f"warning: {w}")
     return 0

@@ -343,8 +343,6 @@ def _limitations(rep, records) -> list[str]:
                       "truncated.")
     if rep.repairs:
         out.insert(0, f"The ledger was repaired after torn writes at records {list(rep.repairs)}.")
-    if "not available" in rep.accountant_backend or "not recognised" in rep.accountant_backend:
-        out.append(f"ε was recomputed with {rep.accountant_backend}, not the project's dp.accountant.")
     if _by_kind(records, "abort"):
         out.append("The run recorded aborts (section 9); DP events recorded before an abort still count.")
     return out

@@ -1,4 +1,5 @@
-"""A synthetic, complete run directory written with audits.LedgerWriter (3 sites, 3 rounds, real σ/q/steps)."""
+"""A synthetic, complete run directory written with audits.LedgerWriter (3 sites, 3 rounds, real σ/q/steps);
+with ``sites=True`` also a roster and each site's own signed receipt (audits.ReceiptWriter, real site keys)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ from pathlib import Path
 import pytest
 
 from audits.artifact_hash import sha256_path
+from audits.keys import generate_private_key, public_key_hex
 from audits.ledger import LedgerWriter
+from audits.receipt import ReceiptWriter
+from audits.roster import roster_fingerprint
 
 CLIENTS = {"site-a": (1.1, 0.05, 20), "site-b": (0.9, 0.04, 25), "site-c": (1.3, 0.08, 12)}  # σ, q, steps/round
 ROUNDS = 3
@@ -63,14 +67,27 @@ def tiny_png(seed: int = 0) -> bytes:
             + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
 
 
-def write_run(run: Path, *, misreport: float = 1.0) -> Path:
-    """Write the synthetic run. ``misreport`` scales the ε the run reports for site-b in the last round."""
+RUN_ID = "synthetic-run"
+
+
+def gaussian(client: str) -> dict:
+    sigma, q, steps = CLIENTS[client]
+    return {"type": "gaussian", "noise_multiplier": sigma, "sample_rate": q, "steps": steps}
+
+
+def write_run(run: Path, *, misreport: float = 1.0, sites: bool = False) -> Path:
+    """Write the synthetic run. ``misreport`` scales the ε the run reports for site-b in the last round.
+    ``sites``: also enrol the sites (RUN_DIR/sites/<id>/identity.{key,pub}), write the roster, and let each site
+    keep its receipt (RUN_DIR/sites/<id>/receipt.jsonl) of the same DP events; site-c drops out of round 2's
+    secure aggregation (a site_event)."""
     run.mkdir(parents=True)
     (run / "config.toml").write_bytes(CONFIG_TOML)
     (run / "samples").mkdir()
     metrics = []
+    receipts: dict[str, ReceiptWriter] = {}
     with LedgerWriter.open(run, create=True) as led:
-        led.append("run_start", {
+        extra = {"run_id": RUN_ID} if sites else {}
+        led.append("run_start", {**extra,
             "config_hash": hashlib.sha256(CONFIG_TOML).hexdigest(),
             "config": {"seed": 3, "fed": {"clients": 3, "rounds": ROUNDS},
                        "dp": {"mode": "sample", "max_grad_norm": 1.0, "accountant": "pld", "max_epsilon": MAX_EPS},
@@ -81,6 +98,17 @@ def write_run(run: Path, *, misreport: float = 1.0) -> Path:
             "intended_use": "research prototype: synthetic test run",
             "dp_noise_rng": "os-csprng (opacus secure_mode)",
         })
+        if sites:
+            keys = {c: generate_private_key(run / "sites" / c / "identity.key") for c in sorted(CLIENTS)}
+            roster = {c: public_key_hex(k.public_key()) for c, k in keys.items()}
+            fp = roster_fingerprint(roster)
+            led.append("roster", {"fingerprint": fp, "sites": roster, "server_key": led.key_fingerprint})
+            for c, k in keys.items():
+                receipts[c] = ReceiptWriter.open(run / "sites" / c, create=True, key=k)
+                receipts[c].append("receipt_start", {
+                    "site": c, "run_id": RUN_ID, "roster_fingerprint": fp, "public_key": roster[c],
+                    "policy": {"max_epsilon": MAX_EPS, "delta": DELTA, "min_threshold": 2,
+                               "server_key": led.key_fingerprint}})
         led.append("data_summary", {"suppression_threshold": 5, "clients": {
             "site-a": {"n": 400, "label_counts": {"0": 210, "1": 190}},
             "site-b": {"n": 620, "label_counts": {"0": 616, "1": "<5"}},
@@ -93,11 +121,15 @@ def write_run(run: Path, *, misreport: float = 1.0) -> Path:
                 proj = run_epsilon(c, rnd)
                 led.append("budget_check", {"round": rnd, "client": c, "projected_epsilon": proj,
                                             "max_epsilon": MAX_EPS, "allowed": proj <= MAX_EPS})
-                sigma, q, steps = CLIENTS[c]
                 eps = proj * (misreport if (c == "site-b" and rnd == ROUNDS) else 1.0)
-                led.append("dp_event", {"round": rnd, "client": c, "unit": "example",
-                                        "event": {"noise_multiplier": sigma, "sample_rate": q, "steps": steps},
+                led.append("dp_event", {"round": rnd, "client": c, "unit": "example", "event": gaussian(c),
                                         "delta": DELTA, "max_grad_norm": 1.0, "accountant": "pld", "epsilon": eps})
+                if sites:
+                    receipts[c].append("dp_spend", {"round": rnd, "unit": "example", "event": gaussian(c),
+                                                    "delta": DELTA, "accountant": "pld", "epsilon": proj})
+            if sites and rnd == 2:
+                led.append("site_event", {"round": rnd, "client": ids[2], "event": "dropped",
+                                          "error": "DropoutError", "reason": "no masked input before the deadline"})
             led.append("secure_agg", {"round": rnd, "transcript": {
                 "mode": "pairwise", "n": 3, "threshold": 2, "survivors": ids if rnd != 2 else ids[:2],
                 "dropped": [] if rnd != 2 else ids[2:], "reconstructed": [] if rnd != 2 else ids[2:]}})
@@ -112,6 +144,8 @@ def write_run(run: Path, *, misreport: float = 1.0) -> Path:
             (run / "samples" / f"round_{rnd:04d}.png").write_bytes(tiny_png(rnd))
         led.append("run_end", {"rounds_completed": ROUNDS, "delta": DELTA,
                                "final_epsilon": {c: run_epsilon(c, ROUNDS) for c in CLIENTS}})
+    for w in receipts.values():
+        w.close()
     (run / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
     return run
 
@@ -126,4 +160,17 @@ def pristine_run(tmp_path_factory) -> Path:
 def run_copy(pristine_run, tmp_path) -> Path:
     dst = tmp_path / "run"
     shutil.copytree(pristine_run, dst)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def pristine_site_run(tmp_path_factory) -> Path:
+    """Session-wide synthetic run with a roster and per-site receipts: never modify it, copy it (``site_run``)."""
+    return write_run(tmp_path_factory.mktemp("pristine_sites") / "run", sites=True)
+
+
+@pytest.fixture
+def site_run(pristine_site_run, tmp_path) -> Path:
+    dst = tmp_path / "site_run"
+    shutil.copytree(pristine_site_run, dst)
     return dst

@@ -9,7 +9,7 @@ import pytest
 
 from audits.canonical import canonical_bytes, parse_canonical
 from audits.errors import (ForbiddenPayloadError, IncompleteRunDirectory, LedgerBusyError, LedgerIntegrityError,
-                           LedgerKeyError, MissingRunDirectory, RecordSchemaError, SmallCellError)
+                           LedgerKeyError, MissingRunDirectory, RecordSchemaError, SmallCellError, UnknownEventType)
 from audits.ledger import LedgerWriter
 from audits.payload_guard import check_payload
 from audits.verify import verify_run
@@ -128,10 +128,16 @@ def test_schema_per_kind_and_order_enforced(tmp_path):
         with pytest.raises(RecordSchemaError, match="first record"):
             led.append("round_start", {"round": 1, "selected": []})
         led.append("run_start", START)
-        with pytest.raises(RecordSchemaError, match="noise_multiplier"):
-            led.append("dp_event", {"round": 1, "client": "a", "unit": "example", "event": {"sample_rate": 0.1,
-                                    "steps": 1}, "delta": 1e-5, "max_grad_norm": 1.0, "accountant": "pld",
-                                    "epsilon": 1.0})
+        with pytest.raises(RecordSchemaError, match="noise_multiplier") as ei:
+            led.append("dp_event", {"round": 1, "client": "a", "unit": "example", "event": {
+                "type": "gaussian", "sample_rate": 0.1, "steps": 1}, "delta": 1e-5, "max_grad_norm": 1.0,
+                "accountant": "pld", "epsilon": 1.0})
+        assert not isinstance(ei.value, UnknownEventType)
+        for event in ({"noise_multiplier": 1.0, "sample_rate": 0.1, "steps": 1},            # untyped
+                      {"type": "laplace", "noise_multiplier": 1.0, "sample_rate": 0.1, "steps": 1}):
+            with pytest.raises(UnknownEventType, match="type"):
+                led.append("dp_event", {"round": 1, "client": "a", "unit": "example", "event": event,
+                                        "delta": 1e-5, "max_grad_norm": 1.0, "accountant": "pld", "epsilon": 1.0})
         with pytest.raises(RecordSchemaError, match="unknown record kind"):
             led.append("gossip", {})
         with pytest.raises(SmallCellError):
