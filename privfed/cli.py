@@ -191,11 +191,13 @@ def audit(
     target: list[str] = typer.Argument(..., metavar="[verify] RUN_DIR",
                                        help="RUN_DIR to report on, or 'verify RUN_DIR' to only verify the ledger."),
     pin_key: Optional[str] = typer.Option(None, "--pin-key", help="Expected ledger key fingerprint (sha256:…)."),
-    head: Optional[str] = typer.Option(None, "--head", help="A ledger head hash obtained earlier (detects truncation)."),
+    head: Optional[str] = typer.Option(None, "--head",
+                                       help="A ledger head hash obtained earlier (detects truncation)."),
     empirical: bool = typer.Option(False, "--empirical", help="Also run the empirical privacy audits (membership "
                                    "inference, one-run canary ε lower bounds; trains 4 helper runs, about 2.5× "
                                    "the run's time)."),
-    pdf: bool = typer.Option(False, "--pdf", help="Also write report/report.pdf (needs the optional weasyprint package)."),
+    pdf: bool = typer.Option(False, "--pdf",
+                             help="Also write report/report.pdf (needs the optional weasyprint package)."),
 ) -> None:
     """Verify a run's signed ledger and recompute ε (`audit verify RUN_DIR`), or write its report (`audit RUN_DIR`)."""
     if len(target) == 2 and target[0] == "verify":

@@ -45,7 +45,6 @@ class RunDir:
     checkpoints = property(lambda self: self.root / "checkpoints")
     samples = property(lambda self: self.root / "samples")
     cache = property(lambda self: self.root / "cache")
-    state_file = property(lambda self: self.root / "state.json")
 
     def create(self) -> None:
         """Create a new run directory; refuse to overwrite one that already holds a run."""

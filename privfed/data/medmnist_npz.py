@@ -29,7 +29,8 @@ def load_medmnist_npz(path: str | Path, *, name: str | None = None) -> DatasetSp
         raise DataError(f"{p} is not a readable .npz file ({type(e).__name__}: {e})") from None
     missing = [f"{s}_{kind}" for s in ("train", "test") for kind in ("images", "labels") if f"{s}_{kind}" not in arrays]
     if missing:
-        raise DataError(f"{p}: missing MedMNIST key(s) {', '.join(missing)}; found {', '.join(sorted(arrays)) or 'none'}")
+        raise DataError(f"{p}: missing MedMNIST key(s) {', '.join(missing)}; "
+                        f"found {', '.join(sorted(arrays)) or 'none'}")
     labels = np.concatenate([arrays[f"{s}_labels"].reshape(-1) for s in SPLITS if f"{s}_labels" in arrays])
     if labels.size and labels.min() < 0:
         raise DataError(f"{p}: negative class labels")
