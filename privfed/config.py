@@ -345,7 +345,7 @@ def _type_name(tp: Any) -> str:
     if tp is float:
         return "float"
     if dataclasses.is_dataclass(tp):
-        return "a table"
+        return f"a table ({tp.__name__})"
     return tp.__name__
 
 

@@ -45,6 +45,11 @@ def test_wrong_type_on_direct_construction():
         FedConfig(clients=2.5)
 
 
+def test_section_must_be_its_dataclass_on_direct_construction():
+    with pytest.raises(ConfigError, match=r"config key fed expects a table \(FedConfig\); got dict"):
+        RunConfig(fed={"clients": 3})
+
+
 def test_floats_accept_ints_and_store_floats():
     cfg = RunConfig.from_dict({"fed": {"lr": 1, "fraction": 1}, "dp": {"target_epsilon": 8}})
     assert cfg.fed.lr == 1.0 and isinstance(cfg.fed.lr, float)
