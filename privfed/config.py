@@ -198,8 +198,8 @@ class SecAggConfig:
                               f"fraction {self.threshold_fraction}: every round would abort")
         if self.max_colluders < 0:
             raise ConfigError(f"secure-agg max_colluders must be >= 0; got {self.max_colluders}")
-        if not 10 <= self.failure_log2 <= 128:
-            raise ConfigError(f"secure-agg failure_log2 must be in [10, 128] (failure probability 2^-failure_log2); "
+        if not 10 <= self.failure_log2 <= 256:
+            raise ConfigError(f"secure-agg failure_log2 must be in [10, 256] (failure probability 2^-failure_log2); "
                               f"got {self.failure_log2}")
         if self.min_clients < 2:
             raise ConfigError(f"secure-agg min_clients must be >= 2 (a sum of one site is that site's update); "

@@ -159,7 +159,8 @@ def test_protocol_checks_skipped_when_secure_agg_off():
     assert cfg.secure_agg.mode == "off"
 
 
-@pytest.mark.parametrize("bad,match", [({"failure_log2": 5}, "failure_log2"), ({"max_colluders": -1}, "max_colluders")])
+@pytest.mark.parametrize("bad,match", [({"failure_log2": 5}, "failure_log2"), ({"failure_log2": 257}, "failure_log2"),
+                                       ({"max_colluders": -1}, "max_colluders")])
 def test_new_field_ranges(bad, match):
     with pytest.raises(ConfigError, match=match):
         SecAggConfig(**bad)
