@@ -48,8 +48,8 @@ RECEIPT = LogSpec(name="receipt", filename=RECEIPT_FILENAME, signing_context=REC
                   resume_kind="receipt_resume", repair_kind="receipt_repair", event_kinds=("dp_spend",))
 DEFAULT_TOLERANCE = 0.01
 
-__all__ = ["RECEIPT", "RECEIPT_FILENAME", "ReceiptWriter", "VerifiedReceipt", "ReceiptSpend", "verify_receipt",
-           "load_site_private_key", "load_site_public_key", "cross_check"]
+__all__ = ["RECEIPT", "RECEIPT_FILENAME", "ReceiptSpend", "ReceiptWriter", "VerifiedReceipt", "load_site_private_key",
+           "load_site_public_key", "read_receipt", "verify_receipt"]
 
 
 def load_site_private_key(site_dir: str | Path) -> Ed25519PrivateKey:
@@ -149,6 +149,18 @@ def _as_public_key(public_key: Ed25519PublicKey | str | bytes) -> Ed25519PublicK
     if isinstance(public_key, (bytes, bytearray)) and len(public_key) == 32:
         return Ed25519PublicKey.from_public_bytes(bytes(public_key))
     raise TypeError("public_key must be an Ed25519PublicKey, 64 hex characters or 32 raw bytes")
+
+
+def read_receipt(site_dir: str | Path, *, public_key: Ed25519PublicKey | str | bytes) -> tuple[dict[str, Any], ...]:
+    """The site's own view on resume: the receipt's complete records, verified (chain, signatures under
+    ``public_key``, schema) — a torn final line is tolerated (not returned): ``ReceiptWriter.open(create=False)``
+    repairs it. No ε or order checks (use :func:`verify_receipt` for an audit). Raises ReceiptIntegrityError etc."""
+    site_dir = Path(site_dir)
+    path = site_dir / RECEIPT_FILENAME
+    if not path.is_file():
+        raise IncompleteRunDirectory(path, "receipt.jsonl is missing")
+    return verify_chain(path.read_bytes(), _as_public_key(public_key), allow_torn_tail=True, spec=RECEIPT,
+                        source=f"receipt {path}").records
 
 
 def verify_receipt(site_dir: str | Path, *, public_key: Ed25519PublicKey | str | bytes,
