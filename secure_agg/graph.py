@@ -1,21 +1,17 @@
 """Neighbour graph: the full graph (SecAgg) or a sparse k-regular Harary graph (SecAgg+, Bell et al. 2020).
 
-The sparse graph is a ring over a public pseudo-random permutation of the clients (SHA-256 of a public round value),
-each client linked to its k/2 nearest ring positions on each side. It is deterministic and public: every client
-recomputes it from the setup message and needs to trust nothing the server says about it.
+The sparse graph is a ring over a pseudo-random permutation of the participating sites (SHA-256 of the graph seed
+and each id), each site linked to its k/2 nearest ring positions on each side. The seed comes from commit-reveal
+randomness every participating site contributes after the roster and setup are fixed
+(:mod:`secure_agg.graph_seed`), so neither the server nor the operator who writes the run id can choose it.
+Every site recomputes the graph itself; it trusts nothing the server says about it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-
-
-def auto_degree(n: int) -> int:
-    """k = O(log n): 2·ceil(1.5·log2 n), capped at n − 1 (which is the full graph)."""
-    if n <= 1:
-        return 0
-    return min(n - 1, 2 * math.ceil(1.5 * math.log2(n)))
+from functools import lru_cache
 
 
 def effective_degree(n: int, k: int) -> int:
@@ -25,19 +21,19 @@ def effective_degree(n: int, k: int) -> int:
     return min(n - 1, k + (k % 2))
 
 
-def graph_seed(run_id: str, round_index: int) -> bytes:
-    """Public round value from which the graph is derived (not secret)."""
-    return hashlib.sha256(f"privfed/secagg/v1/graph|{run_id}|{int(round_index)}".encode()).digest()
-
-
-def neighbours(ids: list[int], degree: int, seed: bytes) -> dict[int, frozenset[int]]:
+def neighbours(ids, degree: int, seed: bytes) -> dict[int, frozenset[int]]:
     """id -> neighbours (self excluded). degree >= n − 1 gives the full graph."""
+    return _neighbours(tuple(sorted(int(i) for i in ids)), int(degree), bytes(seed))
+
+
+@lru_cache(maxsize=4)  # in-process simulations: n sites ask for the same graph; it is public
+def _neighbours(ids: tuple[int, ...], degree: int, seed: bytes) -> dict[int, frozenset[int]]:
     n = len(ids)
     if degree >= n - 1:
         full = frozenset(ids)
         return {i: full - {i} for i in ids}
-    if degree % 2:
-        raise ValueError("sparse degree must be even")
+    if degree % 2 or degree < 2:
+        raise ValueError("sparse degree must be even and >= 2")
     order = sorted(ids, key=lambda i: hashlib.sha256(seed + str(i).encode()).digest())
     half = degree // 2
     out = {}

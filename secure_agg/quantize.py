@@ -1,8 +1,8 @@
 """Clip, stochastically round to fixed point in Z_{2^k}, and dequantize the sum.
 
 Scheme (per coordinate, per client): clip x to [-c, c]; map to u = (x + c) / Δ in [0, L] with Δ = 2c / L; round u
-to floor(u + r), r ~ U[0, 1), i.e. floor(u) + 1 with probability frac(u) (unbiased; uses the caller's numpy Generator — this randomness
-is not secret). Each quantized value lies in {0, …, L}; a sum over at most n clients lies in {0, …, n·L}, and
+to floor(u + r), r ~ U[0, 1), i.e. floor(u) + 1 with probability frac(u) (unbiased; each site uses its own generator,
+:func:`rounding_generator`, seeded from the OS CSPRNG). Each quantized value lies in {0, …, L}; a sum over at most n clients lies in {0, …, n·L}, and
 L = floor((2^k − 1) / n) makes n·L ≤ 2^k − 1, so the sum never wraps mod 2^k.
 
 Error bound (documented and tested): for m summed clients, |dequantize(Σq) − Σ clip(x)| ≤ m·Δ deterministically
@@ -60,6 +60,17 @@ class Quantizer:
     def error_bound(self, count: int) -> float:
         """Worst-case |dequantized sum − sum of clipped inputs| for ``count`` clients."""
         return count * self.step
+
+
+def rounding_generator(seed: bytes) -> np.random.Generator:
+    """A site's own stochastic-rounding generator (PCG64 seeded with 256 bits).
+
+    Sites pass 32 bytes from the OS CSPRNG (``os.urandom``); a fixed seed is for explicit reproducible experiments
+    only (finding 8 of issue 12: one stream from the public run seed let anyone replay every site's rounding).
+    """
+    if not isinstance(seed, (bytes, bytearray)) or len(seed) != 32:
+        raise ValueError("rounding seed must be 32 bytes")
+    return np.random.Generator(np.random.PCG64(int.from_bytes(bytes(seed), "big")))
 
 
 def make_quantizer(*, n_clients: int, clip_range: float, modulus_bits: int | None = None) -> Quantizer:

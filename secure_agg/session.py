@@ -1,84 +1,47 @@
-"""The safe facade used by ``privfed``: one secure-sum round driven in process (DESIGN §3.1, §3.4).
+"""The in-process runner: one secure-sum round with every site and the server running their real stage machines
+(:class:`~secure_agg.site.SiteSession`, :class:`~secure_agg.server.ServerSession`) and exchanging the real
+messages; only the transport is a function call. ``dropouts`` simulates sites that go silent just before sending
+a stage's reply.
 
-Every client and the server run their real stage machines and exchange the real messages; only the transport is
-a function call. ``dropouts`` simulates clients that go silent just before sending a stage's message.
+Threat model (details and exact statements: ``secure_agg/THREAT_MODEL.md``). Every site pins the roster (site id
+-> long-term Ed25519 key) and a :class:`~secure_agg.policy.ProtocolPolicy`; every site message is signed and bound
+to (run, round, stage, setup hash), where the setup hash covers the roster fingerprint, ids, t, degree, the
+quantization and, from the advertise stage on, the commit-reveal graph seed and participants.
 
-Threat model. Honest-but-curious server, any number of dropouts down to t: the server learns only the sum of the
-survivors' quantized inputs (plus who survived each stage); any coalition of fewer than t clients together with
-the server learns nothing more (the Bonawitz et al. bound; for SecAgg+ the local threshold applies per
-neighbourhood and the guarantee holds with high probability over the public random graph, Bell et al.). Active
-server: with Ed25519 identities and an authentic PKI (every client knows every peer's identity key, e.g. from
-enrolment), substituted keys, forged/misrouted/tampered shares, replays, cross-round messages, inconsistent
-survivor lists, survivor/dropped overlap and unsafe thresholds are all rejected; the server can still drop honest
-clients to shrink the survivor set to t (so t > n/2 limits how small a sum it can isolate), and it sees the
-participation pattern. In-process, the identities are generated per call and stand in for that PKI.
+* Honest-but-curious server: learns only the sum of the survivors' quantized inputs and who took part in each
+  stage; with up to t − 1 colluding sites it learns nothing more (Bonawitz et al. 2017); SecAgg+: the same with
+  probability >= 1 − 2^-failure_log2 over the commit-reveal graph, whose degree the sites check against the
+  Bell et al. 2020 bound (:mod:`secure_agg.degree_bound`).
+* Active server, no colluding sites: it cannot substitute keys, forge or relabel messages (every one is signed
+  and bound to run, round, stage and setup hash), show sites different setups (the signed setup hash differs),
+  choose the graph (commit-reveal), lower t, n or the degree below the sites' policy, or obtain both secrets of
+  one site (signed survivor list, t > n/2). It can drop honest sites (down to t survivors), abort and restart a
+  round (visible in the ledger), and sees participation.
+* Active server with up to n_C = max_colluders colluding sites: the same holds when every honest site pins
+  max_colluders >= n_C, which makes it refuse any t < floor((n + n_C)/2) + 1 — below that bound, colluders sign
+  two survivor views and an honest site's input can be recovered.
+
+The identities are long-term keys held by the sites; the ``roster``/``identities`` arguments of
+:func:`secure_sum_in_process` let a caller supply them. When absent they are generated per call: a test and
+benchmark convenience only, which authenticates nothing across calls.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
+import os
 from typing import Iterable, Mapping
 
 import numpy as np
 
-from secure_agg import graph
-from secure_agg.client import SecAggClient
 from secure_agg.hazmat import signing
-from secure_agg.messages import VERSION, is_id
-from secure_agg.quantize import make_quantizer
-from secure_agg.server import SecAggServer
+from secure_agg.messages import STAGES, is_id
+from secure_agg.params import SecAggParams, validate_params  # noqa: F401  (re-exported)
+from secure_agg.policy import ProtocolPolicy
+from secure_agg.roster import Roster
+from secure_agg.server import SecureSumResult, ServerSession
+from secure_agg.site import SiteSession
 
-MODES = ("secagg", "secagg+")
-DROPOUT_STAGES = ("advertise_keys", "share_keys", "masked_input", "consistency", "unmasking")
-_TRANSCRIPT_STAGE = {"advertise_keys": "advertise", "share_keys": "share_keys_stage",
-                     "masked_input": "masked_input_stage", "consistency": "consistency_stage",
-                     "unmasking": "unmasking_stage"}
-
-
-@dataclass(frozen=True)
-class SecAggParams:
-    mode: str = "secagg+"            # "secagg" (full graph) | "secagg+" (sparse graph)
-    clip_range: float = 1.0          # per-coordinate clip before quantization
-    threshold_fraction: float = 0.67 # t = floor(frac*n)+1, must give t > n/2
-    neighbours: int | None = None    # None -> auto O(log n)
-    modulus_bits: int | None = None  # None -> auto
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if isinstance(self.clip_range, bool) or not isinstance(self.clip_range, (int, float)) \
-                or not math.isfinite(self.clip_range) or self.clip_range <= 0:
-            raise ValueError("clip_range must be a positive finite number")
-        f = self.threshold_fraction
-        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0.5 <= f < 1.0:
-            raise ValueError("threshold_fraction must be in [0.5, 1)")
-        if self.neighbours is not None and (isinstance(self.neighbours, bool) or not isinstance(self.neighbours, int)
-                                            or self.neighbours < 1):
-            raise ValueError("neighbours must be None or a positive int")
-        if self.modulus_bits is not None and (isinstance(self.modulus_bits, bool)
-                                              or not isinstance(self.modulus_bits, int)
-                                              or not 1 <= self.modulus_bits <= 32):
-            raise ValueError("modulus_bits must be None or an int in 1..32")
-
-    def threshold(self, n: int) -> int:
-        return int(math.floor(self.threshold_fraction * n)) + 1
-
-    def degree(self, n: int) -> int:
-        if self.mode == "secagg":
-            return n - 1
-        k = graph.auto_degree(n) if self.neighbours is None else self.neighbours
-        return graph.effective_degree(n, k)
-
-
-@dataclass(frozen=True)
-class SecureSumResult:
-    sum: np.ndarray = field(repr=False)
-    survivors: tuple[int, ...]
-    dropped: dict
-    reconstructed: dict
-    threshold: int
-    transcript: dict
+DROPOUT_STAGES = STAGES
 
 
 def _validate(inputs, params, run_id, round_index, rng, dropouts):
@@ -88,8 +51,8 @@ def _validate(inputs, params, run_id, round_index, rng, dropouts):
         raise ValueError("run_id must be a non-empty str")
     if isinstance(round_index, bool) or not isinstance(round_index, int) or round_index < 0:
         raise ValueError("round_index must be a non-negative int")
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError("rng must be a numpy.random.Generator")
+    if rng is not None and not isinstance(rng, np.random.Generator):
+        raise TypeError("rng must be None (OS CSPRNG) or a numpy.random.Generator (reproducible experiments)")
     if not isinstance(inputs, Mapping) or len(inputs) < 2:
         raise ValueError("secure aggregation needs a mapping of at least 2 clients")
     vecs: dict[int, np.ndarray] = {}
@@ -115,13 +78,30 @@ def _validate(inputs, params, run_id, round_index, rng, dropouts):
     return vecs, drops
 
 
+def policy_for(params: SecAggParams) -> ProtocolPolicy:
+    """The policy a site would pin to accept exactly what ``params`` proposes (used when none is given)."""
+    return ProtocolPolicy(min_clients=2, max_colluders=params.max_colluders, failure_log2=params.failure_log2,
+                          max_dropout_fraction=params.dropout_fraction)
+
+
+def rounding_seeds(ids, rng: np.random.Generator | None) -> dict[int, bytes | None]:
+    """Per-site rounding seeds: None (each site draws its own from the OS CSPRNG) or, for a reproducible
+    experiment, 32 bytes per site drawn from ``rng`` in sorted id order."""
+    return {c: (None if rng is None else rng.bytes(32)) for c in sorted(ids)}
+
+
 def secure_sum_in_process(inputs: Mapping[int, np.ndarray], *, params: SecAggParams, run_id: str, round_index: int,
-                          rng: np.random.Generator,
-                          dropouts: Mapping[str, Iterable[int]] | None = None) -> "SecureSumResult":
+                          rng: np.random.Generator | None = None,
+                          dropouts: Mapping[str, Iterable[int]] | None = None,
+                          roster: Roster | None = None, identities: Mapping[int, object] | None = None,
+                          policy: ProtocolPolicy | None = None) -> SecureSumResult:
     """Sum of the survivors' quantized inputs through one full SecAgg/SecAgg+ round.
 
-    Raises ProtocolAbort (ThresholdError) when fewer than t clients survive any stage, or when a sparse
-    neighbourhood falls below its local threshold; ValueError/TypeError for bad arguments.
+    rng: None -> every site rounds with its own OS-CSPRNG generator; a Generator -> per-site seeds drawn from it
+    (explicit reproducible experiments only). roster + identities: the sites' long-term keys (generated per call
+    when both are absent). policy: what every site pins (default: what ``params`` proposes, see
+    :func:`policy_for`). Raises ProtocolAbort (ThresholdError, PolicyViolation, ...) when the round aborts;
+    ValueError/TypeError for bad arguments.
     """
     vecs, drops = _validate(inputs, params, run_id, round_index, rng, dropouts)
     ids = sorted(vecs)
@@ -129,51 +109,31 @@ def secure_sum_in_process(inputs: Mapping[int, np.ndarray], *, params: SecAggPar
     t = params.threshold(n)
     if not (2 * t > n and 2 <= t <= n):
         raise ValueError(f"threshold_fraction={params.threshold_fraction} gives unsafe t={t} for n={n}")
-    quantizer = make_quantizer(n_clients=n, clip_range=params.clip_range, modulus_bits=params.modulus_bits)
-    degree = params.degree(n)
-    # Identity keys simulate the PKI (enrolment) that the real deployment provides out of band.
-    idents = {c: signing.generate() for c in ids}
-    registry = {c: k.public_key() for c, k in idents.items()}
-    server = SecAggServer(ids, run_id=run_id, round_index=round_index, threshold=t, degree=degree,
-                          clip_range=params.clip_range, dim=dim, modulus_bits=quantizer.modulus_bits,
-                          identity_registry=registry)
-    clients = {c: SecAggClient(c, run_id=run_id, round_index=round_index, identity=idents[c],
-                               identity_registry=registry) for c in ids}
-    dropped: dict[str, list[int]] = {s: [] for s in DROPOUT_STAGES}
-    alive = set(ids)
+    if (roster is None) != (identities is None):
+        raise ValueError("roster and identities go together")
+    if roster is None:
+        identities = {c: signing.generate() for c in ids}
+        roster = Roster({c: k.public_key() for c, k in identities.items()})
+    policy = policy_for(params) if policy is None else policy
+    server = ServerSession(run_id=run_id, round_index=round_index, client_ids=ids, params=params, dim=dim,
+                           roster=roster)
+    seeds = rounding_seeds(ids, rng)
+    sites = {c: SiteSession(c, run_id=run_id, round_index=round_index, identity=identities[c], roster=roster,
+                            policy=policy, rounding_seed=seeds[c]) for c in ids}
+    inbox = server.start()
+    while not server.done:
+        stage = server.stage
+        replies = []
+        for c in sorted(inbox):
+            if c in drops[stage]:
+                continue
+            if stage == "masked_input":
+                sites[c].set_input(vecs[c])
+            replies.append(sites[c].handle(inbox[c]))
+        inbox = server.advance(replies)
+    return server.result()
 
-    def step(stage: str, inbox: Mapping[int, object], call) -> list:
-        gone = sorted(alive & drops[stage])
-        dropped[stage] = gone
-        alive.difference_update(gone)
-        return [call(c, inbox[c]) for c in sorted(inbox) if c in alive]
 
-    setup = server.setup()
-    m = step("advertise_keys", {c: setup for c in ids}, lambda c, msg: clients[c].advertise_keys(msg))
-    inbox = server.advertise_stage(m)
-    m = step("share_keys", inbox, lambda c, msg: clients[c].share_keys(msg))
-    inbox = server.share_keys_stage(m)
-    m = step("masked_input", inbox, lambda c, msg: clients[c].masked_input(msg, vecs[c], rng))
-    inbox = server.masked_input_stage(m)
-    m = step("consistency", inbox, lambda c, msg: clients[c].consistency(msg))
-    inbox = server.consistency_stage(m)
-    m = step("unmasking", inbox, lambda c, msg: clients[c].unmask(msg))
-    res = server.unmasking_stage(m)
-    survivors = tuple(int(c) for c in res.survivors)
-    total = quantizer.dequantize_sum(res.total, len(survivors))
-    reconstructed = {"self_mask": list(res.self_mask_reconstructed_for),
-                     "mask_key": list(res.pairwise_reconstructed_for)}
-    transcript = {
-        "protocol": "pairwise-mask secure aggregation (Bonawitz et al. 2017; SecAgg+ graph, Bell et al. 2020)",
-        "protocol_version": VERSION, "mode": params.mode, "n": n, "threshold": t, "neighbours": degree,
-        "modulus_bits": quantizer.modulus_bits, "levels_per_client": quantizer.levels,
-        "quantization_step": quantizer.step, "clip_range": quantizer.clip_range,
-        "sum_error_bound": quantizer.error_bound(len(survivors)), "dimension": dim,
-        "survivors": list(survivors),
-        "dropped": {_TRANSCRIPT_STAGE[s]: list(v) for s, v in dropped.items()},
-        "reconstructed": {"self_mask_reconstructed_for": list(res.self_mask_reconstructed_for),
-                          "pairwise_reconstructed_for": list(res.pairwise_reconstructed_for)},
-        "identities": "ed25519",
-    }
-    return SecureSumResult(sum=total, survivors=survivors, dropped={s: list(v) for s, v in dropped.items()},
-                           reconstructed=reconstructed, threshold=t, transcript=transcript)
+def new_site_key() -> bytes:
+    """A fresh 32-byte site-local sealing key from the OS CSPRNG (for :meth:`SiteSession.seal`)."""
+    return os.urandom(32)

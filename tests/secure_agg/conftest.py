@@ -1,56 +1,74 @@
-"""A hand-driven round (server + clients + Ed25519 identities) for adversarial tests."""
+"""A hand-driven round (ServerSession + SiteSessions with long-term Ed25519 identities) for adversarial tests."""
 
 import numpy as np
 import pytest
 
-from secure_agg.client import SecAggClient
+from secure_agg import ProtocolPolicy, Roster, SecAggParams, ServerSession, SiteSession
 from secure_agg.hazmat import signing
-from secure_agg.server import SecAggServer
+from secure_agg.messages import STAGES
 
 
 class Round:
-    def __init__(self, n=5, t=None, degree=None, dim=16, run_id="run", round_index=1, identities=True):
-        self.ids = list(range(10, 10 + n))
-        self.t = t if t is not None else n // 2 + 1
-        self.dim = dim
-        idents = {c: signing.generate() for c in self.ids} if identities else None
-        self.registry = {c: k.public_key() for c, k in idents.items()} if identities else None
-        self.server = SecAggServer(self.ids, run_id=run_id, round_index=round_index, threshold=self.t,
-                                   degree=degree or n - 1, clip_range=1.0, dim=dim, identity_registry=self.registry)
-        self.clients = {c: SecAggClient(c, run_id=run_id, round_index=round_index,
-                                        identity=idents[c] if identities else None,
-                                        identity_registry=self.registry) for c in self.ids}
+    def __init__(self, n=5, dim=16, run_id="run", round_index=1, params=None, policy=None, first_id=10,
+                 idents=None):
+        self.ids = list(range(first_id, first_id + n))
+        self.params = params or SecAggParams(mode="secagg")
+        self.policy = policy or ProtocolPolicy(min_clients=2)
+        self.idents = idents or {c: signing.generate() for c in self.ids}
+        self.roster = Roster({c: k.public_key() for c, k in self.idents.items()})
+        self.run_id, self.round_index, self.dim = run_id, round_index, dim
+        self.server = ServerSession(run_id=run_id, round_index=round_index, client_ids=self.ids, params=self.params,
+                                    dim=dim, roster=self.roster)
+        self.sites = {c: self.site(c) for c in self.ids}
         self.inputs = {c: np.linspace(-1, 1, dim) * (i + 1) / n for i, c in enumerate(self.ids)}
-        self.rng = np.random.default_rng(0)
+        for c in self.ids:
+            self.sites[c].set_input(self.inputs[c])
+        self.inbox = None
 
-    def to_advertise(self):
-        self.setup = self.server.setup()
-        return [self.clients[c].advertise_keys(self.setup) for c in self.ids]
+    def site(self, c, **kw):
+        kw.setdefault("policy", self.policy)
+        return SiteSession(c, run_id=kw.pop("run_id", self.run_id), round_index=kw.pop("round_index",
+                           self.round_index), identity=self.idents[c], roster=self.roster, **kw)
 
-    def to_share_keys(self, drop=()):
-        adv = [m for m in self.to_advertise() if m.sender not in drop]
-        self.keys = self.server.advertise_stage(adv)
-        return self.keys
+    def start(self):
+        self.inbox = self.server.start()
+        return self.inbox
 
-    def to_masked_input(self, drop=()):
-        keys = self.to_share_keys()
-        shares = [self.clients[c].share_keys(m) for c, m in keys.items() if c not in drop]
-        self.cts = self.server.share_keys_stage(shares)
-        return self.cts
+    def replies(self, drop=()):
+        return [self.sites[c].handle(m) for c, m in sorted(self.inbox.items()) if c not in drop]
 
-    def to_consistency(self, drop=()):
-        cts = self.to_masked_input()
-        masked = [self.clients[c].masked_input(m, self.inputs[c], self.rng) for c, m in cts.items() if c not in drop]
-        self.creq = self.server.masked_input_stage(masked)
-        return self.creq
+    def step(self, drop=(), tamper=None):
+        """All live sites reply to the current inbox (minus ``drop``); ``tamper(replies)`` may edit them."""
+        reps = self.replies(drop)
+        if tamper is not None:
+            reps = tamper(reps)
+        self.inbox = self.server.advance(reps)
+        return self.inbox
 
-    def to_unmask(self, drop=(), masked_drop=()):
-        creq = self.to_consistency(drop=masked_drop)
-        acks = [self.clients[c].consistency(m) for c, m in creq.items() if c not in drop]
-        self.ureq = self.server.consistency_stage(acks)
-        return self.ureq
+    def run_until(self, stage, drops=None):
+        """Drive the round until the server's messages for ``stage`` are in ``self.inbox`` (not yet answered)."""
+        drops = drops or {}
+        if self.inbox is None:
+            self.start()
+        while self.server.stage != stage:
+            self.step(drop=drops.get(self.server.stage, ()))
+        return self.inbox
+
+    def finish(self, drops=None):
+        drops = drops or {}
+        if self.inbox is None:
+            self.start()
+        while not self.server.done:
+            self.step(drop=drops.get(self.server.stage, ()))
+        return self.server.result()
+
+    def exact_sum(self, survivors):
+        return sum(np.clip(self.inputs[c], -1, 1) for c in survivors)
 
 
 @pytest.fixture
 def make_round():
     return Round
+
+
+assert STAGES[0] == "commit"
