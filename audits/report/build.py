@@ -110,7 +110,7 @@ def _privacy_loss(rep, records, fig_dir: Path, figs: dict[str, bytes]) -> dict[s
         dpc = starts[0][1].get("config", {}).get("dp", {})
         cfg_cap = dpc.get("max_epsilon") or dpc.get("target_epsilon")
     if rep is None or not rep.epsilon_checks:
-        return {"rows": [], "final": NR, "figure": NR, "caps": caps or NR}
+        return {"rows": [], "final": NR, "figure": NR, "caps": caps or NR, "receipts": _receipts(rep, records)}
     rows = []
     series: dict[str, list[tuple[int, float]]] = {}
     for c in rep.epsilon_checks:
@@ -126,7 +126,30 @@ def _privacy_loss(rep, records, fig_dir: Path, figs: dict[str, bytes]) -> dict[s
     final = {c: {"epsilon": rep.final_epsilon[c], "delta": rep.final_delta[c],
                  "cap": caps.get(c, cfg_cap) if caps.get(c, cfg_cap) is not None else NR}
              for c in sorted(rep.final_epsilon)}
-    return {"rows": rows, "final": final, "figure": "figures/epsilon.png", "caps": caps or NR}
+    return {"rows": rows, "final": final, "figure": "figures/epsilon.png", "caps": caps or NR,
+            "receipts": _receipts(rep, records)}
+
+
+PLAINTEXT_LABEL = "aggregated in plaintext: the server saw every site's update"
+
+
+def _receipts(rep: VerificationReport | None, records) -> dict[str, Any]:
+    """Each site's receipt ε next to the ledger's ε (one row per roster site)."""
+    if rep is None:
+        return {"roster_fingerprint": NR, "rows": NR, "note": "the ledger did not verify; receipts were not checked"}
+    if rep.roster_fingerprint is None:
+        return {"roster_fingerprint": NR, "rows": NR,
+                "note": "the ledger records no roster: no site receipt could be bound to it"}
+    rows = [{"site": r.site, "ledger_epsilon": _nr(r.ledger_epsilon), "ledger_delta": _nr(r.ledger_delta),
+             "receipt_epsilon": _nr(r.receipt_epsilon), "receipt_delta": _nr(r.receipt_delta),
+             "receipt_verified": r.receipt_verified, "key_fingerprint": r.key_fingerprint, "status": r.status,
+             "rounds": list(r.rounds)} for r in rep.receipts]
+    return {"roster_fingerprint": rep.roster_fingerprint, "rows": rows or NR,
+            "note": "Each site signs its own receipt of its DP events with its own key; the audit verified every "
+                    "receipt present in sites/<id>/ under the roster's key for that site and found its events equal "
+                    "to the ledger's, round by round (a mismatch fails the audit). Both ε are recomputed by this "
+                    "audit from the respective events. A site without a receipt here was not cross-checked. Compare "
+                    "each key fingerprint with the one the site itself holds: the roster is in the server's ledger."}
 
 
 def _privacy_statement(rep, records) -> dict[str, Any]:
@@ -161,6 +184,14 @@ def _privacy_statement(rep, records) -> dict[str, Any]:
            f"whose values nobody else saw (noise generator as recorded: {noise_rng}). They do not cover the data summary counts (suppressed "
            f"below k, not DP), hyper-parameter tuning, or any release outside this run; input privacy against "
            f"the server is provided separately by secure aggregation ('{sa_mode}').")
+    plain = sorted({p["round"] for _, p in _by_kind(records, "secure_agg") if p["transcript"].get("plaintext")})
+    if plain:
+        txt += (f" Rounds {', '.join(map(str, plain))} were {PLAINTEXT_LABEL}: against the server, those updates "
+                "are protected only by the noise each site added itself.")
+    if rep.receipts and any(r.receipt_verified for r in rep.receipts):
+        n = sum(r.receipt_verified for r in rep.receipts)
+        txt += (f" {n} site(s) hold their own signed receipt of these events, which this audit cross-checked "
+                "against the ledger (section 5).")
     return {"text": txt, "dp_mode": dp_mode, "unit": units, "per_site": per_site, "accountant": accs}
 
 
@@ -216,8 +247,10 @@ def _secure_agg(records) -> dict[str, Any]:
     for i, p in _by_kind(records, "secure_agg"):
         t = p["transcript"]
         known = ("mode", "n", "threshold", "survivors", "dropped", "reconstructed")
+        plaintext = t.get("plaintext") is True
         rows.append({"record": i, "round": p["round"], **{k: t.get(k, NR) for k in known},
-                     "other": {k: v for k, v in t.items() if k not in known}})
+                     "plaintext": plaintext, "label": PLAINTEXT_LABEL if plaintext else "secure aggregation",
+                     "other": {k: v for k, v in t.items() if k not in known and k != "plaintext"}})
     starts = _by_kind(records, "run_start")
     return {"mode": starts[0][1]["secure_agg_mode"] if starts else NR, "rounds": rows or NR}
 
@@ -250,6 +283,7 @@ def _training(rep, records) -> dict[str, Any]:
         "rounds": rows or NR,
         "aborts": [{"record": i, **p} for i, p in _by_kind(records, "abort")] or NR,
         "resumes": [{"record": i, **p} for i, p in _by_kind(records, "resume")] or NR,
+        "site_events": [{"record": i, **p} for i, p in _by_kind(records, "site_event")] or NR,
         "rounds_completed": ends[0][1]["rounds_completed"] if ends else NR,
     }
 
@@ -343,6 +377,17 @@ def _limitations(rep, records) -> list[str]:
                       "truncated.")
     if rep.repairs:
         out.insert(0, f"The ledger was repaired after torn writes at records {list(rep.repairs)}.")
+    if rep.roster_fingerprint is not None:
+        missing = [r.site for r in rep.receipts if not r.receipt_verified and r.rounds]
+        if missing:
+            out.append(f"No receipt was available for site(s) {', '.join(missing)}: their DP events rest on the "
+                       "server's ledger alone (on a multi-machine run each site keeps its receipt).")
+        out.append("Site receipts are verified under the keys the roster in the server's ledger names; a site (or "
+                   "auditor) must compare its key fingerprint (section 5) with the one it holds, otherwise a server "
+                   "that forged the roster and the receipts together would go unnoticed.")
+    plain = sorted({p["round"] for _, p in _by_kind(records, "secure_agg") if p["transcript"].get("plaintext")})
+    if plain:
+        out.insert(0, f"Rounds {plain} were {PLAINTEXT_LABEL}.")
     if _by_kind(records, "abort"):
         out.append("The run recorded aborts (section 9); DP events recorded before an abort still count.")
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import re
 
@@ -108,3 +109,51 @@ def test_pdf_without_weasyprint_is_a_named_error(pristine_run):
             build_report(pristine_run, pdf=True)
     else:  # pragma: no cover
         pytest.skip("weasyprint installed")
+
+
+def test_report_shows_site_receipts_next_to_the_ledger(pristine_site_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(pristine_site_run, run)
+    paths = build_report(run)
+    doc = json.loads(paths.json.read_text())
+    jsonschema.validate(doc, load_schema("report-v1"))
+    rc = doc["sections"]["privacy_loss"]["receipts"]
+    assert re.fullmatch(r"[0-9a-f]{64}", rc["roster_fingerprint"])
+    assert [r["site"] for r in rc["rows"]] == sorted(CLIENTS)
+    for r in rc["rows"]:
+        assert r["receipt_verified"] and r["status"] == "consistent"
+        assert r["receipt_epsilon"] == pytest.approx(r["ledger_epsilon"])
+    events = doc["sections"]["training"]["site_events"]
+    assert [(e["client"], e["event"]) for e in events] == [("site-c", "dropped")]
+    page = paths.html.read_text()
+    assert "Site receipts next to the ledger" in page and "yes, consistent with the ledger" in page
+    assert all(r["key_fingerprint"] in page for r in rc["rows"])
+    assert "cross-checked" in doc["sections"]["privacy_statement"]["text"]
+
+
+def test_plaintext_rounds_are_labelled(tmp_path):
+    import hashlib
+
+    from audits.errors import RecordSchemaError
+
+    run = tmp_path / "run"
+    with LedgerWriter.open(run, create=True) as led:
+        (run / "config.toml").write_bytes(b"x = 1\n")
+        led.append("run_start", {"config_hash": hashlib.sha256(b"x = 1\n").hexdigest(), "config": {},
+                                 "versions": {}, "hardware": {}, "dp_mode": "off", "secure_agg_mode": "off"})
+        with pytest.raises(RecordSchemaError, match="plaintext"):  # mode off must say plaintext
+            led.append("secure_agg", {"round": 1, "transcript": {"mode": "off"}})
+        with pytest.raises(RecordSchemaError):  # and plaintext is only for mode off
+            led.append("secure_agg", {"round": 1, "transcript": {"mode": "secagg+", "plaintext": True}})
+        led.append("secure_agg", {"round": 1, "transcript": {"mode": "off", "plaintext": True, "n": 2}})
+        led.append("site_event", {"round": 1, "client": "1", "event": "refused", "error": "PolicyViolation",
+                                  "reason": "threshold below the site's minimum"})
+    doc = json.loads(build_report(run).json.read_text())
+    jsonschema.validate(doc, load_schema("report-v1"))
+    row = doc["sections"]["secure_aggregation"]["rounds"][0]
+    assert row["plaintext"] is True and row["label"] == "aggregated in plaintext: the server saw every site's update"
+    assert "the server saw every site's update" in html.unescape((run / "report" / "report.html").read_text())
+    assert doc["sections"]["privacy_loss"]["receipts"]["rows"] == "not recorded"  # no roster: no receipt table
+    assert doc["sections"]["training"]["site_events"][0]["error"] == "PolicyViolation"
