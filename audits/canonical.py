@@ -5,7 +5,8 @@ The canonical form of a JSON value is exactly::
     json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
 
 i.e. object keys sorted by Unicode code point, no insignificant whitespace, non-ASCII characters written raw in
-UTF-8 (only ``"``, ``\\`` and control characters are escaped, controls as ``\\u`` and four hex digits except ``\\n \\r \\t \\b \\f``),
+UTF-8 (only ``"``, ``\\`` and control characters are escaped, controls as ``\\u`` and four hex digits except
+``\\n \\r \\t \\b \\f``),
 integers in decimal, floats in Python's shortest round-trip ``repr`` (e.g. ``0.1``, ``1e-05``, ``1e+16``), no NaN or
 infinities, no duplicate keys. It is close to RFC 8785 (JCS) but not identical (JCS sorts by UTF-16 code units and
 formats numbers like ECMAScript), so an independent verifier re-implements the rule above, not JCS.
@@ -32,7 +33,9 @@ def _default(obj: Any) -> Any:
 
 
 def canonical_bytes(value: Any) -> bytes:
-    """The canonical UTF-8 bytes of ``value`` (see module docstring). Raises ValueError for NaN/inf or lone surrogates."""
+    """The canonical UTF-8 bytes of ``value`` (see module docstring).
+
+    Raises ValueError for NaN/inf or lone surrogates."""
     try:
         text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False,
                           default=_default)

@@ -5,8 +5,9 @@ Every error renders as one clear line (``str(err)``), which is what the CLI prin
     AuditError
     ├── RunDirectoryError              the run directory itself is unusable
     │   ├── MissingRunDirectory        no such directory
-    │   └── IncompleteRunDirectory     a file of the §4 contract is missing (ledger.jsonl, keys/ledger.pub, config.toml)
-    ├── KeyError_ (LedgerKeyError)     key files: unreadable, wrong format, unsafe permissions, fingerprint not pinned one
+    │   └── IncompleteRunDirectory     a file of the §4 contract is missing (ledger.jsonl, keys/ledger.pub,
+    │                                  config.toml, a site's receipt.jsonl)
+    ├── KeyError_ (LedgerKeyError)     key files: unreadable, wrong format, unsafe permissions, not the pinned one
     ├── VerificationError              a record fails a check; carries .record_index (0-based line), .reason and
     │   │                              .source ("ledger" or "receipt of site <id>")
     │   ├── LedgerIntegrityError       bytes/canonical form/seq/prev_hash/signature (tampering, truncation)

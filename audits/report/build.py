@@ -20,6 +20,7 @@ from typing import Any
 
 import jsonschema
 
+from audits.accounting import ABS_TOLERANCE
 from audits.chain import verify_chain
 from audits.errors import AuditError, ReportDependencyMissing, VerificationError
 from audits.keys import PUBLIC_KEY_RELPATH, load_public_key
@@ -179,11 +180,17 @@ def _privacy_statement(rep, records) -> dict[str, Any]:
            f"per site: {per_site}. These values were recomputed by this audit from the {len(events)} DP events in "
            f"the signed ledger (composition over all rounds of each site) with the {', '.join(accs).upper()} "
            f"accountant ({rep.accountant_backend}); they agree with what the run reported to within "
-           f"{rep.tolerance:.0%}. They assume Poisson sampling (each example independently in each step's batch "
-           f"with the recorded rate q), L2 clipping to {', '.join(f'{c:g}' for c in clip)} and Gaussian noise "
-           f"whose values nobody else saw (noise generator as recorded: {noise_rng}). They do not cover the data summary counts (suppressed "
-           f"below k, not DP), hyper-parameter tuning, or any release outside this run; input privacy against "
-           f"the server is provided separately by secure aggregation ('{sa_mode}').")
+           f"{rep.tolerance:.0%} + {ABS_TOLERANCE:g}. They assume Poisson sampling (each example independently in "
+           f"each step's batch with the recorded rate q), L2 clipping to {', '.join(f'{c:g}' for c in clip)} and "
+           f"Gaussian noise whose values nobody else saw (noise generator as recorded: {noise_rng}). They do not "
+           f"cover the data summary counts (suppressed below k, not DP), hyper-parameter tuning, or any release "
+           f"outside this run; input privacy against the server is provided separately by secure aggregation "
+           f"('{sa_mode}').")
+    placement = starts[0][1].get("noise_placement", "server") if starts else "server"
+    if "client" in units and placement == "server":
+        txt += (" Client-level DP noise is added by the server after unmasking, so the server sees the clean sum of "
+                "the sites' updates: this guarantee holds against recipients of the model, not against the server, "
+                "which is trusted here.")
     plain = sorted({p["round"] for _, p in _by_kind(records, "secure_agg") if p["transcript"].get("plaintext")})
     if plain:
         txt += (f" Rounds {', '.join(map(str, plain))} were {PLAINTEXT_LABEL}: against the server, those updates "

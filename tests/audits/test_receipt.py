@@ -19,8 +19,8 @@ from audits.accounting import GaussianEvent, epsilon_for_events
 from audits.canonical import canonical_bytes, sha256_hex
 from audits.chain import signed_message, verify_chain
 from audits.cross_check import cross_check
-from audits.errors import (EpsilonMismatchError, LedgerBusyError, LedgerIntegrityError, LedgerKeyError, ReceiptIntegrityError,
-                           ReceiptMismatch, RecordSchemaError, RosterError, UnknownEventType)
+from audits.errors import (EpsilonMismatchError, LedgerBusyError, LedgerIntegrityError, LedgerKeyError,
+                           ReceiptIntegrityError, ReceiptMismatch, RecordSchemaError, RosterError, UnknownEventType)
 from audits.keys import (PRIVATE_KEY_RELPATH, PUBLIC_KEY_RELPATH, generate_private_key, key_fingerprint,
                          load_private_key, load_public_key, public_key_hex)
 from audits.ledger import LedgerWriter
