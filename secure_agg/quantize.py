@@ -18,6 +18,7 @@ import numpy as np
 
 MAX_BITS = 32
 MIN_LEVELS = 2
+_CHUNK = 1 << 15  # 32 Ki coordinates: two float64 scratch buffers of 256 KiB stay in L2
 
 
 @dataclass(frozen=True)
@@ -45,13 +46,23 @@ class Quantizer:
         if not np.isfinite(np.add.reduce(x)) and not np.all(np.isfinite(x)):  # one fast pass in the common case
             raise ValueError("input contains NaN or inf")
         c = self.clip_range
-        buf = np.clip(x, -c, c)
-        buf += c
-        buf *= self.levels / (2.0 * c)          # u in [0, L]
-        buf += rng.random(buf.shape[0])          # floor(u + r), r ~ U[0,1): P(round up) = frac(u), unbiased
-        np.floor(buf, out=buf)
-        np.minimum(buf, self.levels, out=buf)    # guards the float rounding of u = L exactly
-        return buf.astype(np.uint32)
+        half = self.levels / 2.0                 # u = (clip(x) + c)·L/(2c) = clip(x)·(L/2c) + L/2
+        scale = half / c
+        d = x.shape[0]
+        out = np.empty(d, dtype=np.uint32)
+        step = min(d, _CHUNK)
+        buf, r = np.empty(step), np.empty(step)
+        for a in range(0, d, step):              # cache-sized chunks: one pass over memory, no large temporaries
+            m = min(step, d - a)
+            b, rr = buf[:m], r[:m]
+            np.clip(x[a:a + m], -c, c, out=b)
+            b *= scale
+            b += half                            # u in [0, L]
+            rng.random(out=rr)                   # the same stream as one rng.random(d) call
+            b += rr                              # floor(u + r), r ~ U[0,1): P(round up) = frac(u), unbiased
+            np.minimum(b, self.levels, out=b)    # guards the float rounding of u + r near L
+            np.copyto(out[a:a + m], b, casting="unsafe")   # truncation = floor (b >= 0)
+        return out
 
     def dequantize_sum(self, total: np.ndarray, count: int) -> np.ndarray:
         """float64 sum of ``count`` clients from the (unwrapped) integer sum."""

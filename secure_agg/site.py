@@ -306,13 +306,9 @@ class SiteSession:
         seed = graph_seed.seed(s["list_hash"], rids, m.nonces)
         s.update(participants=rids, graph_seed=seed, full=full_setup_hash(s["pre"], s["list_hash"], rids, seed))
         self._derived.pop("neigh", None)
-        sigs = dict(zip(rids, m.signatures))
-        csigs = dict(zip(s["commit_ids"], s["commit_sigs"]))
-        nonces = dict(zip(rids, m.nonces))
-        for v in sorted(self._d("neigh")):   # neighbours' contributions must be their own
-            self._verify(v, csigs[v], "commit", s["pre"], {"commitment": committed[v].hex()})
-            self._verify(v, sigs[v], "reveal", s["pre"], {"commit_list": s["list_hash"].hex(),
-                                                         "nonce": nonces[v].hex()})
+        # Commit and reveal signatures are checked by the server (which excludes bad ones). A site need not check
+        # them again: every neighbour's AdvertiseKeys signature covers the full setup hash, i.e. this exact
+        # commitment list, participant set and seed, and its own nonce makes the seed unpredictable to all others.
         c_sk, s_sk = x25519.generate(), x25519.generate()
         s.update(c_sk=x25519.private_bytes(c_sk), s_sk=x25519.private_bytes(s_sk))
         c_pk, s_pk = x25519.public_bytes(c_sk), x25519.public_bytes(s_sk)
@@ -335,8 +331,6 @@ class SiteSession:
             check_bytes(s_pk, 32, "s_pk")
             if v != u:
                 self._verify(v, sig, "advertise_keys", s["full"], {"c_pk": c_pk.hex(), "s_pk": s_pk.hex()})
-                x25519.check_public(c_pk)   # LowOrderKeyError
-                x25519.check_public(s_pk)
             if c_pk in seen or s_pk in seen or c_pk == s_pk:
                 raise DuplicateClientError("the same public key advertised twice")
             seen |= {c_pk, s_pk}
@@ -346,23 +340,27 @@ class SiteSession:
         t_loc = self._d("t_loc")
         if len(keys) < t_loc:
             raise ThresholdError(f"only {len(keys)} neighbours advertised keys, threshold {t_loc}")
+        # both agreements now (each raises LowOrderKeyError on a small-order key, before anything is sent);
+        # the derived keys are kept (sealed with the state) so no agreement is computed twice
+        c_sk, s_sk = self._d("c_sk"), self._d("s_sk")
+        enc_keys, mask_seeds = {}, {}
+        for v in sorted(keys):
+            if v != u:
+                enc_keys[v] = self._key(hkdf.LABEL_SHARE_ENCRYPTION, x25519.agree(c_sk, keys[v][0]), v)
+                mask_seeds[v] = self._key(hkdf.LABEL_PAIRWISE_MASK, x25519.agree(s_sk, keys[v][1]), v)
         b = os.urandom(prg.SEED_BYTES)
         xs = [share_x(v) for v in sorted(keys)]
         b_sh = shamir.split(b, threshold=t_loc, xs=xs)
         k_sh = shamir.split(s["s_sk"], threshold=t_loc, xs=xs)
         held = {u: (b_sh[share_x(u)], k_sh[share_x(u)])}
-        c_sk = self._d("c_sk")
         receivers, cts = [], []
-        for v in sorted(keys):
-            if v == u:
-                continue
+        for v in sorted(enc_keys):
             plain = (u.to_bytes(_ID_BYTES, "big") + v.to_bytes(_ID_BYTES, "big") + b_sh[share_x(v)]
                      + k_sh[share_x(v)])
-            key = self._key(hkdf.LABEL_SHARE_ENCRYPTION, x25519.agree(c_sk, keys[v][0]), v)
             receivers.append(v)
-            cts.append(aead.encrypt(key, plain, self._ad(u, v)))
+            cts.append(aead.encrypt(enc_keys[v], plain, self._ad(u, v)))
         bc = b_commitment(s["full"], u, b)
-        s.update(keys=keys, b=b, held=held)
+        s.update(keys=keys, b=b, held=held, enc_keys=enc_keys, mask_seeds=mask_seeds)
         body = {"receivers": receivers, "ciphertexts": digest(*cts), "b_commitment": bc.hex()}
         return EncryptedShares(*self._hdr("share_keys"), receivers=tuple(receivers), ciphertexts=tuple(cts),
                                b_commitment=bc, signature=self._sign("share_keys", s["full"], body))
@@ -373,12 +371,11 @@ class SiteSession:
         if self._x is None:
             raise StageOrderError("set_input(x) must be called before the masked-input stage")
         senders = check_parallel(m.senders, m.ciphertexts, what="ciphertexts")
-        c_sk, keys, held = self._d("c_sk"), s["keys"], dict(s["held"])
+        enc_keys, held = s["enc_keys"], dict(s["held"])
         for v, blob in zip(senders, m.ciphertexts):
-            if v == u or v not in keys:
+            if v not in enc_keys:
                 raise InvalidMessage(f"ciphertext from {v}, who is not a keyed neighbour")
-            key = self._key(hkdf.LABEL_SHARE_ENCRYPTION, x25519.agree(c_sk, keys[v][0]), v)
-            plain = aead.decrypt(key, blob, self._ad(v, u))
+            plain = aead.decrypt(enc_keys[v], blob, self._ad(v, u))
             if len(plain) != _PLAIN or plain[:_ID_BYTES] != v.to_bytes(_ID_BYTES, "big") \
                     or plain[_ID_BYTES:2 * _ID_BYTES] != u.to_bytes(_ID_BYTES, "big"):
                 raise IntegrityError("share plaintext names the wrong sender or receiver")
@@ -390,10 +387,8 @@ class SiteSession:
         q = self._d("quantizer")
         y = q.quantize(self._x, rounding_generator(s["rounding_seed"]))
         add, sub = [s["b"]], []
-        s_sk = self._d("s_sk")
         for v in sorted(set(held) - {u}):
-            seed = self._key(hkdf.LABEL_PAIRWISE_MASK, x25519.agree(s_sk, keys[v][1]), v)
-            (add if u < v else sub).append(seed)
+            (add if u < v else sub).append(s["mask_seeds"][v])
         prg.apply_masks(y, add, sub)
         if q.modulus_bits < 32:
             np.bitwise_and(y, np.uint32(q.modulus_mask), out=y)
@@ -451,7 +446,7 @@ class SiteSession:
         b_ids = tuple(v for v in u3 if v in held)
         b_out = tuple(held[v][0] for v in b_ids)
         k_out = tuple(held[v][1] for v in dropped)
-        s["held"] = {}
+        s["held"], s["enc_keys"], s["mask_seeds"] = {}, {}, {}
         body = {"self_mask_ids": list(b_ids), "key_ids": list(dropped),
                 "shares": digest(shares_digest(b_ids, b_out).encode(), shares_digest(dropped, k_out).encode())}
         return UnmaskShares(*self._hdr("unmasking"), self_mask_ids=b_ids, self_mask_shares=b_out, key_ids=dropped,
