@@ -222,9 +222,9 @@ def run_empirical(run_dir: Path, *, console, canaries: int | None = None,
             # (same image canaries). Without DP the replay is exact; under DP its noise is fresh (OS CSPRNG).
             replay = _train(hcfg, work / f"{name}_replay", progress, _with_canaries(canary_imgs, included, seed), None,
                             f"{label}: attacker's replay without gradient canaries")
-            eps = run.privacy.epsilons() if run.privacy else {}
+            eps = run.privacy.epsilons()
             claimed = max(eps.values()) if eps else None
-            delta = run.privacy.delta if run.privacy else 1e-5
+            delta = run.privacy.delta or 1e-5
             if name == "non_private_control":
                 mias[name] = mia(run.model)
             scores = {

@@ -1,4 +1,11 @@
-"""The in-process federation runner (the embedded default): every client and the server in one process."""
+"""The in-process federation (the embedded default): one server and N sites in one process, talking only by
+messages through :class:`~privfed.parties.engine.InProcessEngine`.
+
+:class:`FederatedRun` is the composition root: it loads and partitions the data, hands each partition to its own
+:class:`~privfed.parties.site.Site` (identity, policy, receipt under ``RUN_DIR/sites/<id>/``), builds the
+:class:`~privfed.parties.server.Server` (which never sees a site's data or, with secure aggregation on, its
+plaintext update) and runs the rounds: checkpoints, evaluation and the ledger's round records.
+"""
 
 from __future__ import annotations
 
@@ -11,15 +18,20 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
-from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from privfed.config import RunConfig
 from privfed.data import client_summary, load_dataset, partition_indices
 from privfed.data.dataset import DatasetSplits, ImageDataset
-from privfed.errors import RunDirError
-from privfed.federation.aggregation import AggregateResult, PlainFedAvg
-from privfed.federation.client import ClientUpdate, LocalTrainer
+from privfed.errors import RunDirError, UnknownSiteError
+from privfed.federation.aggregation import build_aggregator, releases_update
+from privfed.federation.privacy import run_cap, server_privacy
 from privfed.federation.seeding import derive_seed, numpy_generator, torch_generator
+from privfed.federation.site_privacy import site_privacy
+from privfed.parties.engine import InProcessEngine
+from privfed.parties.identity import Roster, load_identity, load_or_init
+from privfed.parties.policy import SitePolicy
+from privfed.parties.server import Server
+from privfed.parties.site import Site
 from privfed.metrics import domain_fid, load_or_train_classifier, save_grid
 from privfed.metrics.classifier import accuracy
 from privfed.metrics.fid import class_histogram
@@ -27,6 +39,8 @@ from privfed.models import build_scheduler, build_unet, load_unet, sample_images
 from privfed.rundir import RunDir, atomic_write_text
 from privfed import run_ledger as ledger_payloads
 from privfed.run_ledger import completed_rounds
+from audits.chain import verify_chain
+from audits.keys import PRIVATE_KEY_RELPATH, PUBLIC_KEY_RELPATH, load_private_key, load_public_key
 from audits.ledger import LEDGER_FILENAME, LedgerWriter
 
 
@@ -35,7 +49,7 @@ class Reporter(Protocol):
 
     def run_start(self, *, total_rounds: int, done_rounds: int, info: dict[str, Any]) -> None: ...
     def round_start(self, round_index: int, selected: list[int]) -> None: ...
-    def client_done(self, round_index: int, client_id: int, update: ClientUpdate | None) -> None: ...
+    def client_done(self, round_index: int, client_id: int, reply) -> None: ...
     def round_end(self, round_index: int, record: dict[str, Any]) -> None: ...
     def note(self, text: str) -> None: ...
 
@@ -76,11 +90,12 @@ class FederatedRun:
     def create(cls, cfg: RunConfig, run_dir: str | Path, *, reporter: Reporter | None = None,
                augment: Callable[[list[ImageDataset]], list[ImageDataset]] | None = None,
                gradient_canaries=None) -> "FederatedRun":
-        """Validate data and partition first, then create the run directory (nothing half-written on bad input).
+        """Validate data, partition and DP arguments first, then create the run directory (nothing half-written
+        on bad input).
 
-        `augment` may add examples to the clients' data (the empirical canary audit inserts canaries this way);
+        `augment` may add examples to the sites' data (the empirical canary audit inserts canaries this way);
         DP noise is calibrated on the augmented sizes. `gradient_canaries` (a
-        :class:`~privfed.federation.canaries.GradientCanaries`) makes the clients insert white-box gradient
+        :class:`~privfed.federation.canaries.GradientCanaries`) makes the sites insert white-box gradient
         canaries; audits only, never a production run.
         """
         run = cls(cfg, run_dir, reporter=reporter)
@@ -114,11 +129,59 @@ class FederatedRun:
         self.summary = client_summary(labels, self.parts, num_classes=self.splits.train.num_classes)
 
     def _build_privacy(self) -> None:
-        """Validate DP arguments and calibrate noise before anything is written (fail before training)."""
-        self.privacy = None
-        if self.cfg.dp.mode != "off":
-            from privfed.federation.privacy import build_privacy
-            self.privacy = build_privacy(self.cfg, [len(d) for d in self.client_data])
+        """Validate DP arguments and calibrate noise (server half, and each site's own half) before anything is
+        written, so bad DP input fails before training."""
+        sizes = [len(d) for d in self.client_data]
+        self.privacy = server_privacy(self.cfg, sizes)
+        self.site_privacy = [site_privacy(self.cfg, n, delta=self.privacy.delta) for n in sizes]
+
+    # ---- parties --------------------------------------------------------------------------------------------
+    def _site_policy(self, cid: int, server_fp: str) -> SitePolicy:
+        """The policy the in-process engine pins for a site on first use (edit site.toml to make it stricter)."""
+        cfg, sa = self.cfg, self.cfg.secure_agg
+        delta = self.privacy.delta or 1e-5
+        return SitePolicy(site_id=cid, max_epsilon=float(run_cap(self.cfg) or 10.0),
+                          max_delta=max(1e-5, float(delta)),
+                          min_clients=min(sa.min_clients, max(2, cfg.fed.clients)),
+                          max_colluders=sa.max_colluders, require_secure_aggregation=sa.mode != "off",
+                          server_key=server_fp)
+
+    def _build_parties(self, run_id: str, server_key) -> None:
+        from privfed.parties.identity import fingerprint
+
+        server_fp = fingerprint(server_key.public_key())
+        ids = list(range(self.cfg.fed.clients))
+        roster_path = self.dir.root / "roster.json"
+        enrolled = roster_path.exists()       # a resumed run: identities must exist, never be replaced
+        idents = {}
+        for cid in ids:
+            sdir = self.dir.root / "sites" / str(cid)
+            idents[cid] = load_identity(sdir) if enrolled else load_or_init(sdir)
+            if not (sdir / "site.toml").exists():
+                self._site_policy(cid, server_fp).save(sdir)
+        self.roster = Roster({c: i.public_key for c, i in idents.items()})
+        if enrolled:
+            if Roster.load(roster_path).fingerprint != self.roster.fingerprint:
+                raise UnknownSiteError(f"{roster_path}: the sites' identity keys no longer match the run's roster")
+        else:
+            self.roster.save(roster_path)
+        self.sites = {}
+        for cid in ids:
+            site = Site(cid, site_dir=self.dir.root / "sites" / str(cid), data=self.client_data[cid], cfg=self.cfg,
+                        run_id=run_id, delta=self.privacy.delta, roster=self.roster,
+                        server_key=server_key.public_key(), device=str(self.device),
+                        privacy=self.site_privacy[cid])
+            site.trainer.canaries = self.gradient_canaries
+            self.sites[cid] = site
+
+    def _dropouts(self, round_index: int) -> set[int]:
+        """Simulated unreliable sites: a fixed fraction of the round's participants goes silent before release."""
+        part = getattr(self, "_participants", {}).get(round_index, [])
+        k = int(np.floor(self.cfg.secure_agg.dropout_rate * len(part)))
+        if k == 0:
+            return set()
+        rng = numpy_generator(self.cfg.seed, "dropout", round_index)
+        return set(rng.choice(np.asarray(part), size=k, replace=False).tolist())
 
     # ---- the loop -----------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -131,11 +194,20 @@ class FederatedRun:
         self.classifier = load_or_train_classifier(self.dir.cache / "domain_classifier.safetensors",
                                                    self.splits.train, seed=derive_seed(cfg.seed, "classifier"))
         latest = self.dir.latest_checkpoint(among=done)
+        run_id = hashlib.sha256(self.dir.config.read_bytes()).hexdigest()[:32]
+        config_hash = hashlib.sha256(self.dir.config.read_bytes()).hexdigest()
         with LedgerWriter.open(self.dir.root, create=new_ledger) as self.ledger:
+            server_key = load_private_key(self.dir.root / PRIVATE_KEY_RELPATH)
+            self._build_parties(run_id, server_key)
             if new_ledger:
                 self.ledger.append("run_start", ledger_payloads.run_start(
-                    cfg, self.dir.config, dp_noise_rng=self.privacy.noise_rng if self.privacy else "none"))
+                    cfg, self.dir.config, dp_noise_rng=self.privacy.noise_rng))
+                self.ledger.append("roster", {"fingerprint": self.roster.fingerprint,
+                                              "sites": {str(c): k.hex() for c, k in self.roster.raw().items()},
+                                              "server_key": self.ledger.key_fingerprint})
                 self.ledger.append("data_summary", ledger_payloads.data_summary(self.summary))
+            for site in self.sites.values():
+                site.open_receipt()
             if latest is None:
                 torch.manual_seed(derive_seed(cfg.seed, "init"))
                 self.model = build_unet(cfg.model, channels=self.splits.train.channels,
@@ -148,40 +220,53 @@ class FederatedRun:
                 self.dir.truncate_metrics_after(start)
                 self.ledger.append("resume", {"from_round": start})
                 self.reporter.note(f"resuming {self.dir.root} after round {start}")
-                if self.privacy:
-                    self.privacy.restore(ledger_path)
-            self.trainer = self.privacy.trainer(cfg.fed, self.scheduler) if self.privacy else \
-                LocalTrainer(cfg.fed, self.scheduler)
-            self.trainer.canaries = self.gradient_canaries
-            self.aggregator = self._aggregator()
+                # only verified records: the chain and signatures are checked against the run's public key
+                state = verify_chain(ledger_path.read_bytes(), load_public_key(self.dir.root / PUBLIC_KEY_RELPATH),
+                                     allow_torn_tail=True)
+                self.privacy.restore(state.records)
+            self._participants: dict[int, list[int]] = {}
+            engine = InProcessEngine(self.sites, drop_plan=self._dropouts, releases=releases_update)
+            self.server = Server(cfg=cfg, run_id=run_id, config_hash=config_hash, roster=self.roster,
+                                 key=server_key, ledger=self.ledger, privacy=self.privacy,
+                                 aggregator=build_aggregator(cfg.secure_agg, run_id=run_id, roster=self.roster),
+                                 engine=engine, reporter=self.reporter, model=self.model)
+            self.server.on_participants = lambda r, ids: self._participants.__setitem__(r, list(ids))
             info = self._info()
-            info["notes"] = self.privacy.notes() if self.privacy else []
+            info["notes"] = self.privacy.notes()
+            info["notes"].append(f"sites: {len(self.sites)} enrolled, roster {self.roster.fingerprint[:16]}…, "
+                                 f"server key {self.ledger.key_fingerprint}")
             if start < 0:
                 info["notes"].append("initial model: " + ledger_payloads.public_pretrain_description(cfg))
             self.reporter.run_start(total_rounds=cfg.fed.rounds, done_rounds=max(start, 0), info=info)
-            if start < 0:
-                record = {"round": 0, **self._public_pretrain(), **self._evaluate(0)}
-                self._finish_round(0, record)
-                start = 0
-            stopped = None
-            for r in range(start + 1, cfg.fed.rounds + 1):
-                record = self._round(r)
-                if record is None:
-                    stopped = r
-                    break
-                self._finish_round(r, record)
-            completed = (stopped - 1) if stopped else cfg.fed.rounds
-            eps = self.privacy.epsilons() if self.privacy else {}
-            self.ledger.append("run_end", {"rounds_completed": completed, "final_epsilon": eps,
-                                           "delta": self.privacy.delta if self.privacy else None})
+            try:
+                if start < 0:
+                    record = {"round": 0, **self._public_pretrain(), **self._evaluate(0)}
+                    self._finish_round(0, record)
+                    start = 0
+                stopped = None
+                for r in range(start + 1, cfg.fed.rounds + 1):
+                    record = self.server.round(r)
+                    if record is None:
+                        stopped = r
+                        break
+                    if r % cfg.eval_every == 0 or r == cfg.fed.rounds:
+                        record.update(self._evaluate(r))
+                    record["seconds"] = round(record["train_seconds"] + record.get("eval_seconds", 0.0), 3)
+                    self._finish_round(r, record)
+                completed = (stopped - 1) if stopped else cfg.fed.rounds
+                eps = self.privacy.epsilons()
+                self.ledger.append("run_end", {"rounds_completed": completed, "final_epsilon": eps,
+                                               "delta": self.privacy.delta})
+            finally:
+                for site in self.sites.values():
+                    site.close()
         metrics = self.dir.read_metrics()
         fids = [m["fid"] for m in metrics if "fid" in m]
         untrained = next((m["fid"] for m in metrics if m["round"] == 0 and "fid" in m), None)
         result = RunResult(self.dir.root, completed, fids[-1] if fids else None, untrained, metrics)
         result.initial_label = ("public pretraining only, before any site data" if cfg.public_pretrain != "none"
                                 else "untrained model")
-        if self.privacy:
-            result.closing_lines = self.privacy.statement_lines()
+        result.closing_lines = self.privacy.statement_lines()
         return result
 
     def _finish_round(self, r: int, record: dict[str, Any]) -> None:
@@ -191,93 +276,6 @@ class FederatedRun:
                                          "metrics": ledger_payloads.round_metrics(record)})
         self.dir.append_metrics(record)
         self.reporter.round_end(r, record)
-
-    def _aggregator(self):
-        mode = self.cfg.secure_agg.mode
-        if mode == "off":
-            return PlainFedAvg()
-        from privfed.federation.secure import SecureFedAvg
-        run_id = hashlib.sha256(self.dir.config.read_bytes()).hexdigest()[:32]
-        return SecureFedAvg(self.cfg.secure_agg, run_id=run_id, seed=self.cfg.seed)
-
-    def _select(self, round_index: int) -> list[int]:
-        """Clients of this round: a fixed-size uniform draw, or Poisson (each site independently with
-        probability `fraction`) under DP-FedAvg, whose accounting assumes Poisson sampling of sites."""
-        n, q = self.cfg.fed.clients, self.cfg.fed.fraction
-        rng = numpy_generator(self.cfg.seed, "select", round_index)
-        if self.cfg.dp.mode == "client":
-            if q >= 1:
-                return list(range(n))
-            # the draw must be secret from whoever could otherwise learn who took part: OS CSPRNG
-            import secrets
-            return [c for c in range(n) if secrets.randbelow(2**53) < q * 2**53]
-        k = max(1, int(round(q * n)))
-        return sorted(rng.choice(n, size=k, replace=False).tolist())
-
-    def _round(self, r: int) -> dict[str, Any] | None:
-        """One round; None when too few clients may still train (the run then ends cleanly)."""
-        t0 = time.perf_counter()
-        selected = self._select(r)
-        site_level = self.cfg.dp.mode == "client"
-        if self.privacy:
-            allowed = []
-            # DP-FedAvg charges every site every round (amplification by site sampling), so every site is checked
-            for cid in (range(self.cfg.fed.clients) if site_level else selected):
-                check = self.privacy.check_budget(cid, r)
-                self.ledger.append("budget_check", {"round": r, "client": str(cid), **check})
-                if check["allowed"]:
-                    allowed.append(cid)
-                else:
-                    self.reporter.note(f"client {cid} refuses round {r}: ε would reach "
-                                       f"{check['projected_epsilon']:.2f} > cap {check['max_epsilon']:.2f}")
-            if site_level and len(allowed) < self.cfg.fed.clients:
-                return self._abort(r, f"round {r} would push {self.cfg.fed.clients - len(allowed)} site(s) over "
-                                      f"their ε cap; DP-FedAvg charges every site each round")
-            selected = [c for c in selected if c in allowed]
-        if site_level and len(selected) < min(self.cfg.fed.min_clients, self.cfg.fed.clients):
-            # Poisson site sampling drew too few sites: a noise-only round (the draw does not depend on data)
-            self.reporter.note(f"round {r}: {len(selected)} site(s) drawn (< min_clients); noise-only update")
-            selected = []
-        elif len(selected) < min(self.cfg.fed.min_clients, self.cfg.fed.clients):
-            return self._abort(r, f"only {len(selected)} client(s) may still train in round {r} "
-                                  f"(min_clients={self.cfg.fed.min_clients}); their privacy budgets are spent")
-        self.ledger.append("round_start", {"round": r, "selected": [str(c) for c in selected]})
-        self.reporter.round_start(r, selected)
-        updates: list[ClientUpdate] = []
-        for cid in selected:
-            upd = self.trainer.train(self.model, self.client_data[cid], client_id=cid, round_index=r,
-                                     generator=torch_generator(self.cfg.seed, "client", r, cid))
-            updates.append(upd)
-            self.reporter.client_done(r, cid, upd)
-        if updates:
-            agg = self.aggregator.aggregate(updates, round_index=r)
-        else:
-            agg = AggregateResult(torch.zeros_like(parameters_to_vector(self.model.parameters())).cpu(), [],
-                                  {"mode": "off", "note": "no participants"})
-        if agg.transcript.get("mode", "off") != "off":
-            self.ledger.append("secure_agg", {"round": r, "transcript": agg.transcript})
-        mean_delta = agg.mean_delta
-        record: dict[str, Any] = {}
-        if self.privacy:
-            mean_delta = self.privacy.post_aggregate(mean_delta, updates, agg, round_index=r)
-            for payload in self.privacy.commit_round(updates, agg, round_index=r):
-                self.ledger.append("dp_event", payload)
-            record.update(self.privacy.round_summary(selected))
-        with torch.no_grad():
-            vec = parameters_to_vector(self.model.parameters())
-            vector_to_parameters(vec + self.cfg.fed.server_lr * mean_delta.to(vec.device), self.model.parameters())
-        train_time = time.perf_counter() - t0
-        record = {
-            "round": r, "selected": selected, "contributors": agg.contributors,
-            "loss": (float(np.average([u.loss for u in updates], weights=[u.num_examples for u in updates]))
-                     if updates else None),
-            "examples": int(sum(u.num_examples for u in updates)), "train_seconds": round(train_time, 3),
-            **record,
-        }
-        if r % self.cfg.eval_every == 0 or r == self.cfg.fed.rounds:
-            record.update(self._evaluate(r))
-        record["seconds"] = round(time.perf_counter() - t0, 3)
-        return record
 
     def _public_pretrain(self) -> dict[str, Any]:
         """Non-private pretraining of the fresh global model on public data (no site data, no ε spent)."""
@@ -296,11 +294,6 @@ class FederatedRun:
                                generator=torch_generator(cfg.seed, "pretrain"), progress=progress)
         return {"public_pretrain": cfg.public_pretrain, "pretrain_loss": round(loss, 5),
                 "pretrain_seconds": round(time.perf_counter() - t0, 3)}
-
-    def _abort(self, r: int, reason: str) -> None:
-        self.ledger.append("abort", {"round": r, "reason": reason})
-        self.reporter.note(f"stopping: {reason}")
-        return None
 
     def _evaluate(self, r: int) -> dict[str, Any]:
         t0 = time.perf_counter()

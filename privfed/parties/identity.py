@@ -90,6 +90,7 @@ def init_site(site_dir: str | Path, site_id: int | None = None) -> SiteIdentity:
     _write_private(d / KEY_FILE, pem)
     atomic_write_bytes(d / PUB_FILE, key.public_key().public_bytes(serialization.Encoding.PEM,
                                                                    serialization.PublicFormat.SubjectPublicKeyInfo))
+    os.chmod(d / PUB_FILE, 0o644)     # public: readable by whoever builds the roster
     if site_id is not None and not (d / "site.toml").exists():
         from privfed.parties.policy import SitePolicy
         SitePolicy(site_id=site_id).save(d)

@@ -48,7 +48,9 @@ def test_dp_run_reports_epsilon_from_events_and_resume_matches(tmp_path, tiny_co
         acc = PrivacyAccountant(kind="pld")
         for e in events:
             if e["client"] == cid:
-                acc.add_event(GaussianEvent(**e["event"]))
+                ev = dict(e["event"])
+                assert ev.pop("type") == "gaussian"          # typed events end to end
+                acc.add_event(GaussianEvent(**ev))
         assert acc.epsilon(delta=events[0]["delta"]) == pytest.approx(eps, rel=1e-9)
     assert any("differential privacy" in line for line in ref.closing_lines)
     # crash in round 2, resume: the same ε (accountant rebuilt from the signed ledger), same rounds
@@ -65,7 +67,7 @@ def test_dp_run_reports_epsilon_from_events_and_resume_matches(tmp_path, tiny_co
 def test_cap_stops_training_before_it_is_exceeded(tmp_path, tiny_config, capsys):
     cfg = _dp(tiny_config.replace(fed={"rounds": 4}, eval_every=4), noise_multiplier=1.5)
     probe = FederatedRun.create(cfg, tmp_path / "probe")
-    one = probe.privacy._event(0)
+    one = probe.site_privacy[0].release_event()   # the site's own event (it calibrated σ)
     acc = PrivacyAccountant(kind="pld")
     acc.add_event(one)
     e1 = acc.epsilon(delta=probe.privacy.delta)
@@ -116,7 +118,8 @@ def test_client_level_dp_charges_every_site_each_round(tmp_path, tiny_config):
     assert res.rounds_completed == 2
     events = _records(tmp_path / "c", "dp_event")
     assert len(events) == 2 * 3 and {e["unit"] for e in events} == {"client"}
-    assert all(e["event"] == {"noise_multiplier": 0.8, "sample_rate": 1.0, "steps": 1} for e in events)
+    assert all(e["event"] == {"type": "gaussian", "noise_multiplier": 0.8, "sample_rate": 1.0, "steps": 1}
+               for e in events)
     acc = PrivacyAccountant(kind="pld")
     acc.add_event(GaussianEvent(noise_multiplier=0.8, sample_rate=1.0, steps=2))
     assert _final_eps(tmp_path / "c")["0"] == pytest.approx(acc.epsilon(delta=events[0]["delta"]), rel=1e-9)

@@ -1,6 +1,8 @@
+import numpy as np  # noqa: F401
 import torch
 
-from privfed.federation.aggregation import PlainFedAvg, client_weights, fedavg
+from privfed.federation.aggregation import PlainAggregator, client_weights, fedavg
+from privfed.parties import messages as M
 from privfed.federation.client import ClientUpdate
 
 
@@ -10,8 +12,20 @@ def test_fedavg_equals_hand_computed_weighted_mean():
     # (10*[1,2,-3] + 30*[4,0,1]) / 40 = [130, 20, 0] / 40
     expected = torch.tensor([3.25, 0.5, 0.0])
     assert torch.allclose(fedavg([a, b]), expected)
-    res = PlainFedAvg().aggregate([a, b], round_index=1)
-    assert torch.allclose(res.mean_delta, expected) and res.contributors == [0, 4]
+    ups = {0: a, 4: b}
+
+    def exchange(kind, fields, arrays):       # each site scales its own update by w_i / weight_total
+        assert kind == "upload"
+        return {c: M.make("plain_update", run_id="r", round_index=1, sender=c, receiver=M.SERVER,
+                          fields={"weight": float(ups[c].num_examples)},
+                          arrays={"delta": (ups[c].delta.double() * ups[c].num_examples
+                                            / f["weight_total"]).numpy()}) for c, f in fields.items()}
+
+    res = PlainAggregator().aggregate(exchange, round_index=1, participants=[0, 4], weights={0: 10.0, 4: 30.0},
+                                      dim=3)
+    # (sum, total_weight): nothing normalised; the privacy layer divides
+    assert res.total_weight == 1.0 and torch.allclose((res.total / res.total_weight).float(), expected)
+    assert res.contributors == [0, 4] and res.transcript["plaintext"] is True
     assert client_weights([a, b]) == {0: 0.25, 4: 0.75}
 
 

@@ -7,7 +7,8 @@ import torch
 from privfed.data import load_dataset
 from privfed.federation.canaries import GradientCanaries
 from privfed.federation.client import LocalTrainer
-from privfed.federation.privacy import build_privacy
+from privfed.federation.privacy import run_delta
+from privfed.federation.site_privacy import site_privacy
 from privfed.federation.seeding import torch_generator
 from privfed.models import build_scheduler, build_unet
 
@@ -40,7 +41,7 @@ def test_canary_gradient_enters_the_update_as_one_example(tiny_config, private):
                                "secure_rng": False})   # the same seeded noise in both calls
     data, model, scheduler = _setup(cfg, n)
     if private:
-        trainer = build_privacy(cfg, [n]).trainer(cfg.fed, scheduler)
+        trainer = site_privacy(cfg, n, delta=run_delta(cfg, [n])[0]).trainer(cfg.fed, scheduler)
     else:
         trainer = LocalTrainer(cfg.fed, scheduler)
     trainer.make_optimizer = lambda m: torch.optim.SGD(m.parameters(), lr=1.0)
