@@ -9,8 +9,10 @@ from rich.console import Console
 from privfed.errors import PrivfedError
 
 
-def run_audit(run_dir: Path, *, empirical: bool, pdf: bool, pin_key: str | None, console: Console) -> int:
-    """Return the exit code: 0 when the report was written from a verified ledger."""
+def run_audit(run_dir: Path, *, empirical: bool, pdf: bool, pin_key: str | None, console: Console,
+              site_dirs: tuple[Path, ...] = ()) -> int:
+    """Return the exit code: 0 when the report was written from a verified ledger (and every site receipt found in
+    RUN_DIR/sites/*/ or given in ``site_dirs`` verified and agreed with it)."""
     from audits.empirical import EmpiricalBoundViolation
     from audits.errors import AuditError, VerificationError
     from audits.report.build import build_report
@@ -21,7 +23,7 @@ def run_audit(run_dir: Path, *, empirical: bool, pdf: bool, pin_key: str | None,
         if empirical:
             from privfed.empirical import run_empirical
             run_empirical(run_dir, console=console)
-        paths = build_report(run_dir, pdf=pdf, expected_key_fingerprint=pin_key)
+        paths = build_report(run_dir, pdf=pdf, expected_key_fingerprint=pin_key, site_dirs=site_dirs)
     except VerificationError as e:
         console.print(f"[bold red]FAILED[/] {type(e).__name__}: {e}")
         return 1

@@ -198,15 +198,21 @@ def audit(
                                    "the run's time)."),
     pdf: bool = typer.Option(False, "--pdf",
                              help="Also write report/report.pdf (needs the optional weasyprint package)."),
+    site: list[Path] = typer.Option([], "--site", metavar="SITE_DIR",
+                                    help="A standalone site's directory whose receipt.jsonl to cross-check against "
+                                         "the ledger as well (repeatable; RUN_DIR/sites/*/ are always checked)."),
 ) -> None:
-    """Verify a run's signed ledger and recompute ε (`audit verify RUN_DIR`), or write its report (`audit RUN_DIR`)."""
+    """Verify a run's signed ledger, recompute ε and cross-check the sites' receipts (`audit verify RUN_DIR`), or
+    write its report (`audit RUN_DIR`)."""
     if len(target) == 2 and target[0] == "verify":
         from audits.verify import cli_verify
-        raise typer.Exit(cli_verify(target[1], expected_key_fingerprint=pin_key, expected_head_hash=head))
+        raise typer.Exit(cli_verify(target[1], expected_key_fingerprint=pin_key, expected_head_hash=head,
+                                    site_dirs=tuple(site)))
     if len(target) != 1:
         raise PrivfedError("usage: privfed audit [verify] RUN_DIR")
     from privfed.audit_command import run_audit
-    raise typer.Exit(run_audit(Path(target[0]), empirical=empirical, pdf=pdf, pin_key=pin_key, console=console))
+    raise typer.Exit(run_audit(Path(target[0]), empirical=empirical, pdf=pdf, pin_key=pin_key, console=console,
+                               site_dirs=tuple(site)))
 
 
 site_app = typer.Typer(no_args_is_help=True, help="A site's own setup: its long-term identity.")

@@ -403,11 +403,12 @@ def _limitations(rep, records) -> list[str]:
 # ---------------------------------------------------------------------------------------------------- entry
 def build_report(run_dir: str | Path, *, pdf: bool = False, allow_unverified: bool = False,
                  expected_key_fingerprint: str | None = None,
-                 expected_head_hash: str | None = None) -> ReportPaths:
+                 expected_head_hash: str | None = None, site_dirs: tuple[str | Path, ...] = ()) -> ReportPaths:
     """Verify ``run_dir`` and write ``report/report.html``, ``report/report.json`` and ``report/figures/*.png``.
 
     Raises the verification error unless ``allow_unverified`` (then the report is written with a FAILED integrity
     section and a banner). ``pdf=True`` also writes report.pdf and needs weasyprint (ReportDependencyMissing).
+    ``site_dirs``: standalone SITE_DIRs whose receipts are cross-checked too (see :func:`audits.verify.verify_run`).
     """
     run_dir = Path(run_dir)
     if pdf:
@@ -420,7 +421,7 @@ def build_report(run_dir: str | Path, *, pdf: bool = False, allow_unverified: bo
     rep: VerificationReport | None = None
     try:
         rep = verify_run(run_dir, expected_key_fingerprint=expected_key_fingerprint,
-                         expected_head_hash=expected_head_hash)
+                         expected_head_hash=expected_head_hash, site_dirs=tuple(site_dirs))
         records = rep.records
     except VerificationError as e:
         if not allow_unverified:

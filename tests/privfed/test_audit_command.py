@@ -82,3 +82,25 @@ def test_audit_bad_input(tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     assert main(["audit", str(tmp_path / "empty")]) != 0
+
+
+def test_audit_verify_cross_checks_a_standalone_sites_receipt(tmp_path, capsys):
+    """A hospital keeps its receipt in its own SITE_DIR: `audit verify RUN_DIR --site SITE_DIR` cross-checks it."""
+    import shutil
+
+    from tests.audits.conftest import write_run
+
+    run = write_run(tmp_path / "run", sites=True)
+    site_dir = tmp_path / "hospital-a"
+    shutil.move(run / "sites" / "site-a", site_dir)
+    assert main(["audit", "verify", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "site site-a: no receipt" in out and "site site-b: receipt verified" in out
+    assert main(["audit", "verify", str(run), "--site", str(site_dir)]) == 0
+    assert "site site-a: receipt verified and consistent" in capsys.readouterr().out
+    lines = (site_dir / "receipt.jsonl").read_bytes().splitlines(keepends=True)
+    (site_dir / "receipt.jsonl").write_bytes(b"".join(lines[:-1]))  # the site's last spend is gone
+    assert main(["audit", "verify", str(run), "--site", str(site_dir)]) == 1
+    err = capsys.readouterr().err
+    assert "ReceiptMismatch" in err and "site site-a" in err
+    assert main(["audit", str(run), "--site", str(site_dir)]) == 1
