@@ -335,9 +335,10 @@ def cli_verify(run_dir: str | Path, *, expected_key_fingerprint: str | None = No
         return 2
     print(f"OK: {rep.n_records} records verified; head {rep.head_hash}")
     print(f"ledger key {rep.key_fingerprint} (compare with the fingerprint you obtained out of band)")
+    if rep.final_epsilon:
+        print(f"ε recomputed from the ledger's DP events with {rep.accountant_backend}:")
     for c in sorted(rep.final_epsilon):
-        print(f"client {c}: ε={rep.final_epsilon[c]:.4g} at δ={rep.final_delta[c]:g} (recomputed, "
-              f"{rep.accountant_backend})")
+        print(f"client {c}: ε={rep.final_epsilon[c]:.4g} at δ={rep.final_delta[c]:g}")
     if rep.roster_fingerprint is not None:
         print(f"roster {rep.roster_fingerprint}")
     for r in rep.receipts:

@@ -184,17 +184,21 @@ def _privacy_statement(rep, records) -> dict[str, Any]:
            f"each step's batch with the recorded rate q), L2 clipping to {', '.join(f'{c:g}' for c in clip)} and "
            f"Gaussian noise whose values nobody else saw (noise generator as recorded: {noise_rng}). They do not "
            f"cover the data summary counts (suppressed below k, not DP), hyper-parameter tuning, or any release "
-           f"outside this run; input privacy against the server is provided separately by secure aggregation "
-           f"('{sa_mode}').")
+           f"outside this run.")
     placement = starts[0][1].get("noise_placement", "server") if starts else "server"
     if "client" in units and placement == "server":
-        txt += (" Client-level DP noise is added by the server after unmasking, so the server sees the clean sum of "
-                "the sites' updates: this guarantee holds against recipients of the model, not against the server, "
-                "which is trusted here.")
+        txt += (" Client-level DP noise is added by the server after aggregation, so the server sees the clean sum "
+                "of the sites' updates: this guarantee holds against recipients of the model, not against the "
+                "server, which is trusted here.")
     plain = sorted({p["round"] for _, p in _by_kind(records, "secure_agg") if p["transcript"].get("plaintext")})
-    if plain:
-        txt += (f" Rounds {', '.join(map(str, plain))} were {PLAINTEXT_LABEL}: against the server, those updates "
-                "are protected only by the noise each site added itself.")
+    local = ("protected from the server only by the noise each site's DP-SGD added itself" if units == ["example"]
+             else "with no noise on it")
+    if sa_mode == "off" or plain:
+        which = "every round" if sa_mode == "off" else f"rounds {', '.join(map(str, plain))}"
+        txt += (f" No input privacy against the server: {which} {PLAINTEXT_LABEL.replace(': ', ' (', 1)}), "
+                f"{local}.")
+    else:
+        txt += f" Input privacy against the server is provided separately by secure aggregation ('{sa_mode}')."
     if rep.receipts and any(r.receipt_verified for r in rep.receipts):
         n = sum(r.receipt_verified for r in rep.receipts)
         txt += (f" {n} site(s) hold their own signed receipt of these events, which this audit cross-checked "
