@@ -30,7 +30,7 @@ _SEED = b"privfed/secagg/v1/graph-seed|"
 
 def commitment(setup_hash: bytes, site: int, nonce: bytes) -> bytes:
     """Hiding, binding commitment of ``site`` to its 32-byte ``nonce`` for one setup (SHA-256)."""
-    return hashlib.sha256(_COMMIT + setup_hash + canonical(int(site)) + b"|" + nonce).digest()
+    return hashlib.sha256(_COMMIT + setup_hash + b"%d|" % int(site) + nonce).digest()
 
 
 def commit_list_hash(setup_hash: bytes, ids: Iterable[int], commitments: Iterable[bytes]) -> bytes:

@@ -212,15 +212,32 @@ def check_header(msg: Any, cls: type, *, run_id: str, round_index: int, stage: s
 
 
 def check_bytes(value: Any, length: int, what: str) -> bytes:
-    if not isinstance(value, bytes) or len(value) != length:
+    if type(value) is not bytes or len(value) != length:
         raise InvalidMessage(f"{what} must be {length} bytes")
     return value
 
 
+def check_bytes_list(values: Any, length: int | None, what: str) -> None:
+    """Every element is ``bytes`` (of ``length`` bytes when given)."""
+    if length is None:
+        ok = all(type(v) is bytes for v in values)
+    else:
+        ok = all(type(v) is bytes and len(v) == length for v in values)
+    if not ok:
+        raise InvalidMessage(f"every {what} must be {'' if length is None else f'{length} '}bytes")
+
+
 def check_ids(values: Any, what: str) -> tuple[int, ...]:
-    if not isinstance(values, (tuple, list)) or not all(is_id(v) for v in values):
+    if not isinstance(values, (tuple, list)):
         raise InvalidMessage(f"{what} must be a sequence of non-negative int ids")
-    ids = tuple(int(v) for v in values)
+    if all(type(v) is int for v in values):          # fast path (plain ints)
+        ids = tuple(values)
+        if ids and min(ids) < 0:
+            raise InvalidMessage(f"{what} must be a sequence of non-negative int ids")
+    elif all(is_id(v) for v in values):
+        ids = tuple(int(v) for v in values)
+    else:
+        raise InvalidMessage(f"{what} must be a sequence of non-negative int ids")
     if len(set(ids)) != len(ids):
         raise DuplicateClientError(f"duplicate id in {what}")
     if list(ids) != sorted(ids):

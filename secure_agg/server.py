@@ -19,9 +19,10 @@ from secure_agg import graph, graph_seed
 from secure_agg.errors import (BadShareError, DuplicateClientError, IncompleteRevealError, IntegrityError,
                                InvalidMessage, ProtocolAbort, SecAggError, StageOrderError, ThresholdError)
 from secure_agg.hazmat import hkdf, prg, shamir_robust, signing, x25519
+from secure_agg.hazmat.shamir import SHARE_BYTES
 from secure_agg.messages import (SERVER, SITE_MESSAGES, STAGES, VERSION, CiphertextBroadcast, CommitList,
                                  ConsistencyRequest, KeysBroadcast, RevealList, Setup, UnmaskRequest, check_bytes,
-                                 check_header, check_parallel, digest, full_setup_hash, is_id, setup_hash,
+                                 check_bytes_list, check_header, check_parallel, digest, full_setup_hash, is_id, setup_hash,
                                  signed_payload)
 from secure_agg.params import SecAggParams
 from secure_agg.quantize import make_quantizer
@@ -42,6 +43,10 @@ class SecureSumResult:
     threshold: int
     transcript: dict
     excluded: dict = field(default_factory=dict)
+
+
+# what one bad reply may raise while it is checked: excluded, never a crash of the server
+_REPLY_ERRORS = (SecAggError, TypeError, ValueError, AttributeError, KeyError, IndexError, OverflowError)
 
 
 class ServerSession:
@@ -128,6 +133,8 @@ class ServerSession:
 
     # -- helpers ---------------------------------------------------------------------------------------------------
     def _exclude(self, site: int, exc: BaseException) -> None:
+        if not isinstance(exc, SecAggError):   # a malformed reply (wrong field types) is an invalid message
+            exc = InvalidMessage(f"malformed reply: {type(exc).__name__}")
         self.excluded.setdefault(int(site), type(exc).__name__)
         self._alive.discard(int(site))
 
@@ -145,7 +152,7 @@ class ServerSession:
                 if u in got or u in bad:
                     raise DuplicateClientError(f"site {u} sent twice at stage {stage!r}")
                 got[u] = m
-            except SecAggError as exc:
+            except _REPLY_ERRORS as exc:
                 got.pop(u, None)
                 bad.add(u)
                 self._exclude(u, exc)
@@ -164,7 +171,7 @@ class ServerSession:
             try:
                 check(u, got[u])
                 ok[u] = got[u]
-            except SecAggError as exc:
+            except _REPLY_ERRORS as exc:
                 self._exclude(u, exc)
         self.live[stage] = sorted(ok)
         if len(ok) < self.t:
@@ -241,8 +248,7 @@ class ServerSession:
             check_bytes(m.b_commitment, 32, "b_commitment")
             if set(rec) != self.neigh[u] & self.u1:
                 raise InvalidMessage(f"site {u} did not encrypt shares for exactly its keyed neighbours")
-            if not all(isinstance(c, bytes) for c in m.ciphertexts):
-                raise InvalidMessage("ciphertexts must be bytes")
+            check_bytes_list(m.ciphertexts, None, "ciphertext")
             self._verify(u, m.signature, "share_keys", self.full,
                          {"receivers": list(rec), "ciphertexts": digest(*m.ciphertexts),
                           "b_commitment": m.b_commitment.hex()})
@@ -296,6 +302,8 @@ class ServerSession:
         def check(u, m):
             b_ids = check_parallel(m.self_mask_ids, m.self_mask_shares, what="self_mask_ids")
             k_ids = check_parallel(m.key_ids, m.key_shares, what="key_ids")
+            check_bytes_list(m.self_mask_shares, SHARE_BYTES, "self-mask share")
+            check_bytes_list(m.key_shares, SHARE_BYTES, "key share")
             holds = self.neigh[u] | {u}
             if not set(b_ids) <= set(self.u3) & holds or not set(k_ids) <= gone & self.neigh[u]:
                 raise InvalidMessage(f"site {u} sent shares for sites it does not hold")

@@ -24,7 +24,7 @@ from secure_agg.errors import (ConsistencyError, DuplicateClientError, Incomplet
 from secure_agg.hazmat import aead, hkdf, prg, shamir, signing, x25519
 from secure_agg.messages import (SERVER, SERVER_MESSAGES, STAGE_INDEX, STAGES, VERSION, AdvertiseKeys, Commit,
                                  ConsistencyAck, EncryptedShares, MaskedInput, Reveal, UnmaskShares, check_bytes,
-                                 check_header, check_ids, check_parallel, digest, full_setup_hash, is_id,
+                                 check_bytes_list, check_header, check_ids, check_parallel, digest, full_setup_hash, is_id,
                                  setup_hash, signed_payload)
 from secure_agg.policy import ProtocolPolicy
 from secure_agg.quantize import make_quantizer, rounding_generator
@@ -271,9 +271,8 @@ class SiteSession:
         ids = check_parallel(m.ids, m.commitments, m.signatures, what="commitments")
         if not set(ids) <= set(s["ids"]):
             raise InvalidMessage("commitment list names sites outside the setup")
-        for c, sig in zip(m.commitments, m.signatures):
-            check_bytes(c, 32, "commitment")
-            check_bytes(sig, 64, "signature")
+        check_bytes_list(m.commitments, 32, "commitment")
+        check_bytes_list(m.signatures, 64, "signature")
         if u not in ids or m.commitments[ids.index(u)] != s["commitment"]:
             raise IntegrityError("the server altered or omitted this site's commitment")
         if len(ids) < s["t"]:
@@ -290,10 +289,11 @@ class SiteSession:
         committed = dict(zip(s["commit_ids"], s["commitments"]))
         if not set(rids) <= set(committed):
             raise InvalidMessage("reveal list names sites that did not commit")
-        for i, r, sig in zip(rids, m.nonces, m.signatures):
-            check_bytes(r, graph_seed.NONCE_BYTES, "nonce")
-            check_bytes(sig, 64, "signature")
-            if graph_seed.commitment(s["pre"], i, r) != committed[i]:
+        check_bytes_list(m.nonces, graph_seed.NONCE_BYTES, "nonce")
+        check_bytes_list(m.signatures, 64, "signature")
+        pre = s["pre"]
+        for i, r in zip(rids, m.nonces):   # every nonce (not only the neighbours'): a substituted one could be ground
+            if graph_seed.commitment(pre, i, r) != committed[i]:
                 raise IncompleteRevealError(f"site {i}'s revealed nonce does not open its commitment")
         if u not in rids or m.nonces[rids.index(u)] != s["nonce"]:
             raise IntegrityError("the server altered or omitted this site's nonce")

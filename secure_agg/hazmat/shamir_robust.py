@@ -22,21 +22,37 @@ def _parse(y) -> int | None:
     return v if v < PRIME else None
 
 
+def _batch_inverse(vals: list[int]) -> list[int]:
+    """Modular inverses of non-zero field elements with one exponentiation (Montgomery's trick)."""
+    prefix, acc = [], 1
+    for v in vals:
+        prefix.append(acc)
+        acc = acc * v % PRIME
+    inv = pow(acc, -1, PRIME)
+    out = [0] * len(vals)
+    for i in range(len(vals) - 1, -1, -1):
+        out[i] = inv * prefix[i] % PRIME
+        inv = inv * vals[i] % PRIME
+    return out
+
+
 def _evaluate(xs: list[int], ys: list[int], targets: list[int]) -> list[int]:
     """Barycentric Lagrange: the polynomial through (xs, ys), evaluated at each target (targets ∉ xs)."""
-    w = []
+    dens = []
     for j, xj in enumerate(xs):
         d = 1
         for i, xi in enumerate(xs):
             if i != j:
                 d = d * (xj - xi) % PRIME
-        w.append(pow(d, -1, PRIME))
+        dens.append(d)
+    wy = [w * y % PRIME for w, y in zip(_batch_inverse(dens), ys)]
     out = []
     for x in targets:
-        ell, s = 1, 0
-        for xj, wj, yj in zip(xs, w, ys):
-            ell = ell * (x - xj) % PRIME
-            s = (s + wj * yj * pow((x - xj) % PRIME, -1, PRIME)) % PRIME
+        diffs = [(x - xj) % PRIME for xj in xs]
+        ell = 1
+        for dlt in diffs:
+            ell = ell * dlt % PRIME
+        s = sum(a * b for a, b in zip(wy, _batch_inverse(diffs))) % PRIME
         out.append(ell * s % PRIME)
     return out
 

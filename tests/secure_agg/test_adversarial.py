@@ -681,3 +681,16 @@ def test_f8_rounding_stream_is_per_site_from_the_os_csprng(make_round, monkeypat
     np.testing.assert_array_equal(a.sum, b.sum)         # explicit reproducible-experiment mode only
     with pytest.raises(ValueError):
         r.site(10, rounding_seed=b"short")
+
+
+def test_malformed_reply_fields_exclude_the_sender_not_crash_the_server(make_round):
+    r = make_round(n=7)
+    r.run_until("unmasking")
+    r.step(tamper=lambda reps: replace_one(reps, 11, lambda m: dataclasses.replace(
+        m, self_mask_shares=(10 ** 12,) + m.self_mask_shares[1:])))       # bytes(10**12) would exhaust memory
+    res = r.server.result()
+    assert res.excluded == {11: "InvalidMessage"}
+    r = make_round(n=5)
+    r.run_until("share_keys")
+    r.step(tamper=lambda reps: replace_one(reps, 12, lambda m: dataclasses.replace(m, receivers=None)))
+    assert r.finish().excluded == {12: "InvalidMessage"}
