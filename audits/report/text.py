@@ -26,7 +26,8 @@ SECTIONS: tuple[tuple[str, str], ...] = (
 
 PARTIES = [
     {"party": "Sites (clients)", "role": "hold the training images; run local training (DP-SGD under sample-level DP) "
-     "and mask their model update", "trust": "trusted with their own data only"},
+     "and mask their model update; each keeps its own receipt of its DP spend, signed with its own long-term key",
+     "trust": "trusted with their own data only"},
     {"party": "Aggregation server", "role": "selects sites, drives the secure-aggregation stages, applies the "
      "FedAvg step to the unmasked sum, writes the signed ledger", "trust": "honest-but-curious: follows the "
      "protocol but may try to learn from what it sees"},

@@ -12,7 +12,7 @@ from audits.canonical import canonical_bytes
 from audits.chain import signed_message, verify_chain
 from audits.errors import (ArtifactMismatchError, EpsilonMismatchError, IncompleteRunDirectory,
                            LedgerIntegrityError, LedgerKeyError, MissingRunDirectory, UnknownSchemaVersion,
-                           UnsignedRecordError, VerificationError)
+                           UnknownEventType, UnsignedRecordError, VerificationError)
 from audits.keys import generate_private_key, key_fingerprint, load_private_key, load_public_key, write_public_key
 from audits.verify import cli_verify, verify_run
 
@@ -162,6 +162,16 @@ def test_unknown_schema_version_is_named(run_copy):
     with pytest.raises(UnknownSchemaVersion) as ei:
         verify_run(run_copy)
     assert ei.value.record_index == idx and "schema_version 2" in str(ei.value)
+
+
+def test_signed_dp_event_of_unknown_type_is_named(run_copy):
+    last = json.loads(_lines(run_copy)[-1])
+    idx = _append_signed(run_copy, {"kind": "dp_event", "payload": {
+        "round": 4, "client": "site-a", "unit": "example", "event": {"type": "laplace", "scale": 2.0},
+        "delta": DELTA, "max_grad_norm": 1.0, "accountant": "pld", "epsilon": 1.0}, "utc": last["utc"]})
+    with pytest.raises(UnknownEventType) as ei:
+        verify_run(run_copy)
+    assert ei.value.record_index == idx and "laplace" in str(ei.value) and ei.value.kind == "dp_event"
 
 
 def test_unsigned_record_is_named(run_copy):
