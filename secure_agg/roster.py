@@ -37,8 +37,7 @@ class Roster:
             raise ValueError("two roster sites share one identity key")
         self._keys = {i: keys[i] for i in sorted(raw)}
         self._raw = {i: raw[i] for i in sorted(raw)}
-        body = canonical({str(i): raw[i].hex() for i in sorted(raw)})
-        self._fingerprint = hashlib.sha256(b"privfed/secagg/v1/roster|" + body).hexdigest()
+        self._fingerprint = hashlib.sha256(canonical({str(i): raw[i].hex() for i in sorted(raw)})).hexdigest()
 
     @classmethod
     def from_public_bytes(cls, keys: Mapping[int, bytes]) -> "Roster":
@@ -57,7 +56,7 @@ class Roster:
 
     @property
     def fingerprint(self) -> str:
-        """hex SHA-256 over the label and canonical JSON of sorted {id: key hex}."""
+        """hex SHA-256 of the canonical JSON (sorted keys, no spaces) of {str(id): raw public key hex}."""
         return self._fingerprint
 
     @property

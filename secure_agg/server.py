@@ -149,8 +149,10 @@ class ServerSession:
             u = int(sender)
             try:
                 check_header(m, cls, run_id=self.run_id, round_index=self.round_index, stage=stage)
+                if u in got and getattr(m, "signature", None) == got[u].signature:
+                    continue   # the same signed reply delivered twice (a transport retry): ignore the copy
                 if u in got or u in bad:
-                    raise DuplicateClientError(f"site {u} sent twice at stage {stage!r}")
+                    raise DuplicateClientError(f"site {u} sent two different replies at stage {stage!r}")
                 got[u] = m
             except _REPLY_ERRORS as exc:
                 got.pop(u, None)

@@ -213,7 +213,13 @@ def test_wrong_recipient(make_round):
 def test_duplicate_reply_excludes_sender(make_round):
     r = make_round(n=5)
     r.run_until("advertise_keys")
-    r.step(tamper=lambda reps: reps + [reps[0]])
+    r.step(tamper=lambda reps: reps + [reps[0]])          # an identical copy (transport retry) is ignored
+    r.run_until("masked_input")
+    reps = r.replies()
+    zero = np.zeros(r.dim, np.uint32)
+    other = resign(r, dataclasses.replace(reps[0], masked=zero), "masked_input", r.server.full,
+                   {"masked": masked_digest(zero), "dim": r.dim})
+    r.inbox = r.server.advance(reps + [other])            # two different signed replies: the sender equivocates
     res = r.finish()
     assert res.excluded == {10: "DuplicateClientError"} and 10 not in res.survivors
 

@@ -19,6 +19,10 @@ def test_roster_fingerprint_and_lookup():
     raw = {i: k.public_key().public_bytes_raw() for i, k in keys.items()}
     r = Roster.from_public_bytes(raw)
     assert r.ids == (1, 2, 3) and len(r.fingerprint) == 64
+    import hashlib
+    import json
+    want = json.dumps({str(i): raw[i].hex() for i in raw}, sort_keys=True, separators=(",", ":")).encode()
+    assert r.fingerprint == hashlib.sha256(want).hexdigest()     # recomputable by anyone from the key list
     assert Roster.from_public_bytes(dict(sorted(raw.items()))).fingerprint == r.fingerprint
     assert Roster.from_public_bytes({**raw, 3: raw[3][:-1] + bytes([raw[3][-1] ^ 1])}).fingerprint != r.fingerprint
     assert r.public_key(2).public_bytes_raw() == raw[2]
