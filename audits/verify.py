@@ -16,7 +16,8 @@ Checks, in order (the first failure raises; nothing returns False):
 6. roster and receipts: when the ledger has a ``roster`` record it must hash to its fingerprint and name the ledger
    key as server key, every dp_event client must be on it, and every ``RUN_DIR/sites/<id>/receipt.jsonl`` is
    verified under the roster's key for ``<id>`` (:func:`audits.receipt.verify_receipt`) and cross-checked against
-   the ledger (:func:`audits.cross_check.cross_check`): any disagreement raises ReceiptMismatch;
+   the ledger (:func:`audits.cross_check.cross_check`): any disagreement in DP events, rounds, key or roster raises
+   ReceiptMismatch (a refusal recorded by one side only is a warning);
 7. optionally: the ledger contains the pinned ``expected_head_hash`` and ends with run_end (``require_complete``).
 
 A ledger cut at a record boundary is only detectable through (6) or a missing run_end: pin the head hash.
@@ -264,6 +265,7 @@ def _check_receipts(run_dir: Path, records: tuple[dict[str, Any], ...], fp: str,
     rows = cross_check(records, receipts, ledger_key_fingerprint=fp)
     warnings = [f"site {r.site}: no receipt in sites/{r.site}/ (kept by the site?): its DP events were not "
                 "cross-checked" for r in rows if not r.receipt_verified and r.rounds]
+    warnings += [n for r in rows for n in r.notes]
     return roster.fingerprint, rows, warnings
 
 
