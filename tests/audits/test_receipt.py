@@ -372,3 +372,11 @@ def test_ledger_pub_is_not_a_site_key(pristine_site_run):
     led_pub = load_public_key(pristine_site_run / PUBLIC_KEY_RELPATH)
     with pytest.raises(ReceiptIntegrityError):
         verify_receipt(pristine_site_run / "sites" / "site-a", public_key=led_pub)
+
+
+def test_prv_receipts_are_checked_with_pld(tmp_path):
+    w, key = _new_receipt(tmp_path)
+    w.append("dp_spend", {**_spend(1, epsilon_for_events([GaussianEvent(1.0, 0.01, 10)], delta=DELTA)),
+                          "accountant": "prv"})
+    w.close()
+    assert verify_receipt(tmp_path / "s1", public_key=key.public_key()).spends[0].accountant == "prv"
