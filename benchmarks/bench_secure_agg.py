@@ -9,8 +9,8 @@ directory (appended to sys.path so this environment's numpy/cryptography still w
 "n/a" with the reason.
 
 Rows (params/s = coordinates masked per second, one client, one core):
-  privfed client = quantize (own CSPRNG-seeded rounding stream) + self mask + k pairwise masks (AES-256-CTR,
-                   chunked, in place) + reduce mod 2^k
+  privfed client = quantize (own CSPRNG-seeded rounding stream) fused with the self mask + k pairwise masks
+                   (AES-256-CTR), one cache-sized chunk at a time, + reduce mod 2^k (a no-op at k = 32)
   privfed mask   = the masking part only (same PRG streams, no quantization)
   Flower client  = flwr quantize + pseudo_rand_gen self mask + k pairwise masks + parameters_mod (its helpers)
   limit          = (k+1) × [AES-256-CTR keystream of 4·d bytes + numpy add], the work any AES-CTR masker must do
@@ -65,9 +65,9 @@ def load_flower(path: str | None):
 
 
 def privfed_client(x, seeds, q, rng):
-    y = q.quantize(x, rng)
+    """What SiteSession does at the masked-input stage: quantize and mask in one chunked pass."""
     half = (len(seeds) - 1) // 2
-    prg.apply_masks(y, [seeds[0]] + seeds[1:1 + half], seeds[1 + half:])
+    y = q.quantize(x, rng, chunk_hook=prg.MaskStreams([seeds[0]] + seeds[1:1 + half], seeds[1 + half:]).apply)
     if q.modulus_bits < 32:   # as the site does: at k = 32 the uint32 wrap is the reduction
         np.bitwise_and(y, np.uint32(q.modulus_mask), out=y)
     return y

@@ -385,11 +385,11 @@ class SiteSession:
         if len(held) < t_loc:
             raise ThresholdError(f"only {len(held)} share holders left, threshold {t_loc}")
         q = self._d("quantizer")
-        y = q.quantize(self._x, rounding_generator(s["rounding_seed"]))
         add, sub = [s["b"]], []
         for v in sorted(set(held) - {u}):
             (add if u < v else sub).append(s["mask_seeds"][v])
-        prg.apply_masks(y, add, sub)
+        # quantize and mask in one cache-resident pass: y = Q(x) + PRG(b) + Σ_{v>u} PRG(s_uv) − Σ_{v<u} PRG(s_uv)
+        y = q.quantize(self._x, rounding_generator(s["rounding_seed"]), chunk_hook=prg.MaskStreams(add, sub).apply)
         if q.modulus_bits < 32:
             np.bitwise_and(y, np.uint32(q.modulus_mask), out=y)
         s.update(held=held, u2=tuple(sorted(held)))

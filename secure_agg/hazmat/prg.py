@@ -28,27 +28,43 @@ def expand(seed: bytes, words: int) -> np.ndarray:
     return np.frombuffer(_encryptor(seed).update(bytes(4 * int(words))), dtype=np.uint32).copy()
 
 
+class MaskStreams:
+    """The keystreams of a set of seeds, consumed segment by segment: ``apply(seg)`` adds (or subtracts) the next
+    ``len(seg)`` words of every stream to ``seg`` in place (mod 2^32). Applying consecutive segments equals one
+    :func:`apply_masks` over their concatenation, so masking can run inside another chunked pass (quantization)
+    while the chunk is still in cache."""
+
+    def __init__(self, add_seeds: list[bytes], sub_seeds: list[bytes]) -> None:
+        self._streams = [(_encryptor(s), True) for s in add_seeds] + [(_encryptor(s), False) for s in sub_seeds]
+        self._zeros = b""
+        self._out = bytearray(15)
+
+    def apply(self, seg: np.ndarray) -> None:
+        if seg.dtype != np.uint32 or seg.ndim != 1:
+            raise TypeError("segment must be a 1-D uint32 array")
+        m = seg.shape[0]
+        if not self._streams or m == 0:
+            return
+        if len(self._zeros) < 4 * m:
+            self._zeros = bytes(4 * m)
+            self._out = bytearray(4 * m + 15)
+        src = self._zeros if len(self._zeros) == 4 * m else memoryview(self._zeros)[:4 * m]
+        view = np.frombuffer(self._out, dtype=np.uint8)[:4 * m].view(np.uint32)
+        for enc, plus in self._streams:
+            enc.update_into(src, self._out)
+            if plus:
+                np.add(seg, view, out=seg)
+            else:
+                np.subtract(seg, view, out=seg)
+
+
 def apply_masks(acc: np.ndarray, add_seeds: list[bytes], sub_seeds: list[bytes]) -> np.ndarray:
     """In place: ``acc += Σ PRG(add) − Σ PRG(sub)`` (mod 2^32), streamed chunk by chunk for cache locality."""
     if acc.dtype != np.uint32 or acc.ndim != 1 or not acc.flags.c_contiguous:
         raise TypeError("acc must be a contiguous 1-D uint32 array")
-    streams = [(_encryptor(s), True) for s in add_seeds] + [(_encryptor(s), False) for s in sub_seeds]
-    if not streams:
-        return acc
+    streams = MaskStreams(add_seeds, sub_seeds)
     d = acc.shape[0]
     chunk = min(CHUNK_WORDS, max(d, 1))
-    zeros = bytes(4 * chunk)
-    out = bytearray(4 * chunk + 15)
-    view = np.frombuffer(out, dtype=np.uint8)
     for start in range(0, d, chunk):
-        m = min(chunk, d - start)
-        seg = acc[start:start + m]
-        src = zeros if m == chunk else zeros[:4 * m]
-        for enc, plus in streams:
-            enc.update_into(src, out)
-            ks = view[:4 * m].view(np.uint32)
-            if plus:
-                np.add(seg, ks, out=seg)
-            else:
-                np.subtract(seg, ks, out=seg)
+        streams.apply(acc[start:start + chunk])
     return acc
