@@ -123,14 +123,16 @@ def masking_table(dims, ks, reps, flwr_mods, flwr_why):
             t_lim = best_of(lambda: limit(d, seeds), reps)
             t_ks = best_of(lambda: keystream_only(d, seeds), reps)
             t_fl = best_of(lambda: flower_client(x, seeds, flwr_mods), reps) if flwr_mods else None
-            row = {"d": d, "k": k, "privfed_client_params_per_s": d / t_client, "privfed_mask_params_per_s": d / t_mask,
-                   "limit_params_per_s": d / t_lim,
-                   "keystream_only_params_per_s": d / t_ks, "mask_fraction_of_keystream": t_ks / t_mask, "flower_client_params_per_s": (d / t_fl) if t_fl else None,
+            row = {"d": d, "k": k, "privfed_client_params_per_s": d / t_client,
+                   "privfed_mask_params_per_s": d / t_mask, "limit_params_per_s": d / t_lim,
+                   "keystream_only_params_per_s": d / t_ks, "mask_fraction_of_keystream": t_ks / t_mask,
+                   "flower_client_params_per_s": (d / t_fl) if t_fl else None,
                    "flower_na_reason": None if t_fl else flwr_why,
                    "speedup_vs_flower": (t_fl / t_client) if t_fl else None, "mask_fraction_of_limit": t_lim / t_mask}
             rows.append(row)
+            fl = "n/a" if not t_fl else f"{d / t_fl:.3g}/s"
             print(f"  d={d:>9,} k={k:>2}: privfed {d / t_client:.3g}/s  mask {d / t_mask:.3g}/s  "
-                  f"limit {d / t_lim:.3g}/s  keystream {d / t_ks:.3g}/s  flower {'n/a' if not t_fl else f'{d / t_fl:.3g}/s'}", flush=True)
+                  f"limit {d / t_lim:.3g}/s  keystream {d / t_ks:.3g}/s  flower {fl}", flush=True)
     return rows
 
 

@@ -1,9 +1,9 @@
 """Clip, stochastically round to fixed point in Z_{2^k}, and dequantize the sum.
 
 Scheme (per coordinate, per client): clip x to [-c, c]; map to u = (x + c) / Δ in [0, L] with Δ = 2c / L; round u
-to floor(u + r), r ~ U[0, 1), i.e. floor(u) + 1 with probability frac(u) (unbiased; each site uses its own generator,
-:func:`rounding_generator`, seeded from the OS CSPRNG). Each quantized value lies in {0, …, L}; a sum over at most n clients lies in {0, …, n·L}, and
-L = floor((2^k − 1) / n) makes n·L ≤ 2^k − 1, so the sum never wraps mod 2^k.
+to floor(u + r), r ~ U[0, 1), i.e. floor(u) + 1 with probability frac(u) (unbiased; each site uses its own
+stream, :func:`rounding_generator`, seeded from the OS CSPRNG). Each quantized value lies in {0, …, L}; a sum over
+at most n clients lies in {0, …, n·L}, and L = floor((2^k − 1) / n) makes n·L ≤ 2^k − 1, so the sum never wraps mod 2^k.
 
 Error bound (documented and tested): for m summed clients, |dequantize(Σq) − Σ clip(x)| ≤ m·Δ deterministically
 (each rounding moves a value by < Δ), and E[dequantize(Σq)] = Σ clip(x) (up to float64 rounding of u + r,

@@ -22,8 +22,8 @@ from secure_agg.hazmat import hkdf, prg, shamir_robust, signing, x25519
 from secure_agg.hazmat.shamir import SHARE_BYTES
 from secure_agg.messages import (SERVER, SITE_MESSAGES, STAGES, VERSION, CiphertextBroadcast, CommitList,
                                  ConsistencyRequest, KeysBroadcast, RevealList, Setup, UnmaskRequest, check_bytes,
-                                 check_bytes_list, check_header, check_parallel, digest, full_setup_hash, is_id, setup_hash,
-                                 signed_payload)
+                                 check_bytes_list, check_header, check_parallel, digest, full_setup_hash, is_id,
+                                 setup_hash, signed_payload)
 from secure_agg.params import SecAggParams
 from secure_agg.quantize import make_quantizer
 from secure_agg.roster import Roster

@@ -24,8 +24,8 @@ from secure_agg.errors import (ConsistencyError, DuplicateClientError, Incomplet
 from secure_agg.hazmat import aead, hkdf, prg, shamir, signing, x25519
 from secure_agg.messages import (SERVER, SERVER_MESSAGES, STAGE_INDEX, STAGES, VERSION, AdvertiseKeys, Commit,
                                  ConsistencyAck, EncryptedShares, MaskedInput, Reveal, UnmaskShares, check_bytes,
-                                 check_bytes_list, check_header, check_ids, check_parallel, digest, full_setup_hash, is_id,
-                                 setup_hash, signed_payload)
+                                 check_bytes_list, check_header, check_ids, check_parallel, digest, full_setup_hash,
+                                 is_id, setup_hash, signed_payload)
 from secure_agg.policy import ProtocolPolicy
 from secure_agg.quantize import make_quantizer, rounding_generator
 from secure_agg.roster import Roster

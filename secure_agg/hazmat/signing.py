@@ -1,4 +1,4 @@
-"""Optional Ed25519 identity keys that sign advertised public keys and the consistency-check survivor list.
+"""Ed25519: each site's long-term identity key signs every message it sends (secure_agg.messages.signed_payload).
 
 PKI assumption: every client's Ed25519 *public* identity key reaches every other client through a channel the server
 cannot alter (enrolment, a pinned registry). Without it, an active server can substitute keys and act as

@@ -86,9 +86,9 @@ def test_aead_binding_and_tamper():
     ad = aead.associated_data(version=1, run_id="r", round_index=1, stage="share_keys", sender=1, receiver=2)
     blob = aead.encrypt(key, b"share", ad)
     assert aead.decrypt(key, blob, ad) == b"share"
-    for bad_ad in [aead.associated_data(version=1, run_id="r", round_index=2, stage="share_keys", sender=1, receiver=2),
-                   aead.associated_data(version=1, run_id="r", round_index=1, stage="share_keys", sender=1, receiver=3),
-                   aead.associated_data(version=2, run_id="r", round_index=1, stage="share_keys", sender=1, receiver=2)]:
+    ctx = dict(version=1, run_id="r", round_index=1, stage="share_keys", sender=1, receiver=2)
+    for bad_ad in [aead.associated_data(**{**ctx, "round_index": 2}), aead.associated_data(**{**ctx, "receiver": 3}),
+                   aead.associated_data(**{**ctx, "version": 2})]:
         with pytest.raises(IntegrityError):
             aead.decrypt(key, blob, bad_ad)
     flipped = bytearray(blob)
