@@ -373,7 +373,7 @@ class ServerSession:
             "protocol": "pairwise-mask secure aggregation (Bonawitz et al. 2017; SecAgg+ graph, Bell et al. 2020)",
             "protocol_version": VERSION, "mode": self.params.mode, "run_id": self.run_id,
             "round_index": self.round_index, "n": self.n, "threshold": self.t,
-            "neighbours": self.degree, "degree_rule": self.degree_rule,
+            "neighbours": self.degree, "degree": self.degree, "degree_rule": self.degree_rule,
             "setup_hash": self.full.hex(), "setup_hash_before_graph": self.pre.hex(),
             "roster_fingerprint": self.roster.fingerprint,
             "graph_randomness": self.graph_seed.hex(), "graph_participants": list(self.participants),
