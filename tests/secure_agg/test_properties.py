@@ -88,3 +88,37 @@ def test_sparse_graph_exact_or_abort_never_wrong(n, k, seed, data):
     want, survivors, _ = expected_sum(inputs, params, drops, seed)
     assert list(res.survivors) == survivors
     np.testing.assert_array_equal(res.sum, want)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(5, 9), data=st.data())
+def test_bad_replies_exclude_exactly_their_senders_and_the_sum_stays_exact(n, data):
+    """Any set of corrupted replies (signature broken) at any stages: the round aborts (ProtocolAbort) or returns
+    the exact sum of the survivors, and the excluded sites are exactly the senders of corrupted replies."""
+    import dataclasses
+
+    from secure_agg.messages import STAGES
+    from tests.secure_agg.conftest import Round
+    r = Round(n=n, dim=6)
+    bad = {}
+    for c in r.ids:
+        stage = data.draw(st.sampled_from((None, None) + STAGES))
+        if stage is not None:
+            bad[c] = stage
+    r.start()
+    try:
+        while not r.server.done:
+            stage = r.server.stage
+            reps = [dataclasses.replace(m, signature=bytes(64)) if bad.get(m.sender) == stage else m
+                    for m in r.replies()]
+            r.inbox = r.server.advance(reps)
+    except ProtocolAbort:
+        event("abort")
+        return
+    event("exact")
+    res = r.server.result()
+    assert set(res.excluded) == set(bad) and all(v == "IntegrityError" for v in res.excluded.values())
+    before_mask = {"commit", "reveal", "advertise_keys", "share_keys", "masked_input"}
+    assert set(res.survivors) == {c for c in r.ids if bad.get(c) not in before_mask}
+    q = r.server.quantizer
+    assert np.max(np.abs(res.sum - r.exact_sum(res.survivors))) <= q.error_bound(len(res.survivors))
