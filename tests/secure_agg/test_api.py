@@ -172,3 +172,29 @@ def test_site_refuses_after_abort_and_checks_arguments():
     with pytest.raises(ProtocolAbort):
         site.handle(setup)
     assert site.stage == "aborted"
+
+
+def test_sparse_round_through_codec_and_sealing():
+    res, inputs, *_ = _round(n=12, dim=9, params=SecAggParams(neighbours=6), seal_key=b"q" * 32)
+    assert res.transcript["degree"] == 6 and res.transcript["mode"] == "secagg+"
+    exact = sum(np.clip(v, -1, 1) for v in inputs.values())
+    assert np.max(np.abs(res.sum - exact)) <= res.transcript["sum_error_bound"]
+
+
+def test_server_session_argument_validation():
+    idents = {c: signing.generate() for c in range(3)}
+    roster = Roster({c: k.public_key() for c, k in idents.items()})
+    kw = dict(run_id="v", round_index=0, params=SecAggParams(), dim=4, roster=roster)
+    with pytest.raises(ValueError):
+        ServerSession(client_ids=[0, 1, 7], **kw)            # not in the roster
+    with pytest.raises(ValueError):
+        ServerSession(client_ids=[0, 0, 1], **kw)
+    with pytest.raises(TypeError):
+        ServerSession(client_ids=[0, 1, 2], **{**kw, "params": {}})
+    with pytest.raises(ValueError):
+        ServerSession(client_ids=[0, 1, 2], **{**kw, "dim": 0})
+    s = ServerSession(client_ids=[0, 1, 2], **kw)
+    s.start()
+    from secure_agg import StageOrderError
+    with pytest.raises(StageOrderError):
+        s.start()
