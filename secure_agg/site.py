@@ -97,6 +97,7 @@ class SiteSession:
         self._s: dict = {"done": -1, "rounding_seed": bytes(rounding_seed)}
         self._x: np.ndarray | None = None
         self._failed = False
+        self._restored = False
         self._derived: dict = {}
 
     # -- public ----------------------------------------------------------------------------------------------------
@@ -132,6 +133,11 @@ class SiteSession:
         stage = self.stage
         if stage == "done":
             raise ReplayError(f"site {self.client_id}: round already finished")
+        ahead = STAGE_INDEX.get(getattr(msg, "stage", None), -1) > STAGE_INDEX[stage]
+        if self._restored and ahead and getattr(msg, "run_id", None) == self.run_id \
+                and getattr(msg, "round_index", None) == self.round_index:
+            raise ReplayError(f"site {self.client_id}: the unsealed state is at stage {stage!r}, older than this "
+                              f"{msg.stage!r} message (a stale blob was restored)")
         try:
             self._enter(msg, stage)
             reply = getattr(self, "_on_" + stage)(msg)
@@ -159,7 +165,9 @@ class SiteSession:
                stage: str | None = None) -> "SiteSession":
         """Restore a sealed session. IntegrityError on tampering or a wrong key; ReplayError when the blob belongs
         to another site (by ``identity``), or, when given, another ``run_id``/``round_index``, or an older
-        ``stage`` than the one the caller is about to handle."""
+        ``stage`` than the one the caller is about to handle. Without those arguments the same errors come from
+        :meth:`handle`: a message of another run or round, or of a later stage than the restored state (a stale
+        blob), raises ReplayError."""
         header, state = sealing.unseal(blob, key)
         try:
             site, r_id, r_idx, st = int(header["site"]), header["run"], int(header["round"]), header["stage"]
@@ -180,6 +188,7 @@ class SiteSession:
         obj = cls(site, run_id=r_id, round_index=r_idx, identity=identity, roster=roster, policy=policy,
                   rounding_seed=state["rounding_seed"])
         obj._s = dict(state)
+        obj._restored = True
         return obj
 
     # -- helpers ---------------------------------------------------------------------------------------------------
