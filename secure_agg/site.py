@@ -133,7 +133,8 @@ class SiteSession:
         stage = self.stage
         if stage == "done":
             raise ReplayError(f"site {self.client_id}: round already finished")
-        ahead = STAGE_INDEX.get(getattr(msg, "stage", None), -1) > STAGE_INDEX[stage]
+        st = getattr(msg, "stage", None)
+        ahead = isinstance(st, str) and STAGE_INDEX.get(st, -1) > STAGE_INDEX[stage]
         if self._restored and ahead and getattr(msg, "run_id", None) == self.run_id \
                 and getattr(msg, "round_index", None) == self.round_index:
             raise ReplayError(f"site {self.client_id}: the unsealed state is at stage {stage!r}, older than this "
