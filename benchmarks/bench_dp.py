@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -117,11 +116,16 @@ def bench_steps(modes, steps):
     rows = []
     for mode in modes:
         np_step, dp_step = _steppers(mode)
-        np_step(); dp_step()  # warm-up
+        np_step()  # warm-up
+        dp_step()
         tn, td = [], []
         for _ in range(steps):
-            s = time.perf_counter(); np_step(); tn.append(time.perf_counter() - s)
-            s = time.perf_counter(); dp_step(); td.append(time.perf_counter() - s)
+            s = time.perf_counter()
+            np_step()
+            tn.append(time.perf_counter() - s)
+            s = time.perf_counter()
+            dp_step()
+            td.append(time.perf_counter() - s)
         mn, md = statistics.median(tn), statistics.median(td)
         mem_np, mem_dp = _peak_mem("np", mode, 3), _peak_mem("dp", mode, 3)
         rows.append({"mode": mode, "nonprivate_step_s": mn, "dp_step_s": md, "time_ratio": md / mn,
@@ -188,13 +192,15 @@ def main(argv=None):
     res["torch_threads"] = torch.get_num_threads()
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(res, indent=2))
-    lines = ["| mode | non-private step (ms) | DP step (ms) | time × | non-private peak (MiB) | DP peak (MiB) | mem × |",
+    lines = ["| mode | non-private step (ms) | DP step (ms) | time × | non-private peak (MiB) | DP peak (MiB) "
+             "| mem × |",
              "|---|---|---|---|---|---|---|"]
     for r in step_rows:
         mr = f"{r['mem_ratio']:.2f}" if r["mem_ratio"] else "n/a"
         lines.append(f"| {r['mode']} | {r['nonprivate_step_s']*1e3:.1f} | {r['dp_step_s']*1e3:.1f} | "
                      f"{r['time_ratio']:.2f} | {r['nonprivate_peak_mib']:.0f} | {r['dp_peak_mib']:.0f} | {mr} |")
-    lines += ["", "| rounds | incremental s/round | from-scratch s | ε (δ=1e-5) | from-scratch ε |", "|---|---|---|---|---|"]
+    lines += ["", "| rounds | incremental s/round | from-scratch s | ε (δ=1e-5) | from-scratch ε |",
+              "|---|---|---|---|---|"]
     for r in acc_rows:
         sc = f"{r['scratch_s']:.2f}" if r["scratch_s"] is not None else "skipped"
         se = f"{r['scratch_epsilon']:.4f}" if r["scratch_epsilon"] is not None else "—"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import platform
 from importlib import metadata
@@ -81,18 +80,3 @@ _LEDGER_METRICS = ("loss", "fid", "examples", "train_seconds", "eval_seconds", "
 def round_metrics(record: Mapping[str, Any]) -> dict[str, Any]:
     """The utility figures that go into round_end (the rest stays in metrics.jsonl)."""
     return {k: record[k] for k in _LEDGER_METRICS if k in record}
-
-
-def completed_rounds(ledger_path: Path) -> set[int]:
-    """Rounds with a round_end record (a torn final line is ignored; the writer repairs it on open)."""
-    done: set[int] = set()
-    if not ledger_path.is_file():
-        return done
-    for line in ledger_path.read_bytes().splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if rec.get("kind") == "round_end":
-            done.add(int(rec["payload"]["round"]))
-    return done

@@ -65,8 +65,8 @@ class PlainAggregator:
     def __init__(self, cfg=None, **_: Any) -> None:
         self.cfg = cfg
 
-    def aggregate(self, exchange: Exchange, *, round_index: int, participants: Sequence[int], weights: Mapping[int, float],
-                  dim: int) -> AggregateResult:
+    def aggregate(self, exchange: Exchange, *, round_index: int, participants: Sequence[int],
+                  weights: Mapping[int, float], dim: int) -> AggregateResult:
         wt = float(sum(weights[c] for c in participants))
         replies = exchange("upload", {c: {"weight_total": wt} for c in participants}, {})
         total = torch.zeros(dim, dtype=torch.float64)
@@ -88,23 +88,25 @@ class SecureAggregator:
     """Pairwise-mask secure aggregation (SecAgg / SecAgg+): the server drives the stages and sees only the sum."""
 
     def __init__(self, cfg, *, run_id: str, roster) -> None:
-        from secure_agg import SecAggParams
+        from secure_agg import Roster as SARoster, SecAggParams
 
         self.cfg = cfg
         self.name = cfg.mode
         self.run_id = run_id
         self.roster = roster
+        self.sa_roster = SARoster.from_public_bytes(roster.raw())
         self.params = SecAggParams(mode=cfg.mode, clip_range=cfg.clip_range,
-                                   threshold_fraction=cfg.threshold_fraction)
+                                   threshold_fraction=cfg.threshold_fraction, max_colluders=cfg.max_colluders,
+                                   failure_log2=cfg.failure_log2, dropout_fraction=max(0.1, cfg.dropout_rate))
 
-    def aggregate(self, exchange: Exchange, *, round_index: int, participants: Sequence[int], weights: Mapping[int, float],
-                  dim: int) -> AggregateResult:
+    def aggregate(self, exchange: Exchange, *, round_index: int, participants: Sequence[int],
+                  weights: Mapping[int, float], dim: int) -> AggregateResult:
         from secure_agg import ServerSession, codec
         from secure_agg.errors import ProtocolAbort
 
         wt = float(sum(weights[c] for c in participants))
         session = ServerSession(run_id=self.run_id, round_index=round_index, client_ids=list(participants),
-                                params=self.params, dim=dim, roster=self.roster)
+                                params=self.params, dim=dim, roster=self.sa_roster)
         excluded: dict[int, str] = {}
         released: set[int] = set()
         try:
@@ -166,4 +168,7 @@ def releases_update(msg: M.Message) -> bool:
 
     conf = {k[len(M.SA_PREFIX):]: v for k, v in msg.fields.items() if k.startswith(M.SA_PREFIX)}
     arr = {k[len(M.SA_PREFIX):]: v for k, v in msg.arrays.items() if k.startswith(M.SA_PREFIX)}
-    return codec.replies_with_masked_input(codec.decode(conf, arr))
+    from secure_agg.messages import CiphertextBroadcast
+
+    # the reply to the ciphertext broadcast is the site's masked input
+    return isinstance(codec.decode(conf, arr), CiphertextBroadcast)

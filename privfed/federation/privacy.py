@@ -52,7 +52,8 @@ def run_delta(cfg: RunConfig, client_sizes: Sequence[int]) -> tuple[float, str]:
     if cfg.dp.delta is not None:
         return cfg.dp.delta, "δ given by the user"
     if cfg.dp.mode == "client":
-        return default_delta(len(client_sizes)), f"δ = {default_delta(len(client_sizes)):.3g} chosen below 1/number of sites"
+        d = default_delta(len(client_sizes))
+        return d, f"δ = {d:.3g} chosen below 1/number of sites"
     d = default_delta(max(client_sizes))
     return d, f"δ = {d:.3g} chosen below 1/n_local for every client"
 

@@ -38,9 +38,7 @@ from privfed.metrics.fid import class_histogram
 from privfed.models import build_scheduler, build_unet, load_unet, sample_images
 from privfed.rundir import RunDir, atomic_write_text
 from privfed import run_ledger as ledger_payloads
-from privfed.run_ledger import completed_rounds
-from audits.chain import verify_chain
-from audits.keys import PRIVATE_KEY_RELPATH, PUBLIC_KEY_RELPATH, load_private_key, load_public_key
+from audits.keys import PRIVATE_KEY_RELPATH, load_private_key
 from audits.ledger import LEDGER_FILENAME, LedgerWriter
 
 
@@ -81,6 +79,8 @@ class FederatedRun:
         self.dir = RunDir(run_dir)
         self.reporter = reporter or SilentReporter()
         self.gradient_canaries = None    # set by the empirical audit (privfed.federation.canaries)
+        self.reseal_state = False        # seal and unseal every site's round state at each message (Flower's path)
+        self.observer = None             # callable(direction, message): sees every message the engine moves
         self.device = torch.device(cfg.device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise RunDirError("--device cuda requested but no CUDA device is available")
@@ -143,7 +143,8 @@ class FederatedRun:
         return SitePolicy(site_id=cid, max_epsilon=float(run_cap(self.cfg) or 10.0),
                           max_delta=max(1e-5, float(delta)),
                           min_clients=min(sa.min_clients, max(2, cfg.fed.clients)),
-                          max_colluders=sa.max_colluders, require_secure_aggregation=sa.mode != "off",
+                          max_colluders=sa.max_colluders, failure_log2=sa.failure_log2,
+                          require_secure_aggregation=sa.mode != "off",
                           server_key=server_fp)
 
     def _build_parties(self, run_id: str, server_key) -> None:
@@ -189,14 +190,16 @@ class FederatedRun:
         self.dir.clean_partial()
         ledger_path = self.dir.root / LEDGER_FILENAME
         new_ledger = not ledger_path.exists()
-        done = completed_rounds(ledger_path)
         self.scheduler = build_scheduler(cfg.model)
         self.classifier = load_or_train_classifier(self.dir.cache / "domain_classifier.safetensors",
                                                    self.splits.train, seed=derive_seed(cfg.seed, "classifier"))
-        latest = self.dir.latest_checkpoint(among=done)
         run_id = hashlib.sha256(self.dir.config.read_bytes()).hexdigest()[:32]
         config_hash = hashlib.sha256(self.dir.config.read_bytes()).hexdigest()
         with LedgerWriter.open(self.dir.root, create=new_ledger) as self.ledger:
+            # resume reads only verified records: opening the writer checked the chain and every signature
+            records = self.ledger.records
+            done = {int(r["payload"]["round"]) for r in records if r["kind"] == "round_end"}
+            latest = self.dir.latest_checkpoint(among=done)
             server_key = load_private_key(self.dir.root / PRIVATE_KEY_RELPATH)
             self._build_parties(run_id, server_key)
             if new_ledger:
@@ -220,12 +223,10 @@ class FederatedRun:
                 self.dir.truncate_metrics_after(start)
                 self.ledger.append("resume", {"from_round": start})
                 self.reporter.note(f"resuming {self.dir.root} after round {start}")
-                # only verified records: the chain and signatures are checked against the run's public key
-                state = verify_chain(ledger_path.read_bytes(), load_public_key(self.dir.root / PUBLIC_KEY_RELPATH),
-                                     allow_torn_tail=True)
-                self.privacy.restore(state.records)
+                self.privacy.restore(records)
             self._participants: dict[int, list[int]] = {}
-            engine = InProcessEngine(self.sites, drop_plan=self._dropouts, releases=releases_update)
+            engine = InProcessEngine(self.sites, drop_plan=self._dropouts, releases=releases_update,
+                                     reseal=self.reseal_state, observer=self.observer)
             self.server = Server(cfg=cfg, run_id=run_id, config_hash=config_hash, roster=self.roster,
                                  key=server_key, ledger=self.ledger, privacy=self.privacy,
                                  aggregator=build_aggregator(cfg.secure_agg, run_id=run_id, roster=self.roster),
@@ -272,7 +273,8 @@ class FederatedRun:
     def _finish_round(self, r: int, record: dict[str, Any]) -> None:
         """Checkpoint, then the signed round_end (with the checkpoint hash), then metrics: in that order."""
         ckpt = self.dir.save_checkpoint(r, self.model, {"round": r})
-        self.ledger.append("round_end", {"round": r, "checkpoint": ledger_payloads.checkpoint_entry(self.dir.root, ckpt),
+        self.ledger.append("round_end", {"round": r,
+                                         "checkpoint": ledger_payloads.checkpoint_entry(self.dir.root, ckpt),
                                          "metrics": ledger_payloads.round_metrics(record)})
         self.dir.append_metrics(record)
         self.reporter.round_end(r, record)

@@ -47,7 +47,8 @@ class _FeatureView(nn.Module):
         return self.clf.features(x)
 
 
-def train_domain_classifier(train: ImageDataset, *, seed: int, epochs: int = 15, batch_size: int = 64) -> DomainClassifier:
+def train_domain_classifier(train: ImageDataset, *, seed: int, epochs: int = 15,
+                            batch_size: int = 64) -> DomainClassifier:
     """Fit the classifier on real training images (light augmentation-free Adam training)."""
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)

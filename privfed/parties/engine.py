@@ -28,11 +28,13 @@ class InProcessEngine:
     def __init__(self, sites: Mapping[int, object], *,
                  drop_plan: Callable[[int], set[int]] | None = None,
                  releases: Callable[[M.Message], bool] | None = None,
-                 reseal: bool = False) -> None:
+                 reseal: bool = False,
+                 observer: Callable[[str, M.Message], None] | None = None) -> None:
         self.sites = dict(sites)
         self.drop_plan = drop_plan or (lambda r: set())
         self.releases = releases or (lambda m: False)
         self.reseal = reseal
+        self.observer = observer or (lambda direction, m: None)
         self._silent: dict[int, set[int]] = {}
         self.log: list[tuple[str, int, int, str]] = []   # (direction, round, site, kind): what crossed
 
@@ -51,10 +53,12 @@ class InProcessEngine:
                 continue
             self.log.append(("to_site", msg.round, sid, msg.kind))
             delivered = _transport(msg)
+            self.observer("to_site", delivered)
             if self.reseal:
                 # what a process-per-message engine does: the site's round state only survives sealed
                 site.unseal_state(site.seal_state(), round_index=msg.round)
             reply = _transport(site.handle(delivered))
+            self.observer("to_server", reply)
             self.log.append(("to_server", reply.round, sid, reply.kind))
             out[sid] = reply
             if on_reply is not None:

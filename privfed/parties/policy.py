@@ -17,6 +17,7 @@ Example::
     min_threshold = 2                  # smallest Shamir threshold t it accepts
     max_colluders = 0                  # n_C: colluding sites tolerated against an active server
     min_degree = 0                     # smallest SecAgg+ degree (0: the protocol's own bound)
+    failure_log2 = 40                  # SecAgg+ graph failure probability it accepts: at most 2^-40
     require_secure_aggregation = true  # refuse rounds that would upload its update in the clear
     server_key = "sha256:…"            # fingerprint of the only server key whose instructions it follows
 """
@@ -49,11 +50,12 @@ class SitePolicy:
     min_threshold: int = 2
     max_colluders: int = 0
     min_degree: int = 0
+    failure_log2: int = 40
     require_secure_aggregation: bool = True
     server_key: str = ""
 
     def __post_init__(self) -> None:
-        ints = ("site_id", "min_clients", "min_threshold", "max_colluders", "min_degree")
+        ints = ("site_id", "min_clients", "min_threshold", "max_colluders", "min_degree", "failure_log2")
         for name in ints:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:

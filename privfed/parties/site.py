@@ -218,9 +218,8 @@ class Site:
                                   policy=self._sa_policy(),
                                   rounding_seed=(derive_seed(self.cfg.seed, "quantize", msg.round, self.id)
                                                  .to_bytes(32, "big") if self.cfg.secure_agg.seeded_rounding else None))
-            vec = self.privacy.add_noise_share(self._weighted(msg.fields["weight_total"]))
-            session.set_input(vec)
-            self._round.update(stage="secagg", session=session)
+            self._round.update(stage="secagg", session=session, weight_total=msg.fields["weight_total"])
+            session.set_input(self._masking_input())
         self._expect(msg, "secagg")
         conf = {k[len(M.SA_PREFIX):]: v for k, v in msg.fields.items() if k.startswith(M.SA_PREFIX)}
         arr = {k[len(M.SA_PREFIX):]: v for k, v in msg.arrays.items() if k.startswith(M.SA_PREFIX)}
@@ -230,6 +229,10 @@ class Site:
         conf, arr = codec.encode(reply)
         return ("secagg_reply", {M.SA_PREFIX + k: v for k, v in conf.items()},
                 {M.SA_PREFIX + k: v for k, v in arr.items()})
+
+    def _masking_input(self) -> np.ndarray:
+        """The vector this site masks: its weighted update plus (seam for distributed DP) its noise share."""
+        return self.privacy.add_noise_share(self._weighted(self._round["weight_total"]))
 
     def _sa_roster(self):
         from secure_agg import Roster as SARoster
@@ -274,7 +277,7 @@ class Site:
         header = json.dumps({"v": 1, "run": self.run_id, "site": self.id, "round": r.get("round", -1),
                              "stage": r.get("stage", "")}, sort_keys=True).encode()
         meta = {"charged": bool(r.get("charged")), "participants": r.get("participants", []),
-                "aggregation": r.get("aggregation", "")}
+                "aggregation": r.get("aggregation", ""), "weight_total": r.get("weight_total")}
         parts = {"meta": json.dumps(meta).encode()}
         if "update" in r:
             u = r["update"]
@@ -326,14 +329,18 @@ class Site:
         if "session" in parts:
             r["session"] = SiteSession.unseal(parts["session"], key=self._state_key(),
                                               identity=self.identity.private_key, roster=self._sa_roster(),
-                                              policy=self._sa_policy())
+                                              policy=self._sa_policy(), run_id=self.run_id, round_index=round_index)
         self._round = r
+        if "session" in r:
+            # the protocol session does not seal the plaintext input; it is rebuilt from the sealed update
+            r["session"].set_input(self._masking_input())
 
     def _sa_policy(self):
         from secure_agg import ProtocolPolicy
         pol = self.policy
         return ProtocolPolicy(min_clients=pol.min_clients, min_threshold=pol.min_threshold,
-                              max_colluders=pol.max_colluders, min_degree=pol.min_degree or None)
+                              max_colluders=pol.max_colluders, min_degree=pol.min_degree or None,
+                              failure_log2=pol.failure_log2)
 
     @property
     def cfg_hash(self) -> str:

@@ -25,7 +25,8 @@ def test_two_round_federated_run(tmp_path, tiny_config):
     assert "fid" in metrics[0] and "fid" in metrics[2] and metrics[0]["classifier_test_accuracy"] > 0.8
     assert sum(metrics[2]["class_histogram"]) == tiny_config.eval_samples
     assert (run / "samples" / "round_0002.png").is_file()
-    w0, w2 = _weights(run / "checkpoints" / "round_0000" / "unet"), _weights(run / "checkpoints" / "round_0002" / "unet")
+    w0 = _weights(run / "checkpoints" / "round_0000" / "unet")
+    w2 = _weights(run / "checkpoints" / "round_0002" / "unet")
     assert w0.shape == w2.shape and not torch.equal(w0, w2)
     assert not list(run.rglob(".*tmp*"))
     from audits.verify import verify_run
