@@ -142,9 +142,9 @@ class SiteSession:
         try:
             self._enter(msg, stage)
             reply = getattr(self, "_on_" + stage)(msg)
-        except (StageOrderError, ReplayError) as exc:
+        except (StageOrderError, ReplayError):
             # a stale or early message reveals nothing and leaves the session usable; a foreign run/round does not
-            if isinstance(exc, ReplayError) and "replayed into" in str(exc):
+            if getattr(msg, "run_id", None) != self.run_id or getattr(msg, "round_index", None) != self.round_index:
                 self._failed = True
             raise
         except SecAggError:
@@ -456,7 +456,11 @@ class SiteSession:
         b_ids = tuple(v for v in u3 if v in held)
         b_out = tuple(held[v][0] for v in b_ids)
         k_out = tuple(held[v][1] for v in dropped)
-        s["held"], s["enc_keys"], s["mask_seeds"] = {}, {}, {}
+        for k in ("held", "enc_keys", "mask_seeds"):
+            s[k] = {}
+        for k in ("b", "c_sk", "s_sk", "nonce"):   # the round is over for this site: drop its secrets
+            s.pop(k, None)
+        self._derived.clear()
         body = {"self_mask_ids": list(b_ids), "key_ids": list(dropped),
                 "shares": digest(shares_digest(b_ids, b_out).encode(), shares_digest(dropped, k_out).encode())}
         return UnmaskShares(*self._hdr("unmasking"), self_mask_ids=b_ids, self_mask_shares=b_out, key_ids=dropped,

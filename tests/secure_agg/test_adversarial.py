@@ -139,6 +139,7 @@ def test_5_no_secrets_in_repr_or_state(make_round):
     c = r.sites[10]
     secrets_hex = [c._s[k].hex() for k in ("b", "s_sk", "c_sk", "rounding_seed")]
     out = c.handle(ureq[10])
+    assert not {"b", "c_sk", "s_sk"} & set(c._s) and not c._s["held"]   # dropped once the round is over
     texts = [repr(c), str(c), repr(out), repr(ureq[10]), repr(r.server), repr(r.roster)]
     for s in secrets_hex:
         for text in texts:
