@@ -1,5 +1,6 @@
 """SecAgg+ neighbour degree from the Bell et al. 2020 style bound (CCS 2020, "Secure Single-Server Aggregation
-with (Poly)Logarithmic Overhead", §3-4: a random Harary graph is "good" with probability ≥ 1 − 2^-σ).
+with (Poly)Logarithmic Overhead": the communication graph must be "good" — no honest site with too many corrupt
+neighbours, honest survivors connected — with probability ≥ 1 − 2^-σ).
 
 Our graph (:mod:`secure_agg.graph`) is the Harary graph H(n, k) (a ring, each site linked to its k/2 nearest
 positions on each side) over a uniformly random permutation, so a fixed site's k neighbours are a uniformly random
@@ -91,8 +92,9 @@ def required_degree(n: int, *, colluder_fraction: float, dropout_fraction: float
     Bound implemented: the union bound over sites of (a) a neighbourhood with too many colluders for its local
     threshold (hypergeometric tail, active-adversary split-view form 2·t_loc − c > k + 1) and (b) a cut of the
     random Harary graph H(n, k) by k/2 consecutive colluding-or-dropped ring positions — the two security
-    conditions of Bell et al. 2020 (CCS, Lemma "good graph" for random Harary graphs), computed exactly rather
-    than by their asymptotic k = O(log n) form. See the module docstring for what it assumes.
+    conditions Bell et al. 2020 (CCS) require of their random graph, evaluated exactly for our graph (exact
+    hypergeometric tails, union bounds) instead of their asymptotic k = O(log n) parameter choice. See the module
+    docstring for what it assumes.
 
     Units: ``colluder_fraction`` γ and ``dropout_fraction`` δ are fractions of n (counts rounded up);
     ``failure_log2`` σ gives the failure probability 2^-σ per round. ``threshold``: the global t of the round
