@@ -64,6 +64,7 @@ class Site:
         self.trainer = self.privacy.trainer(cfg.fed, self.scheduler)
         self._model = None
         self._round: dict[str, Any] = {}
+        self._last_round = 0          # the last round this site accepted: an older or equal index is a replay
         self.receipt = None
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
@@ -116,16 +117,20 @@ class Site:
         return M.sign(reply, self.identity.private_key)
 
     def _refuse(self, msg: M.Message, err: Exception) -> None:
-        self._round = {}
+        if self._round.get("round") == msg.round:
+            self._round = {}          # this round is over for the site; a stale message leaves the current one be
         if self.receipt is not None:
             self.receipt.append("refusal", {"round": msg.round, "error": type(err).__name__, "reason": str(err)})
 
     def _offer(self, msg: M.Message):
         """Check the round's instructions against the pinned policy and the site's own budget; accept or refuse."""
         f = msg.fields
-        self._round = {"round": msg.round, "stage": "offer"}
         check = None
         try:
+            if msg.round <= self._last_round:
+                raise PolicyViolation(f"site {self.id}: round {msg.round} is not after its last round "
+                                      f"{self._last_round} (a replayed or reused round index)")
+            self._round = {"round": msg.round, "stage": "offer"}
             if f["config_hash"] != self.cfg_hash:
                 raise PolicyViolation(f"site {self.id}: the round's configuration hash differs from the one this "
                                       "site agreed to")
@@ -148,6 +153,7 @@ class Site:
                                    "projected_epsilon": float(check["projected_epsilon"]) if check else 0.0,
                                    "max_epsilon": float(check["max_epsilon"]) if check else 0.0}, {}
         self._round.update(participants=list(f["participants"]), aggregation=f["aggregation"])
+        self._last_round = msg.round
         return "offer_reply", {"accepted": True, "error": "", "reason": "",
                                "projected_epsilon": float(check["projected_epsilon"]) if check else 0.0,
                                "max_epsilon": float(check["max_epsilon"]) if check else 0.0}, {}
@@ -340,7 +346,8 @@ class Site:
         pol = self.policy
         return ProtocolPolicy(min_clients=pol.min_clients, min_threshold=pol.min_threshold,
                               max_colluders=pol.max_colluders, min_degree=pol.min_degree or None,
-                              failure_log2=pol.failure_log2)
+                              failure_log2=pol.failure_log2,
+                              max_dropout_fraction=max(0.1, self.cfg.secure_agg.dropout_rate))
 
     @property
     def cfg_hash(self) -> str:

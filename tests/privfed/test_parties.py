@@ -210,3 +210,23 @@ def test_sealed_round_state_round_trips_and_refuses_tampering(tmp_path, tiny_con
         a.unseal_state(blob, round_index=6)                   # another round
     with pytest.raises(SealedStateError):
         b.unseal_state(blob, round_index=5)                   # another site's key and id
+
+
+def test_a_replayed_round_offer_is_refused(tmp_path, tiny_config):
+    cfg = tiny_config.replace(fed={"rounds": 1}, eval_every=1)
+    run = FederatedRun.create(cfg, tmp_path / "r")
+    run.run()
+    site = run.sites[2]
+    site.open_receipt()
+    from audits.keys import load_private_key
+    key = load_private_key(tmp_path / "r" / "keys" / "ledger.key")
+    offer = {"participants": [0, 1, 2], "aggregation": "off", "dp_mode": "off", "delta": 0.0,
+             "config_hash": site.cfg_hash, "server_key": site.policy.server_key}
+    site.policy = SitePolicy(**{**site.policy.__dict__, "require_secure_aggregation": False})
+    reply = site.handle(M.sign(M.make("offer", run_id=site.run_id, round_index=1, sender=M.SERVER, receiver=2,
+                                      fields=offer), key))
+    assert reply.fields["accepted"] is False and "replayed" in reply.fields["reason"]
+    fresh = site.handle(M.sign(M.make("offer", run_id=site.run_id, round_index=2, sender=M.SERVER, receiver=2,
+                                      fields=offer), key))
+    assert fresh.fields["accepted"] is True
+    site.close()
