@@ -1,4 +1,6 @@
-"""Time one federated round (10 clients) of the embedded default: seconds per round and samples/s.
+"""Time one federated round (10 clients) of the embedded default: seconds per round and samples/s, and the share
+of the round spent moving messages between the parties (codec, signatures, array copies: the in-process engine's
+overhead over calling the sites directly).
 
 Usage: python benchmarks/bench_round.py [--rounds 3] [--dp off|sample] [--secure-agg off|secagg+]
 Prints a markdown table and writes benchmarks/results/round.json.
@@ -17,6 +19,35 @@ import torch
 
 from privfed.config import RunConfig
 from privfed.federation.runner import FederatedRun, SilentReporter
+from privfed.parties import messages
+
+
+class MessagingClock:
+    """Wall time spent inside the message layer (make, sign, verify, encode, decode), per round."""
+
+    NAMES = ("make", "sign", "verify", "encode", "decode")
+
+    def __init__(self):
+        self.seconds = 0.0
+        self._orig = {n: getattr(messages, n) for n in self.NAMES}
+
+    def __enter__(self):
+        for name, fn in self._orig.items():
+            setattr(messages, name, self._timed(fn))
+        return self
+
+    def __exit__(self, *exc):
+        for name, fn in self._orig.items():
+            setattr(messages, name, fn)
+
+    def _timed(self, fn):
+        def wrapper(*a, **kw):
+            t = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                self.seconds += time.perf_counter() - t
+        return wrapper
 
 
 class Timer(SilentReporter):
@@ -24,12 +55,18 @@ class Timer(SilentReporter):
         self.rows = []
         self.t0 = None
 
+        self.clock = None
+        self._mark = 0.0
+
     def round_start(self, r, selected):
         self.t0 = time.perf_counter()
 
     def round_end(self, r, record):
+        spent = self.clock.seconds - self._mark
+        self._mark = self.clock.seconds
         if r > 0:
-            self.rows.append({"round": r, "seconds": record["train_seconds"], "examples": record["examples"]})
+            self.rows.append({"round": r, "seconds": record["train_seconds"], "examples": record["examples"],
+                              "messaging_seconds": spent})
 
 
 def measure(variant: dict, rounds: int) -> dict:
@@ -37,12 +74,16 @@ def measure(variant: dict, rounds: int) -> dict:
                               secure_agg={"mode": variant["secure_agg"]})
     with tempfile.TemporaryDirectory() as d:
         t = Timer()
-        FederatedRun.create(cfg, Path(d) / "run", reporter=t).run()
+        with MessagingClock() as clock:
+            t.clock = clock
+            FederatedRun.create(cfg, Path(d) / "run", reporter=t).run()
     secs = [r["seconds"] for r in t.rows]
     best = min(secs)
     examples = t.rows[0]["examples"]
+    share = max(r["messaging_seconds"] / r["seconds"] for r in t.rows)
     return {**variant, "seconds_per_round": best, "median_seconds": sorted(secs)[len(secs) // 2],
-            "samples_per_second": examples / best, "examples_per_round": examples}
+            "samples_per_second": examples / best, "examples_per_round": examples,
+            "messaging_share_max": share}
 
 
 def main() -> None:
@@ -56,11 +97,11 @@ def main() -> None:
     base = rows[0]["seconds_per_round"]
     print(f"\nOne federated round, 10 clients, digits 8×8, {platform.processor() or platform.machine()}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads (best of {args.rounds} rounds)\n")
-    print("| DP | secure agg | s/round | samples/s | × first row |")
-    print("|---|---|---:|---:|---:|")
+    print("| DP | secure agg | s/round | samples/s | × first row | messaging share of a round (max) |")
+    print("|---|---|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['dp']} | {r['secure_agg']} | {r['seconds_per_round']:.2f} | {r['samples_per_second']:.0f} | "
-              f"{r['seconds_per_round'] / base:.2f} |")
+              f"{r['seconds_per_round'] / base:.2f} | {100 * r['messaging_share_max']:.1f} % |")
     out = Path(__file__).parent / "results" / "round.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"rows": rows, "torch": torch.__version__, "threads": torch.get_num_threads()}, indent=1))

@@ -6,7 +6,8 @@ An aggregator is the server's half of one upload: it sends the sites the message
 normalised here and undone later; the privacy layer turns the aggregate into the global step.
 
 Each site pre-scales its update by ``w_i / weight_total`` (``weight_total`` = Σ w over the round's participants,
-sent in the upload request), so that the secure aggregator's per-coordinate quantization range holds the sum.
+sent in the upload request), so that the secure aggregator's per-coordinate quantization range holds the sum; the
+aggregator multiplies that public scale back out, so the result is ``(Σ w_i Δ_i, Σ w_i)`` over the contributors.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ Exchange = Callable[[str, Mapping[int, Mapping[str, Any]], Mapping[int, Mapping[
 class AggregateResult:
     """What the server learned from one upload: the sum and weight of the contributors, and the transcript."""
 
-    total: torch.Tensor                     # float64 Σ_i (w_i / weight_total) Δ_i over contributors
-    total_weight: float                     # Σ_i w_i / weight_total over contributors
+    total: torch.Tensor                     # float64 Σ_i w_i Δ_i over the contributors
+    total_weight: float                     # Σ_i w_i over the contributors
     contributors: list[int]
     released: list[int]                     # sites whose update (masked or plain) reached the server
     transcript: dict[str, Any] = field(default_factory=dict)
@@ -78,8 +79,8 @@ class PlainAggregator:
                 continue
             total += torch.from_numpy(d.astype(np.float64))
             got.append(c)
-        tw = sum(weights[c] for c in got) / wt if wt else 0.0
-        return AggregateResult(total, tw, got, got, {"mode": "off", "plaintext": True, "n": len(got),
+        tw = float(sum(weights[c] for c in got))
+        return AggregateResult(total * wt, tw, got, got, {"mode": "off", "plaintext": True, "n": len(got),
                                                      "note": "secure aggregation off: the server saw every "
                                                              "site's update in the clear"}, excluded)
 
@@ -144,8 +145,8 @@ class SecureAggregator:
         survivors = sorted(int(c) for c in res.survivors)
         transcript = dict(res.transcript)
         excluded.update({int(c): str(v) for c, v in getattr(res, "excluded", {}).items()})
-        tw = sum(weights[c] for c in survivors) / wt if wt else 0.0
-        return AggregateResult(torch.from_numpy(np.asarray(res.sum, dtype=np.float64)), tw, survivors,
+        tw = float(sum(weights[c] for c in survivors))
+        return AggregateResult(torch.from_numpy(np.asarray(res.sum, dtype=np.float64)) * wt, tw, survivors,
                                sorted(released), transcript, excluded)
 
 

@@ -24,7 +24,8 @@ def test_fedavg_equals_hand_computed_weighted_mean():
     res = PlainAggregator().aggregate(exchange, round_index=1, participants=[0, 4], weights={0: 10.0, 4: 30.0},
                                       dim=3)
     # (sum, total_weight): nothing normalised; the privacy layer divides
-    assert res.total_weight == 1.0 and torch.allclose((res.total / res.total_weight).float(), expected)
+    assert res.total_weight == 40.0 and torch.allclose((res.total / res.total_weight).float(), expected)
+    assert torch.allclose(res.total.float(), 10 * a.delta + 30 * b.delta)
     assert res.contributors == [0, 4] and res.transcript["plaintext"] is True
     assert client_weights([a, b]) == {0: 0.25, 4: 0.75}
 
@@ -40,3 +41,16 @@ def test_fedavg_on_a_toy_model_matches_manual_average():
     manual_w = (models[0].weight * 1 + models[1].weight * 2 + models[2].weight * 5) / 8
     manual_b = (models[0].bias * 1 + models[1].bias * 2 + models[2].bias * 5) / 8
     assert torch.allclose(new, torch.cat([manual_w.flatten(), manual_b]).detach(), atol=1e-6)
+
+
+def test_dp_fedavg_adds_server_noise_to_the_sum_and_divides_by_the_expected_number_of_sites(tiny_config):
+    from privfed.federation.privacy import server_privacy
+
+    cfg = tiny_config.replace(dp={"mode": "client", "noise_multiplier": 0.8, "max_grad_norm": 0.5})
+    p = server_privacy(cfg, [100, 100, 100])
+    d = 200_000
+    noisy = p.post_aggregate(torch.zeros(d, dtype=torch.float64), 0.0, round_index=1).double()
+    assert abs(noisy.std().item() - 0.8 * 0.5 / 3) < 0.01 * 0.8 * 0.5 / 3     # σC on the sum, / (q·n) sites
+    total = torch.full((d,), 3.0, dtype=torch.float64)            # three clipped updates of 1.0 each
+    assert abs(p.post_aggregate(total, 3.0, round_index=1).double().mean().item() - 1.0) < 0.01
+    assert any("trusts the server" in line or "sees the clean sum" in line for line in p.notes())
