@@ -230,3 +230,20 @@ def test_a_replayed_round_offer_is_refused(tmp_path, tiny_config):
                                       fields=offer), key))
     assert fresh.fields["accepted"] is True
     site.close()
+
+
+def test_a_site_whose_key_is_not_the_rosters_refuses_to_start_and_resume_never_reenrols(tmp_path, tiny_config):
+    from privfed.parties.site import Site
+
+    cfg = tiny_config.replace(fed={"rounds": 1}, eval_every=1)
+    run = FederatedRun.create(cfg, tmp_path / "r")
+    run.run()
+    keys = {c: run.roster.public_key(c) for c in run.roster.ids}
+    keys[0] = Ed25519PrivateKey.generate().public_key()          # the roster names another key for site 0
+    with pytest.raises(UnknownSiteError, match="roster"):
+        Site(0, site_dir=tmp_path / "r" / "sites" / "0", data=run.client_data[0], cfg=cfg, run_id="x",
+             delta=None, roster=Roster(keys), server_key=Ed25519PrivateKey.generate().public_key())
+    (tmp_path / "r" / "sites" / "1" / "identity.key").unlink()    # a site lost its key: resume stops, names it
+    with pytest.raises(SiteKeyError, match="not found"):
+        FederatedRun.resume(tmp_path / "r").run()
+    assert not (tmp_path / "r" / "sites" / "1" / "identity.key").exists()
