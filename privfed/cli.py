@@ -211,8 +211,8 @@ def audit(
     if len(target) != 1:
         raise PrivfedError("usage: privfed audit [verify] RUN_DIR")
     from privfed.audit_command import run_audit
-    raise typer.Exit(run_audit(Path(target[0]), empirical=empirical, pdf=pdf, pin_key=pin_key, console=console,
-                               site_dirs=tuple(site)))
+    raise typer.Exit(run_audit(Path(target[0]), empirical=empirical, pdf=pdf, pin_key=pin_key, head=head,
+                               console=console, site_dirs=tuple(site)))
 
 
 site_app = typer.Typer(no_args_is_help=True, help="A site's own setup: its long-term identity.")

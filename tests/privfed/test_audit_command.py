@@ -36,6 +36,15 @@ def test_audit_writes_report_with_all_sections(dp_run, capsys):
     assert "not recorded" in html        # the empirical audit was not run: said so, not omitted
 
 
+def test_audit_report_honours_a_pinned_head(dp_run, capsys):
+    """`privfed audit RUN --head H` must fail when H is not in the ledger (a rewritten ledger, even re-signed)."""
+    assert main(["audit", str(dp_run), "--head", "0" * 63 + "1"]) != 0
+    assert "head" in capsys.readouterr().out.lower()
+    lines = (dp_run / "ledger.jsonl").read_bytes().splitlines()
+    import hashlib
+    assert main(["audit", str(dp_run), "--head", hashlib.sha256(lines[3]).hexdigest()]) == 0
+
+
 def test_empirical_audit_tiny_run(dp_run, capsys, monkeypatch):
     monkeypatch.setattr(empirical, "CANARIES", 64)
     monkeypatch.setattr(empirical, "GRADIENT_CANARIES", 400)
