@@ -120,25 +120,6 @@ def load_or_init(site_dir: str | Path) -> SiteIdentity:
     return load_identity(site_dir) if (Path(site_dir) / KEY_FILE).exists() else init_site(site_dir)
 
 
-def load_public(path: str | Path) -> Ed25519PublicKey:
-    """A site's public key from ``identity.pub`` (PEM) or 64 hex characters."""
-    p = Path(path)
-    try:
-        data = p.read_bytes()
-    except FileNotFoundError:
-        raise SiteKeyError(f"{p}: public key not found") from None
-    text = data.decode("ascii", "replace").strip()
-    try:
-        if len(text) == 64 and all(c in "0123456789abcdefABCDEF" for c in text):
-            return Ed25519PublicKey.from_public_bytes(bytes.fromhex(text))
-        key = serialization.load_pem_public_key(data)
-    except (ValueError, TypeError) as e:
-        raise SiteKeyError(f"{p}: not a PEM or hex Ed25519 public key ({e})") from None
-    if not isinstance(key, Ed25519PublicKey):
-        raise SiteKeyError(f"{p}: not an Ed25519 public key")
-    return key
-
-
 class Roster:
     """Site id -> Ed25519 public key: the enrolled sites. What every site pins and the ledger records."""
 
