@@ -79,3 +79,38 @@ __all__ = ["SecAggError", "ProtocolAbort", "ThresholdError", "PolicyViolation", 
            "DuplicateClientError", "LowOrderKeyError", "StageOrderError", "ConsistencyError",
            "SecretDisclosureError", "IncompleteRevealError", "IntegrityError", "UnknownIdentityError",
            "BadShareError"]
+
+
+# -- homomorphic aggregation (CKKS, :mod:`secure_agg.he`) ------------------------------------------------------
+class InsecureParametersError(PolicyViolation, ValueError):
+    """CKKS parameters below 128-bit classical security (HomomorphicEncryption.org standard's table), or ones the
+    table does not cover. Also a ``ValueError``: it is raised for a bad configuration at the public boundary."""
+
+
+class CiphertextError(InvalidMessage):
+    """A site's ciphertext that cannot be added to the round's sum; the site is excluded, nothing is decrypted."""
+
+
+class MalformedCiphertextError(CiphertextError):
+    """Truncated or malformed ciphertext bytes (they do not parse as a CKKS vector under the round's context)."""
+
+
+class ForeignContextError(CiphertextError):
+    """A ciphertext encrypted under another CKKS context (another key or other parameters) than the round's."""
+
+
+class WrongLengthError(CiphertextError):
+    """A ciphertext whose vector length is not the model's number of parameters."""
+
+
+class TooFewContributorsError(ThresholdError):
+    """A decryption request for an aggregate of fewer sites than the key holder's minimum: nothing is decrypted."""
+
+
+class DecryptionRangeError(ProtocolAbort):
+    """The decrypted aggregate lies outside the range the contributors' clipped updates allow (a garbage or
+    foreign ciphertext reached the sum): nothing is released."""
+
+
+__all__ += ["InsecureParametersError", "CiphertextError", "MalformedCiphertextError", "ForeignContextError",
+            "WrongLengthError", "TooFewContributorsError", "DecryptionRangeError"]
