@@ -13,7 +13,7 @@ from audits.log_spec import EVENT_TYPES, GENESIS_PREV_HASH, LogSpec, load_schema
 SCHEMA_VERSION = 1
 KNOWN_SCHEMA_VERSIONS = frozenset({1})
 SIGNING_CONTEXT = b"privfed-ledger/v1\n"   # domain separation prefix of every signed message
-KINDS = ("run_start", "roster", "data_summary", "round_start", "site_event", "secure_agg", "dp_event",
+KINDS = ("run_start", "roster", "data_summary", "round_start", "site_event", "secure_agg", "he_decryption", "dp_event",
          "budget_check", "round_end", "abort", "resume", "run_end", "ledger_repair")
 ENVELOPE_FIELDS = ("schema_version", "seq", "kind", "utc", "payload", "prev_hash", "signature")
 

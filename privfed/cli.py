@@ -149,7 +149,7 @@ def run(
                                                      "timestep) averaged per image before clipping (hooks/functorch)."),
     allow_large_delta: Optional[bool] = typer.Option(None, "--allow-large-delta", help="Accept δ ≥ 1/n_local "
                                                      "(weak guarantee; refused by default)."),
-    secure_agg: Optional[str] = typer.Option(None, "--secure-agg", help="secagg | secagg+ | off"),
+    secure_agg: Optional[str] = typer.Option(None, "--secure-agg", help="secagg | secagg+ | ckks | off"),
     dropout_rate: Optional[float] = typer.Option(None, "--dropout-rate", help="Simulated client dropout rate."),
 ) -> None:
     """Train a diffusion model across clients (embedded default: 10 clients, Dirichlet α=0.5, digits)."""

@@ -21,7 +21,7 @@ from privfed.errors import ConfigError
 
 PARTITIONS = ("iid", "dirichlet", "quantity")
 DP_MODES = ("sample", "client", "off")
-SECAGG_MODES = ("secagg", "secagg+", "off")
+SECAGG_MODES = ("secagg", "secagg+", "ckks", "off")
 ACCOUNTANTS = ("pld", "prv", "rdp")
 PUBLIC_PRETRAIN = ("auto", "typeset-digits", "none")
 
@@ -211,6 +211,12 @@ class SecAggConfig:
 
     def check_round(self, n: int) -> int:
         """Raise ConfigError unless every site would accept a round of n sites; return its threshold t."""
+        if self.mode == "ckks":
+            # homomorphic aggregation: no threshold; the key holder decrypts only sums of >= min_clients sites
+            if n < self.min_clients:
+                raise ConfigError(f"CKKS aggregation: a round of n={n} sites is below secure_agg.min_clients="
+                                  f"{self.min_clients}, the smallest aggregate the key holder decrypts")
+            return self.min_clients
         t = self.threshold(n)
         where = f"a round of n={n} sites (threshold_fraction={self.threshold_fraction} gives t={t})"
         if n < self.min_clients:

@@ -12,6 +12,7 @@ aggregator multiplies that public scale back out, so the result is ``(Σ w_i Δ_
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -35,6 +36,7 @@ class AggregateResult:
     released: list[int]                     # sites whose update (masked or plain) reached the server
     transcript: dict[str, Any] = field(default_factory=dict)
     excluded: dict[int, str] = field(default_factory=dict)   # site -> named error
+    records: list[tuple[str, dict[str, Any]]] = field(default_factory=list)   # extra ledger records (kind, payload)
 
 
 def client_weights(updates: Sequence[Any]) -> dict[int, float]:
@@ -150,18 +152,169 @@ class SecureAggregator:
                                sorted(released), transcript, excluded)
 
 
-def build_aggregator(cfg, *, run_id: str, roster):
-    """The registry: secure-aggregation mode name -> aggregator (server half)."""
-    registry = {"off": PlainAggregator, "secagg": SecureAggregator, "secagg+": SecureAggregator}
+class KeyHolderChannel:
+    """The server's line to the CKKS key holder: signs each request with the server key, moves it through
+    ``send`` (an engine's transport) and verifies the reply under the key holder's pinned key."""
+
+    def __init__(self, *, send: Callable[[M.Message], M.Message], server_key, key_holder_key, run_id: str) -> None:
+        self.send, self.server_key, self.key_holder_key, self.run_id = send, server_key, key_holder_key, run_id
+
+    def request(self, kind: str, *, round_index: int, fields: Mapping[str, Any] | None = None,
+                arrays: Mapping[str, np.ndarray] | None = None) -> M.Message:
+        """The verified reply; a refusal (``error``) raises the named error it carries."""
+        from secure_agg import errors as E
+
+        msg = M.sign(M.make(kind, run_id=self.run_id, round_index=round_index, sender=M.SERVER,
+                            receiver=M.KEY_HOLDER, fields=fields, arrays=arrays), self.server_key)
+        reply = self.send(msg)
+        if reply.sender != M.KEY_HOLDER:
+            raise M.InvalidMessage(f"reply to the key holder's request comes from {reply.sender}")
+        M.verify(reply, self.key_holder_key)
+        M.check_header(reply, run_id=self.run_id, round_index=round_index, receiver=M.SERVER,
+                       kinds=(kind + ("_reply" if kind == "he_context" else ""), "he_result", "error"))
+        if reply.kind == "error":
+            err = getattr(E, reply.fields["error"], None)
+            err = err if isinstance(err, type) and issubclass(err, E.SecAggError) else E.ProtocolAbort
+            raise err(reply.fields["reason"])
+        return reply
+
+
+class CkksAggregator:
+    """Homomorphic aggregation (CKKS, TenSEAL): each site encrypts its clipped, weighted update under the key
+    holder's public context; the server only adds ciphertexts; the key holder decrypts only the sum of at least
+    ``min_clients`` sites and floods it before release. The server never sees a site's update, nor the secret key.
+    """
+
+    name = "ckks"
+
+    def __init__(self, cfg, *, run_id: str, roster, key_holder: KeyHolderChannel | None = None) -> None:
+        if key_holder is None:
+            raise ValueError("CKKS aggregation needs a key holder (a KeyHolderChannel)")
+        self.cfg, self.run_id, self.roster, self.kh = cfg, run_id, roster, key_holder
+        self._context: M.Message | None = None
+        self._public = None
+
+    def _fetch_context(self, round_index: int):
+        from secure_agg.he import CkksParams, PublicContext, digest
+        from secure_agg.he.statements import CONTEXT_LABEL, context_statement, verify_statement
+
+        if self._context is None:
+            m = self.kh.request("he_context", round_index=round_index)
+            f = m.fields
+            params = CkksParams(poly_modulus_degree=f["poly_modulus_degree"],
+                                coeff_mod_bit_sizes=tuple(f["coeff_mod_bit_sizes"]), scale_bits=f["scale_bits"])
+            data = np.ascontiguousarray(m.arrays["context"]).tobytes()
+            if digest(data) != f["context_sha256"]:
+                raise M.InvalidMessage("key holder's public context does not match its digest")
+            verify_statement(CONTEXT_LABEL, context_statement(run_id=self.run_id, context_sha256=f["context_sha256"],
+                                                              params=params.describe()),
+                             f["context_signature"], self.kh.key_holder_key)
+            self._context, self._public = m, PublicContext(data, params=params)
+        return self._context, self._public
+
+    def aggregate(self, exchange: Exchange, *, round_index: int, participants: Sequence[int],
+                  weights: Mapping[int, float], dim: int) -> AggregateResult:
+        from secure_agg.errors import (CiphertextError, ForeignContextError, IntegrityError, MalformedCiphertextError,
+                                       ProtocolAbort, TooFewContributorsError)
+        from secure_agg.he import digest
+        from secure_agg.he.statements import DECRYPTION_LABEL, verify_statement
+
+        ctx_msg, public = self._fetch_context(round_index)
+        cf = ctx_msg.fields
+        wt = float(sum(weights[c] for c in participants))
+        request = {"weight_total": wt, "context_sha256": cf["context_sha256"],
+                   "context_signature": cf["context_signature"], "poly_modulus_degree": cf["poly_modulus_degree"],
+                   "coeff_mod_bit_sizes": list(cf["coeff_mod_bit_sizes"]), "scale_bits": cf["scale_bits"]}
+        replies = exchange("ckks", {c: request for c in participants},
+                           {c: {"context": ctx_msg.arrays["context"]} for c in participants})
+        excluded: dict[int, str] = {}
+        released, got, vectors, sizes = [], [], [], {}
+        for c, m in sorted(replies.items()):
+            if m.kind != "ckks_reply":
+                excluded[c] = "InvalidMessage"
+                continue
+            released.append(c)
+            try:
+                if m.fields["context_sha256"] != public.sha256:
+                    raise ForeignContextError(f"site {c} encrypted under context {m.fields['context_sha256'][:16]}…")
+                ct = m.arrays.get("ciphertext")
+                if ct is None:
+                    raise MalformedCiphertextError(f"site {c} sent no ciphertext")
+                vectors.append(public.load(ct, dim=dim))
+                sizes[str(c)] = int(ct.size)
+                got.append(c)
+            except CiphertextError as e:
+                excluded[c] = type(e).__name__
+        need = max(2, int(self.cfg.min_clients))
+        transcript: dict[str, Any] = {"mode": "ckks", "params": public.params.describe(),
+                                      "key_holder": fingerprint_hex(self.kh.key_holder_key),
+                                      "context_sha256": public.sha256, "min_contributors": need,
+                                      "ciphertext_bytes": sizes, "dim": dim,
+                                      "trust": "server sees ciphertexts and the flooded sum; key holder sees only "
+                                               "sums of >= min_contributors sites; server + key holder together "
+                                               "see every update"}
+        zero = torch.zeros(dim, dtype=torch.float64)
+        try:
+            if len(got) < need:
+                raise TooFewContributorsError(f"{len(got)} valid ciphertext(s) < minimum {need}: nothing is sent "
+                                              "for decryption")
+            summed = public.add(vectors)
+            # the sum of pre-scaled, clipped updates lies within the clip range (weights sum to <= 1)
+            bound = float(self.cfg.clip_range) * 1.0001 + 1e-9
+            res = self.kh.request("he_decrypt", round_index=round_index,
+                                  fields={"contributors": list(got), "dim": dim, "bound": bound},
+                                  arrays={"ciphertext": np.frombuffer(summed, dtype=np.uint8)})
+        except ProtocolAbort as e:
+            transcript.update(aborted=f"{type(e).__name__}: {e}", contributors=[])
+            return AggregateResult(zero, 0.0, [], released, transcript, excluded)
+        rf = res.fields
+        total = np.asarray(res.arrays.get("sum", np.zeros(0)), dtype=np.float64)
+        statement = {"v": 1, "run": self.run_id, "round": int(round_index), "contributors": rf["contributors"],
+                     "min_contributors": rf["min_contributors"], "context_sha256": rf["context_sha256"],
+                     "ciphertext_sha256": rf["ciphertext_sha256"], "result_sha256": rf["result_sha256"],
+                     "flood_sigma": rf["flood_sigma"], "grid_bits": rf["grid_bits"]}
+        try:
+            verify_statement(DECRYPTION_LABEL, statement, rf["statement_signature"], self.kh.key_holder_key)
+            if (rf["contributors"] != sorted(got) or rf["ciphertext_sha256"] != digest(summed)
+                    or rf["context_sha256"] != public.sha256 or total.shape != (dim,)
+                    or rf["result_sha256"] != hashlib.sha256(total.astype("<f8").tobytes()).hexdigest()):
+                raise IntegrityError("the key holder's signed statement does not match the request or the result")
+        except IntegrityError as e:
+            transcript.update(aborted=f"{type(e).__name__}: {e}", contributors=[])
+            return AggregateResult(zero, 0.0, [], released, transcript, excluded)
+        transcript.update(contributors=[str(c) for c in got], flood_sigma=rf["flood_sigma"],
+                          grid_bits=rf["grid_bits"], summed_ciphertext_sha256=rf["ciphertext_sha256"])
+        record = {"round": int(round_index), "statement": statement,
+                  "signature": rf["statement_signature"].hex(),
+                  "key_holder_public_key": raw_hex(self.kh.key_holder_key)}
+        tw = float(sum(weights[c] for c in got))
+        return AggregateResult(torch.from_numpy(total) * wt, tw, list(got), released, transcript, excluded,
+                               [("he_decryption", record)])
+
+
+def raw_hex(key) -> str:
+    return key.public_bytes_raw().hex()
+
+
+def fingerprint_hex(key) -> str:
+    return "sha256:" + hashlib.sha256(key.public_bytes_raw()).hexdigest()
+
+
+def build_aggregator(cfg, *, run_id: str, roster, key_holder: KeyHolderChannel | None = None):
+    """The registry: secure-aggregation mode name -> aggregator (server half). CKKS needs the key-holder channel."""
+    registry = {"off": PlainAggregator, "secagg": SecureAggregator, "secagg+": SecureAggregator,
+                "ckks": CkksAggregator}
     if cfg.mode not in registry:
         raise ValueError(f"unknown aggregation {cfg.mode!r}; choose one of {sorted(registry)}")
+    if cfg.mode == "ckks":
+        return CkksAggregator(cfg, run_id=run_id, roster=roster, key_holder=key_holder)
     return registry[cfg.mode](cfg, run_id=run_id, roster=roster)
 
 
 def releases_update(msg: M.Message) -> bool:
     """Whether the site's reply to ``msg`` would carry its update (plain, or masked): the engine's dropout
     simulation withholds exactly these messages from a site planned to drop."""
-    if msg.kind == "upload":
+    if msg.kind in ("upload", "ckks"):
         return True
     if msg.kind != "secagg":
         return False

@@ -23,11 +23,11 @@ from privfed.config import RunConfig
 from privfed.data import client_summary, load_dataset, partition_indices
 from privfed.data.dataset import DatasetSplits, ImageDataset
 from privfed.errors import RunDirError, UnknownSiteError
-from privfed.federation.aggregation import build_aggregator, releases_update
+from privfed.federation.aggregation import KeyHolderChannel, build_aggregator, releases_update
 from privfed.federation.privacy import run_cap, server_privacy
 from privfed.federation.seeding import derive_seed, numpy_generator, torch_generator
 from privfed.federation.site_privacy import site_privacy
-from privfed.parties.engine import InProcessEngine
+from privfed.parties.engine import InProcessEngine, transport
 from privfed.parties.identity import Roster, load_identity, load_or_init
 from privfed.parties.policy import SitePolicy
 from privfed.parties.server import Server
@@ -166,14 +166,31 @@ class FederatedRun:
                 raise UnknownSiteError(f"{roster_path}: the sites' identity keys no longer match the run's roster")
         else:
             self.roster.save(roster_path)
+        self.key_holder = None
+        if self.cfg.secure_agg.mode == "ckks":
+            from privfed.parties.key_holder import KeyHolder
+
+            # a party of its own (in-process here): it alone holds the CKKS secret key
+            self.key_holder = KeyHolder(self.dir.root / "key_holder", run_id=run_id,
+                                        server_key=server_key.public_key(), roster_ids=ids,
+                                        min_contributors=max(2, self.cfg.secure_agg.min_clients))
         self.sites = {}
         for cid in ids:
             site = Site(cid, site_dir=self.dir.root / "sites" / str(cid), data=self.client_data[cid], cfg=self.cfg,
                         run_id=run_id, delta=self.privacy.delta, roster=self.roster,
                         server_key=server_key.public_key(), device=str(self.device),
-                        privacy=self.site_privacy[cid])
+                        privacy=self.site_privacy[cid],
+                        key_holder_key=self.key_holder.public_key if self.key_holder is not None else None)
             site.trainer.canaries = self.gradient_canaries
             self.sites[cid] = site
+
+    def _key_holder_channel(self, run_id: str, server_key) -> KeyHolderChannel | None:
+        """The server's line to the in-process key holder (CKKS only): every message crosses the codec."""
+        if self.key_holder is None:
+            return None
+        kh = self.key_holder
+        return KeyHolderChannel(send=lambda m: transport(kh.handle(transport(m))), server_key=server_key,
+                                key_holder_key=kh.public_key, run_id=run_id)
 
     def _dropouts(self, round_index: int) -> set[int]:
         """Simulated unreliable sites: a fixed fraction of the round's participants goes silent before release."""
@@ -229,7 +246,9 @@ class FederatedRun:
                                      reseal=self.reseal_state, observer=self.observer)
             self.server = Server(cfg=cfg, run_id=run_id, config_hash=config_hash, roster=self.roster,
                                  key=server_key, ledger=self.ledger, privacy=self.privacy,
-                                 aggregator=build_aggregator(cfg.secure_agg, run_id=run_id, roster=self.roster),
+                                 aggregator=build_aggregator(cfg.secure_agg, run_id=run_id, roster=self.roster,
+                                                             key_holder=self._key_holder_channel(run_id,
+                                                                                                 server_key)),
                                  engine=engine, reporter=self.reporter, model=self.model)
             self.server.on_participants = lambda r, ids: self._participants.__setitem__(r, list(ids))
             info = self._info()

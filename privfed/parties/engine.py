@@ -16,6 +16,11 @@ import numpy as np
 from privfed.parties import messages as M
 
 
+def transport(m: M.Message) -> M.Message:
+    """What crossing a network does to a message: encode, copy, decode (strict)."""
+    return _transport(m)
+
+
 def _transport(m: M.Message) -> M.Message:
     config, arrays = M.encode(m)
     # copy the arrays: the receiver must not share memory with the sender

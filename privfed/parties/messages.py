@@ -28,6 +28,7 @@ from secure_agg.errors import IntegrityError, InvalidMessage
 
 VERSION = 1
 SERVER = -1
+KEY_HOLDER = -2          # the CKKS key holder (privfed.parties.key_holder)
 SIGNING_CONTEXT = b"privfed-message/v1\n"
 SA_PREFIX = "sa."
 
@@ -49,6 +50,19 @@ KINDS: dict[str, dict[str, Any]] = {
     # one secure-aggregation stage (the secure_agg message rides under the "sa." prefix)
     "secagg": {"weight_total": float},
     "secagg_reply": {},
+    # CKKS aggregation: the key holder's public context (with its signed statement) to every site; each site
+    # returns its encrypted weighted update (arrays: "context" / "ciphertext", uint8)
+    "ckks": {"weight_total": float, "context_sha256": str, "context_signature": bytes, "poly_modulus_degree": int,
+             "coeff_mod_bit_sizes": ("list", int), "scale_bits": int},
+    "ckks_reply": {"context_sha256": str},
+    # server <-> key holder: fetch the public context; decrypt one summed ciphertext of >= min sites
+    "he_context": {},
+    "he_context_reply": {"context_sha256": str, "context_signature": bytes, "poly_modulus_degree": int,
+                         "coeff_mod_bit_sizes": ("list", int), "scale_bits": int, "security_bits": int},
+    "he_decrypt": {"contributors": ("list", int), "dim": int, "bound": float},
+    "he_result": {"contributors": ("list", int), "min_contributors": int, "context_sha256": str,
+                  "ciphertext_sha256": str, "result_sha256": str, "flood_sigma": float, "grid_bits": int,
+                  "statement_signature": bytes},
     # server -> every site: the round's outcome and, under DP-FedAvg, the event each site is charged
     "close": {"charged": bool, "contributed": bool, "event_type": str, "noise_multiplier": float,
               "sample_rate": float, "event_steps": int, "epsilon": float},

@@ -149,6 +149,8 @@ class Server:
                                   {"mode": self.aggregator.name, "note": "no participants"})
         if participants:
             self.ledger.append("secure_agg", {"round": r, "transcript": agg.transcript})
+        for kind, payload in agg.records:
+            self.ledger.append(kind, payload)
         for c, err in sorted(agg.excluded.items()):
             self._site_event(r, c, "excluded", err, "excluded by the aggregation protocol")
         step = self.privacy.post_aggregate(agg.total, agg.total_weight, round_index=r)

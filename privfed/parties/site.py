@@ -43,7 +43,7 @@ class Site:
 
     def __init__(self, site_id: int, *, site_dir: str | Path, data: ImageDataset, cfg: RunConfig, run_id: str,
                  delta: float | None, roster: Roster, server_key: Ed25519PublicKey, device: str = "cpu",
-                 privacy=None) -> None:
+                 privacy=None, key_holder_key: Ed25519PublicKey | None = None) -> None:
         self.id = int(site_id)
         self.dir = Path(site_dir)
         self._data = data
@@ -57,6 +57,8 @@ class Site:
         if roster.raw().get(self.id) != self.identity.private_key.public_key().public_bytes_raw():
             raise UnknownSiteError(f"site {self.id}: its identity key is not the roster's key for site {self.id}")
         self.server_key = server_key
+        self.key_holder_key = key_holder_key     # CKKS: the only key holder whose public context it encrypts under
+        self._he_context = None
         self.privacy = privacy if privacy is not None else site_privacy(cfg, len(data), delta=delta)
         self.cap = self.policy.cap(run_cap(cfg)) if cfg.dp.mode != "off" else None
         self.device = torch.device(device)
@@ -105,7 +107,7 @@ class Site:
                 raise UnknownSiteError(f"site {self.id}: message for run {msg.run_id!r} site {msg.receiver} "
                                        f"from {msg.sender}")
             handler = {"offer": self._offer, "train": self._train, "upload": self._upload,
-                       "secagg": self._secagg, "close": self._close}.get(msg.kind)
+                       "secagg": self._secagg, "ckks": self._ckks, "close": self._close}.get(msg.kind)
             if handler is None:
                 raise SiteError(f"site {self.id}: unexpected {msg.kind!r} message")
             kind, fields, arrays = handler(msg)
@@ -235,6 +237,39 @@ class Site:
         conf, arr = codec.encode(reply)
         return ("secagg_reply", {M.SA_PREFIX + k: v for k, v in conf.items()},
                 {M.SA_PREFIX + k: v for k, v in arr.items()})
+
+    def _ckks(self, msg: M.Message):
+        """Encrypt the clipped, weighted update under the key holder's public context (checked first: signed by
+        the pinned key holder, no secret key, >= 128-bit parameters). The site can encrypt, never decrypt."""
+        from secure_agg.errors import InsecureParametersError
+        from secure_agg.he import CkksParams, PublicContext, digest
+        from secure_agg.he.statements import CONTEXT_LABEL, context_statement, verify_statement
+
+        self._expect(msg, "trained")
+        f = msg.fields
+        if self.key_holder_key is None:
+            raise PolicyViolation(f"site {self.id}: no key holder pinned; refuses to encrypt under an unknown key")
+        try:
+            params = CkksParams(poly_modulus_degree=f["poly_modulus_degree"],
+                                coeff_mod_bit_sizes=tuple(f["coeff_mod_bit_sizes"]), scale_bits=f["scale_bits"])
+        except InsecureParametersError:
+            raise
+        except (ValueError, TypeError) as e:
+            raise PolicyViolation(f"site {self.id}: unusable CKKS parameters ({e})") from None
+        data = np.ascontiguousarray(msg.arrays.get("context", np.zeros(0, np.uint8))).tobytes()
+        if digest(data) != f["context_sha256"]:
+            raise PolicyViolation(f"site {self.id}: the CKKS context does not match its digest")
+        verify_statement(CONTEXT_LABEL, context_statement(run_id=self.run_id, context_sha256=f["context_sha256"],
+                                                          params=params.describe()),
+                         f["context_signature"], self.key_holder_key)
+        if self._he_context is None or self._he_context.sha256 != f["context_sha256"]:
+            self._he_context = PublicContext(data, params=params)
+        clip = float(self.cfg.secure_agg.clip_range)
+        vec = np.clip(self.privacy.add_noise_share(self._weighted(f["weight_total"])), -clip, clip)
+        ct = self._he_context.encrypt(vec)
+        self._charge_release(msg.round)
+        self._round["stage"] = "done"
+        return "ckks_reply", {"context_sha256": self._he_context.sha256}, {"ciphertext": np.frombuffer(ct, np.uint8)}
 
     def _masking_input(self) -> np.ndarray:
         """The vector this site masks: its weighted update plus (seam for distributed DP) its noise share."""

@@ -1,0 +1,64 @@
+"""CKKS aggregation end to end (FederatedRun with secure_agg.mode = "ckks"): the server sees only ciphertexts and
+the flooded sum, the key holder signs what it decrypted into the ledger, the model matches the plain run."""
+
+import json
+import stat
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("tenseal")
+
+from audits.verify import verify_run  # noqa: E402
+from privfed.federation.runner import FederatedRun  # noqa: E402
+
+SERVER_BOUND = {"offer_reply", "train_reply", "ckks_reply", "close_reply", "error"}
+
+
+def _weights(path):
+    from diffusers import UNet2DModel
+    return torch.nn.utils.parameters_to_vector(UNet2DModel.from_pretrained(path).parameters()).detach()
+
+
+def _records(run, kind):
+    return [json.loads(line)["payload"] for line in (run / "ledger.jsonl").read_text().splitlines()
+            if json.loads(line)["kind"] == kind]
+
+
+def test_ckks_run_matches_plain_run_and_the_server_sees_only_ciphertexts(tmp_path, tiny_config):
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from secure_agg.he.statements import DECRYPTION_LABEL, verify_statement
+
+    plain = tiny_config.replace(fed={"rounds": 1}, eval_every=1)
+    FederatedRun.create(plain, tmp_path / "plain").run()
+    seen = []
+    run = FederatedRun.create(plain.replace(secure_agg={"mode": "ckks"}), tmp_path / "he")
+    run.observer = lambda direction, m: seen.append((direction, m.kind, {k: a.dtype for k, a in m.arrays.items()}))
+    run.run()
+    to_server = [s for s in seen if s[0] == "to_server"]
+    assert {k for _, k, _ in to_server} <= SERVER_BOUND and "ckks_reply" in {k for _, k, _ in to_server}
+    # the only arrays that reach the server from a site are CKKS ciphertext bytes, never float updates
+    assert {str(d) for _, _, arrays in to_server for d in arrays.values()} == {"uint8"}
+    # the sites got only the public context: the run's secret key never left the key holder's directory
+    secret = tmp_path / "he" / "key_holder" / "ckks_secret.ctx"
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "he" / "key_holder" / "identity.key").stat().st_mode) == 0o600
+
+    a = _weights(tmp_path / "plain" / "checkpoints" / "round_0001" / "unet")
+    b = _weights(tmp_path / "he" / "checkpoints" / "round_0001" / "unet")
+    clip = run.cfg.secure_agg.clip_range
+    # same starting model: differences are the flooding noise (σ = 2^-30) and float32 rounding, unless the plain
+    # update exceeded the clip range (CKKS sites clip per coordinate, as SecAgg's quantizer does)
+    assert (a - b).abs().max().item() <= 1e-6 * clip + 4 * torch.finfo(torch.float32).eps * a.abs().max().item()
+
+    sa = _records(tmp_path / "he", "secure_agg")
+    t = sa[0]["transcript"]
+    assert t["mode"] == "ckks" and t["contributors"] == ["0", "1", "2"] and t["params"]["security_bits"] >= 128
+    dec = _records(tmp_path / "he", "he_decryption")
+    assert len(dec) == 1 and dec[0]["statement"]["contributors"] == [0, 1, 2]
+    key = Ed25519PublicKey.from_public_bytes(bytes.fromhex(dec[0]["key_holder_public_key"]))
+    verify_statement(DECRYPTION_LABEL, dec[0]["statement"], bytes.fromhex(dec[0]["signature"]), key)
+    report = verify_run(tmp_path / "he")
+    assert report.complete
+    assert np.isfinite(b.numpy()).all()
