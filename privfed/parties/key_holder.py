@@ -11,6 +11,7 @@ Layout (in-process engine: ``RUN_DIR/key_holder/``)::
     identity.key      Ed25519 private key (PKCS#8 PEM, mode 0600)
     identity.pub      its public key
     ckks_secret.ctx   the TenSEAL context with the secret key (mode 0600; never sent anywhere)
+    ckks_public.ctx   the public context it publishes (no secret key; the same bytes across a resume)
 
 Trust: the key holder sees only aggregates of >= min sites and trusts the server's list of contributors (it cannot
 check that the ciphertext it receives is really their sum). A server colluding with the key holder learns every
@@ -29,12 +30,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from privfed.parties import messages as M
 from privfed.parties.identity import fingerprint, load_or_init
 from secure_agg.errors import IntegrityError, SecAggError, TooFewContributorsError, UnknownIdentityError
-from secure_agg.he import CkksParams, SecretContext, digest
+from privfed.rundir import atomic_write_bytes
+from secure_agg.he import CkksParams, PublicContext, SecretContext, digest
 from secure_agg.he.flooding import DEFAULT_GRID_BITS, DEFAULT_SIGMA
 from secure_agg.he.statements import (CONTEXT_LABEL, DECRYPTION_LABEL, context_statement, decryption_statement,
                                       sign_statement)
 
 SECRET_FILE = "ckks_secret.ctx"
+PUBLIC_FILE = "ckks_public.ctx"
 
 
 def _write_secret(path: Path, data: bytes) -> None:
@@ -67,15 +70,22 @@ class KeyHolder:
         self.params = params or CkksParams()
         self.params.check()
         self.flood_sigma, self.grid_bits = float(flood_sigma), int(grid_bits)
-        secret = self.dir / SECRET_FILE
+        secret, public = self.dir / SECRET_FILE, self.dir / PUBLIC_FILE
         if secret.exists():
             if secret.stat().st_mode & 0o077:
                 raise IntegrityError(f"{secret}: the CKKS secret key must be mode 0600")
             self._ctx = SecretContext.from_secret_bytes(secret.read_bytes(), self.params)
+            self._public = public.read_bytes()
+            # the published context must belong to this secret key (a round trip decrypts)
+            probe = np.linspace(-0.1, 0.1, 8)
+            pub = PublicContext(self._public, params=self.params)
+            if np.max(np.abs(self._ctx.decrypt_flooded(pub.encrypt(probe), dim=8, bound=1.0) - probe)) > 1e-6:
+                raise IntegrityError(f"{public}: the public context does not belong to the stored secret key")
         else:
             self._ctx = SecretContext.create(self.params)
+            self._public = self._ctx.public_bytes()
             _write_secret(secret, self._ctx.secret_bytes())
-        self._public = self._ctx.public_bytes()
+            atomic_write_bytes(public, self._public)
         self.context_sha256 = digest(self._public)
         self.decrypted: list[dict] = []            # the statements this key holder signed (its own record)
 

@@ -62,3 +62,23 @@ def test_ckks_run_matches_plain_run_and_the_server_sees_only_ciphertexts(tmp_pat
     report = verify_run(tmp_path / "he")
     assert report.complete
     assert np.isfinite(b.numpy()).all()
+
+
+def test_cli_run_secure_agg_ckks_with_dp_receipts_consistent_and_audit(tmp_path, tiny_config, capsys):
+    """`privfed run --secure-agg ckks` under DP-SGD: each site charges its release once; ledger and receipts agree;
+    `privfed audit` renders the report."""
+    from privfed.cli import main
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(tiny_config.replace(fed={"rounds": 1}, eval_every=1,
+                                       dp={"mode": "sample", "target_epsilon": 8.0}).to_toml())
+    out = tmp_path / "r"
+    assert main(["run", "--config", str(cfg), "--out", str(out), "--secure-agg", "ckks"]) == 0
+    assert _records(out, "run_start")[0]["secure_agg_mode"] == "ckks"
+    assert len(_records(out, "he_decryption")) == 1
+    assert sorted(int(e["client"]) for e in _records(out, "dp_event")) == [0, 1, 2]
+    rep = verify_run(out)
+    assert rep.complete and rep.receipts and all(c.status == "consistent" for c in rep.receipts)
+    capsys.readouterr()
+    assert main(["audit", str(out)]) == 0
+    assert (out / "report" / "report.json").is_file()
