@@ -28,9 +28,10 @@ PARTIES = [
     {"party": "Sites (clients)", "role": "hold the training images; run local training (DP-SGD under sample-level DP) "
      "and mask their model update; each keeps its own receipt of its DP spend, signed with its own long-term key",
      "trust": "trusted with their own data only"},
-    {"party": "Aggregation server", "role": "selects sites, drives the secure-aggregation stages, applies the "
-     "FedAvg step to the unmasked sum, writes the signed ledger", "trust": "honest-but-curious: follows the "
-     "protocol but may try to learn from what it sees"},
+    {"party": "Aggregation server", "role": "selects sites, sends signed instructions, drives the "
+     "secure-aggregation stages, applies the FedAvg step to the unmasked sum, writes the signed ledger",
+     "trust": "not trusted with any site's update when secure aggregation is on (honest-but-curious, or active "
+     "within the bounds below); trusted with the clean sum under DP-FedAvg, whose noise it adds"},
     {"party": "Model recipients", "role": "receive checkpoints and samples", "trust": "untrusted: may be an "
      "adversary with arbitrary side information"},
     {"party": "Auditor", "role": "verifies this report and the run directory independently", "trust": "needs the "
@@ -39,14 +40,22 @@ PARTIES = [
 
 THREAT_MODEL = [
     "Input privacy (secure aggregation): the server learns only the sum of the surviving sites' (clipped, quantized) "
-    "updates, not any individual update, as long as it is honest-but-curious and at most n - t sites drop out; "
-    "masks of dropped sites are removed by reconstructing their pairwise seeds from t shares.",
+    "updates and who answered each stage, not any individual update, while at least t sites survive; masks of "
+    "dropped sites are removed by reconstructing their pairwise seeds from t shares.",
+    "Active server: with every site pinning the roster of identity keys and its own policy, substituted keys, "
+    "forged, relabelled or replayed messages, weaker or split setups, a chosen SecAgg+ graph, low-order keys and bad "
+    "Shamir shares are rejected or identify their sender. With n_C colluding sites this holds only when every "
+    "honest site pins max_colluders >= n_C, i.e. t >= floor((n + n_C)/2) + 1. The server can still drop honest "
+    "sites down to t and abort rounds.",
+    "Separate parties: in the in-process engine one operator runs every party and holds every key, so the active-"
+    "server statements and the sites' receipts carry weight only when the sites run on machines the server "
+    "operator cannot read.",
     "Output privacy (differential privacy): whatever is derived from the aggregated updates (checkpoints, samples, "
     "metrics computed from the model) is (ε, δ)-DP for the unit of privacy stated in section 2, against any "
     "recipient, independent of secure aggregation.",
-    "Not covered: an actively malicious server (e.g. simulating sites or lying about dropouts to unmask a victim), "
-    "collusion of the server with t or more sites, compromised site software, side channels (timing, message "
-    "sizes), and the operator holding the ledger signing key (who can re-sign a rewritten ledger).",
+    "Not covered: collusion of the server with more sites than the sites' pinned max_colluders (or with t or more), "
+    "compromised site software, side channels (timing, message sizes), and the operator holding the ledger signing "
+    "key (who can re-sign a rewritten ledger; the sites' own signed receipts are the cross-check).",
 ]
 
 DP_HAZARDS = [
