@@ -263,7 +263,41 @@ def _secure_agg(records) -> dict[str, Any]:
                      "plaintext": plaintext, "label": PLAINTEXT_LABEL if plaintext else "secure aggregation",
                      "other": {k: v for k, v in t.items() if k not in known and k != "plaintext"}})
     starts = _by_kind(records, "run_start")
-    return {"mode": starts[0][1]["secure_agg_mode"] if starts else NR, "rounds": rows or NR}
+    return {"mode": starts[0][1]["secure_agg_mode"] if starts else NR, "rounds": rows or NR,
+            "he": _he_decryptions(records)}
+
+
+HE_DECRYPTION_LABEL = b"privfed-ckks-decryption/v1\n"
+
+
+def _he_decryptions(records) -> dict[str, Any] | str:
+    """CKKS: the HE parameters, who holds the key, and each decryption the key holder signed (signature checked
+    here, independently of the code that made it: Ed25519 over the label and the statement's canonical JSON)."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    decs = _by_kind(records, "he_decryption")
+    ckks = [p["transcript"] for _, p in _by_kind(records, "secure_agg") if p["transcript"].get("mode") == "ckks"]
+    if not decs and not ckks:
+        return NR
+    rows = []
+    for i, p in decs:
+        st = p["statement"]
+        try:
+            Ed25519PublicKey.from_public_bytes(bytes.fromhex(p["key_holder_public_key"])).verify(
+                bytes.fromhex(p["signature"]),
+                HE_DECRYPTION_LABEL + json.dumps(st, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+                                                 allow_nan=False).encode())
+            status = "signature verifies"
+        except (InvalidSignature, ValueError):
+            status = "SIGNATURE DOES NOT VERIFY"
+        rows.append({"record": i, "round": p["round"], "contributors": st.get("contributors", NR),
+                     "min_contributors": st.get("min_contributors", NR), "flood_sigma": st.get("flood_sigma", NR),
+                     "key_holder": "sha256:" + hashlib.sha256(bytes.fromhex(p["key_holder_public_key"])).hexdigest(),
+                     "status": status})
+    first = ckks[0] if ckks else {}
+    return {"params": first.get("params", NR), "key_holder": first.get("key_holder", NR),
+            "trust": first.get("trust", NR), "decryptions": rows or NR}
 
 
 def _data_gov(records) -> dict[str, Any]:

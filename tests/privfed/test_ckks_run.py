@@ -81,4 +81,9 @@ def test_cli_run_secure_agg_ckks_with_dp_receipts_consistent_and_audit(tmp_path,
     assert rep.complete and rep.receipts and all(c.status == "consistent" for c in rep.receipts)
     capsys.readouterr()
     assert main(["audit", str(out)]) == 0
-    assert (out / "report" / "report.json").is_file()
+    report = json.loads((out / "report" / "report.json").read_text())
+    he = report["sections"]["secure_aggregation"]["he"]
+    html = (out / "report" / "report.html").read_text()
+    assert "Homomorphic aggregation (CKKS)" in html and "signature verifies" in html and "security_bits" in html
+    assert he["params"]["security_bits"] == 128 and he["key_holder"].startswith("sha256:")
+    assert he["decryptions"][0]["status"] == "signature verifies" and he["decryptions"][0]["contributors"] == [0, 1, 2]
