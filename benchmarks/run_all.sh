@@ -8,3 +8,4 @@ cd "$(dirname "$0")/.."
 python benchmarks/bench_round.py --rounds 3
 python benchmarks/bench_dp.py --quick
 python benchmarks/bench_secure_agg.py --quick 
+python benchmarks/bench_he.py --quick

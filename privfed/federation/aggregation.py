@@ -240,7 +240,11 @@ class CkksAggregator:
                 ct = m.arrays.get("ciphertext")
                 if ct is None:
                     raise MalformedCiphertextError(f"site {c} sent no ciphertext")
-                vectors.append(public.load(ct, dim=dim))
+                vec = public.load(ct, dim=dim)
+                if vectors:
+                    vectors[0].add_(vec)          # accumulate as the ciphertexts arrive: one sum in memory
+                else:
+                    vectors.append(vec)
                 sizes[str(c)] = int(ct.size)
                 got.append(c)
             except CiphertextError as e:

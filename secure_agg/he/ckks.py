@@ -40,9 +40,9 @@ def _to_bytes(ciphertext: bytes | np.ndarray) -> bytes:
 class PublicContext:
     """A public CKKS context: encrypt and add, never decrypt."""
 
-    def __init__(self, data: bytes, *, params: CkksParams) -> None:
+    def __init__(self, data: bytes, *, params: CkksParams, n_threads: int | None = None) -> None:
         try:
-            ctx = ts.context_from(bytes(data))
+            ctx = ts.context_from(bytes(data), n_threads=n_threads) if n_threads else ts.context_from(bytes(data))
         except (ValueError, RuntimeError, TypeError) as e:
             raise MalformedCiphertextError(f"the public context does not parse ({e})") from None
         if ctx.has_secret_key() or not ctx.is_public():
@@ -91,10 +91,10 @@ class PublicContext:
                 raise MalformedCiphertextError("not a fresh two-polynomial CKKS ciphertext")
 
     def add(self, vectors: Sequence["ts.CKKSVector"]) -> bytes:
-        """Sum of ciphertexts (additions only); returns the serialized sum."""
+        """Sum of ciphertexts (additions only, accumulated into the first one); returns the serialized sum."""
         if not vectors:
             raise ValueError("nothing to add")
-        acc = vectors[0].copy()
+        acc = vectors[0]
         for v in vectors[1:]:
             acc.add_(v)
         return acc.serialize()
@@ -110,10 +110,11 @@ class SecretContext:
         self.params = params
 
     @classmethod
-    def create(cls, params: CkksParams) -> "SecretContext":
+    def create(cls, params: CkksParams, *, n_threads: int | None = None) -> "SecretContext":
         params.check()
+        extra = {"n_threads": n_threads} if n_threads else {}
         ctx = ts.context(ts.SCHEME_TYPE.CKKS, poly_modulus_degree=params.poly_modulus_degree,
-                         coeff_mod_bit_sizes=list(params.coeff_mod_bit_sizes))
+                         coeff_mod_bit_sizes=list(params.coeff_mod_bit_sizes), **extra)
         ctx.global_scale = 2.0 ** params.scale_bits
         return cls(ctx, params)
 
