@@ -170,8 +170,9 @@ class KeyHolderChannel:
         if reply.sender != M.KEY_HOLDER:
             raise M.InvalidMessage(f"reply to the key holder's request comes from {reply.sender}")
         M.verify(reply, self.key_holder_key)
+        expected = {"he_context": "he_context_reply", "he_decrypt": "he_result"}[kind]
         M.check_header(reply, run_id=self.run_id, round_index=round_index, receiver=M.SERVER,
-                       kinds=(kind + ("_reply" if kind == "he_context" else ""), "he_result", "error"))
+                       kinds=(expected, "error"))
         if reply.kind == "error":
             err = getattr(E, reply.fields["error"], None)
             err = err if isinstance(err, type) and issubclass(err, E.SecAggError) else E.ProtocolAbort
@@ -263,8 +264,9 @@ class CkksAggregator:
                 raise TooFewContributorsError(f"{len(got)} valid ciphertext(s) < minimum {need}: nothing is sent "
                                               "for decryption")
             summed = public.add(vectors)
-            # the sum of pre-scaled, clipped updates lies within the clip range (weights sum to <= 1)
-            bound = float(self.cfg.clip_range) * 1.0001 + 1e-9
+            # each site clips its pre-scaled update to ±clip_range per coordinate: an honest sum stays within
+            # n·clip_range; anything outside (a foreign or garbage ciphertext) is never released
+            bound = len(got) * float(self.cfg.clip_range) * 1.0001
             res = self.kh.request("he_decrypt", round_index=round_index,
                                   fields={"contributors": list(got), "dim": dim, "bound": bound},
                                   arrays={"ciphertext": np.frombuffer(summed, dtype=np.uint8)})

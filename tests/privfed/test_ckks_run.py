@@ -87,3 +87,47 @@ def test_cli_run_secure_agg_ckks_with_dp_receipts_consistent_and_audit(tmp_path,
     assert "Homomorphic aggregation (CKKS)" in html and "signature verifies" in html and "security_bits" in html
     assert he["params"]["security_bits"] == 128 and he["key_holder"].startswith("sha256:")
     assert he["decryptions"][0]["status"] == "signature verifies" and he["decryptions"][0]["contributors"] == [0, 1, 2]
+
+
+def test_site_encrypts_only_under_the_pinned_key_holders_public_context(tmp_path, tiny_config):
+    """An active server cannot swap in a context of its own (it would hold that secret key) nor hand the sites a
+    context with the secret key: the site refuses by name and nothing leaves it."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from audits.keys import load_private_key
+    from privfed.parties import messages as M
+    from secure_agg.he import CkksParams, SecretContext, digest
+    from secure_agg.he.statements import CONTEXT_LABEL, context_statement, sign_statement
+
+    run = FederatedRun.create(tiny_config.replace(fed={"rounds": 1}, eval_every=1, secure_agg={"mode": "ckks"}),
+                              tmp_path / "r")
+    run.run()
+    site, kh = run.sites[0], run.key_holder
+    site.open_receipt()
+    server_key = load_private_key(tmp_path / "r" / "keys" / "ledger.key")
+    weights = torch.nn.utils.parameters_to_vector(run.model.parameters()).detach().numpy().astype(np.float32)
+
+    def send(kind, r, fields, arrays=None):
+        return site.handle(M.sign(M.make(kind, run_id=site.run_id, round_index=r, sender=M.SERVER, receiver=0,
+                                         fields=fields, arrays=arrays or {}), server_key))
+
+    def ckks_round(r, context: bytes, signer, params=CkksParams()):
+        offer = {"participants": [0, 1, 2], "aggregation": "ckks", "dp_mode": "off", "delta": 0.0,
+                 "config_hash": site.cfg_hash, "server_key": run.server.key_fingerprint}
+        assert send("offer", r, offer).fields["accepted"]
+        assert send("train", r, {}, {"weights": weights}).kind == "train_reply"
+        sha = digest(context)
+        sig = sign_statement(CONTEXT_LABEL, context_statement(run_id=site.run_id, context_sha256=sha,
+                                                              params=params.describe()), signer)
+        return send("ckks", r, {"weight_total": 3.0, "context_sha256": sha, "context_signature": sig,
+                                "poly_modulus_degree": params.poly_modulus_degree,
+                                "coeff_mod_bit_sizes": list(params.coeff_mod_bit_sizes),
+                                "scale_bits": params.scale_bits},
+                    {"context": np.frombuffer(context, np.uint8)})
+
+    server_made = SecretContext.create(CkksParams())
+    assert ckks_round(2, server_made.public_bytes(), Ed25519PrivateKey.generate()).fields["error"] == "IntegrityError"
+    leaked = ckks_round(3, server_made.secret_bytes(), kh.identity.private_key)
+    assert leaked.fields["error"] == "InsecureParametersError"
+    ok = ckks_round(4, (tmp_path / "r" / "key_holder" / "ckks_public.ctx").read_bytes(), kh.identity.private_key)
+    assert ok.kind == "ckks_reply" and ok.arrays["ciphertext"].dtype == np.uint8
+    site.close()
