@@ -131,3 +131,23 @@ def test_site_encrypts_only_under_the_pinned_key_holders_public_context(tmp_path
     ok = ckks_round(4, (tmp_path / "r" / "key_holder" / "ckks_public.ctx").read_bytes(), kh.identity.private_key)
     assert ok.kind == "ckks_reply" and ok.arrays["ciphertext"].dtype == np.uint8
     site.close()
+
+
+def test_ckks_run_resumes_with_the_same_key_holder(tmp_path, tiny_config):
+    from privfed.federation.runner import SilentReporter
+
+    class CrashIn(SilentReporter):
+        def client_done(self, round_index, client_id, update):
+            if round_index == 2:
+                raise KeyboardInterrupt
+
+    cfg = tiny_config.replace(fed={"rounds": 2}, secure_agg={"mode": "ckks"})
+    with pytest.raises(KeyboardInterrupt):
+        FederatedRun.create(cfg, tmp_path / "c", reporter=CrashIn()).run()
+    public = (tmp_path / "c" / "key_holder" / "ckks_public.ctx").read_bytes()
+    assert FederatedRun.resume(tmp_path / "c").run().rounds_completed == 2
+    assert (tmp_path / "c" / "key_holder" / "ckks_public.ctx").read_bytes() == public
+    dec = _records(tmp_path / "c", "he_decryption")
+    assert [d["round"] for d in dec] == [1, 2] and len({d["key_holder_public_key"] for d in dec}) == 1
+    assert len({d["statement"]["context_sha256"] for d in dec}) == 1
+    assert verify_run(tmp_path / "c").complete
