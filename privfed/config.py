@@ -213,6 +213,9 @@ class SecAggConfig:
         """Raise ConfigError unless every site would accept a round of n sites; return its threshold t."""
         if self.mode == "ckks":
             # homomorphic aggregation: no threshold; the key holder decrypts only sums of >= min_clients sites
+            import importlib.util
+            if importlib.util.find_spec("tenseal") is None:
+                raise ConfigError("secure-agg mode ckks needs TenSEAL: pip install -c constraints.txt -e '.[he]'")
             if n < self.min_clients:
                 raise ConfigError(f"CKKS aggregation: a round of n={n} sites is below secure_agg.min_clients="
                                   f"{self.min_clients}, the smallest aggregate the key holder decrypts")
