@@ -18,7 +18,10 @@ Checks, in order (the first failure raises; nothing returns False):
    verified under the roster's key for ``<id>`` (:func:`audits.receipt.verify_receipt`) and cross-checked against
    the ledger (:func:`audits.cross_check.cross_check`): any disagreement in DP events, rounds, key or roster raises
    ReceiptMismatch (a refusal recorded by one side only is a warning);
-7. optionally: the ledger contains the pinned ``expected_head_hash`` and ends with run_end (``require_complete``).
+7. optionally: the ledger ends with run_end (``require_complete``).
+
+The pinned ``expected_head_hash`` is checked right after the chain (3), before any semantic check: the ledger
+must contain it.
 
 A ledger cut at a record boundary is only detectable through (6) or a missing run_end: pin the head hash.
 """
@@ -92,6 +95,8 @@ class VerificationReport:
     records: tuple[dict[str, Any], ...] = field(repr=False, default=())
     roster_fingerprint: str | None = None
     receipts: tuple[SiteCrossCheck, ...] = ()          # one row per roster site (cross-checked or not)
+    key_pinned: bool = False                           # keys/ledger.pub matched a fingerprint given by the caller
+    head_pinned: bool = False                          # the ledger contains a head hash given by the caller
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -285,6 +290,9 @@ def verify_run(run_dir: str | Path, *, expected_key_fingerprint: str | None = No
     if expected_key_fingerprint is not None and expected_key_fingerprint.lower() != fp:
         raise LedgerKeyError(f"keys/ledger.pub has fingerprint {fp}, not the pinned {expected_key_fingerprint}")
     state = verify_chain(data, pub)
+    if expected_head_hash is not None and expected_head_hash.lower() not in state.line_hashes:
+        raise LedgerIntegrityError(None, f"the pinned head hash {expected_head_hash} is not in the ledger "
+                                         "(ledger truncated or rewritten)")
     records = state.records
     _check_order(records)
     warnings: list[str] = []
@@ -298,9 +306,6 @@ def verify_run(run_dir: str | Path, *, expected_key_fingerprint: str | None = No
         roster_fp, receipts, w = _check_receipts(run_dir, records, fp, tolerance, tuple(Path(d) for d in site_dirs))
         warnings += w
     complete = records[-1]["kind"] == "run_end"
-    if expected_head_hash is not None and expected_head_hash.lower() not in state.line_hashes:
-        raise LedgerIntegrityError(None, f"the pinned head hash {expected_head_hash} is not in the ledger "
-                                         "(ledger truncated or rewritten)")
     if not complete:
         msg = "no run_end record: the run is in progress, aborted, or the ledger was truncated"
         if require_complete:
@@ -317,7 +322,31 @@ def verify_run(run_dir: str | Path, *, expected_key_fingerprint: str | None = No
         accountant_backend=backend_description() if check_epsilon else "not run", tolerance=tolerance,
         epsilon_checks=tuple(eps_checks), final_epsilon=final, final_delta=final_delta, artifacts=tuple(artifacts),
         repairs=repairs, warnings=tuple(warnings), records=records, roster_fingerprint=roster_fp,
-        receipts=tuple(receipts))
+        receipts=tuple(receipts), key_pinned=expected_key_fingerprint is not None,
+        head_pinned=expected_head_hash is not None)
+
+
+def pinning_verdict(*, key_pinned: bool, head_pinned: bool, receipts_checked: int) -> str:
+    """One sentence on what a passed verification is relative to (the same words in the CLI and the report)."""
+    if not key_pinned and not head_pinned:
+        out = ("Nothing was pinned: integrity is only relative to the operator's own key (keys/ledger.pub in the run "
+               "directory); whoever holds keys/ledger.key could have rewritten and re-signed the whole ledger.")
+    elif not head_pinned:
+        out = ("The key fingerprint was pinned but no head hash: the operator holds the private key "
+               "(keys/ledger.key), so a rewritten, re-signed ledger would still pass; pin the head hash sent at "
+               "run end.")
+    elif not key_pinned:
+        out = ("The head hash was pinned (the ledger contains it, so records up to it were not rewritten since it "
+               "was sent) but not the key fingerprint.")
+    else:
+        out = ("The key fingerprint and the head hash were pinned: the ledger up to that head is the one the "
+               "operator committed to out of band.")
+    if receipts_checked:
+        out += (f" {receipts_checked} site receipt(s), signed with the sites' own keys, agreed with the ledger: "
+                "they are the stronger check.")
+    else:
+        out += " No site receipt was cross-checked; the sites' own signed receipts would be the stronger check."
+    return out
 
 
 def cli_verify(run_dir: str | Path, *, expected_key_fingerprint: str | None = None,
@@ -337,6 +366,10 @@ def cli_verify(run_dir: str | Path, *, expected_key_fingerprint: str | None = No
         return 2
     print(f"OK: {rep.n_records} records verified; head {rep.head_hash}")
     print(f"ledger key {rep.key_fingerprint} (compare with the fingerprint you obtained out of band)")
+    print(f"pinned: key fingerprint {'yes' if rep.key_pinned else 'no'}, head hash "
+          f"{'yes' if rep.head_pinned else 'no'}")
+    print(pinning_verdict(key_pinned=rep.key_pinned, head_pinned=rep.head_pinned,
+                          receipts_checked=sum(r.receipt_verified for r in rep.receipts)))
     if rep.final_epsilon:
         print(f"ε recomputed from the ledger's DP events with {rep.accountant_backend}:")
     for c in sorted(rep.final_epsilon):

@@ -28,7 +28,7 @@ from audits.ledger import LEDGER_FILENAME
 from audits.ledger_schema import load_schema
 from audits.report import figures, text
 from audits.report.text import NOT_RECORDED as NR
-from audits.verify import VerificationReport, verify_run
+from audits.verify import VerificationReport, pinning_verdict, verify_run
 
 MAX_SAMPLE_IMAGES = 8
 REPORT_SCHEMA = "privfed.report/1"
@@ -76,8 +76,16 @@ def _by_kind(records, kind):
     return [(i, r["payload"]) for i, r in enumerate(records) if r["kind"] == kind]
 
 
-def _integrity(rep: VerificationReport | None, err: Exception | None, records) -> dict[str, Any]:
+def _integrity(rep: VerificationReport | None, err: Exception | None, records, *, key_pinned: bool,
+               head_pinned: bool) -> dict[str, Any]:
+    if rep is None:
+        verdict = "FAILED: the ledger did not verify; nothing in this report should be relied upon."
+    else:
+        verdict = "PASSED. " + pinning_verdict(key_pinned=key_pinned, head_pinned=head_pinned,
+                                               receipts_checked=sum(r.receipt_verified for r in rep.receipts))
     return {
+        "pinned": {"key_fingerprint": key_pinned, "head_hash": head_pinned},
+        "verdict": verdict,
         "verified": rep is not None,
         "error": None if err is None else f"{type(err).__name__}: {err}",
         "records": len(records),
@@ -469,7 +477,8 @@ def build_report(run_dir: str | Path, *, pdf: bool = False, allow_unverified: bo
     report_dir = run_dir / "report"
     fig_dir = report_dir / "figures"
     sections = {
-        "integrity": _integrity(rep, err, records),
+        "integrity": _integrity(rep, err, records, key_pinned=expected_key_fingerprint is not None,
+                                head_pinned=expected_head_hash is not None),
         "privacy_statement": _privacy_statement(rep, records),
         "system": _system(records),
         "threat_model": _threat_model(records),

@@ -113,3 +113,84 @@ def test_audit_verify_cross_checks_a_standalone_sites_receipt(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "ReceiptMismatch" in err and "site site-a" in err
     assert main(["audit", str(run), "--site", str(site_dir)]) == 1
+
+
+def _forge_halved_epsilon(run):
+    """The operator (who holds RUN_DIR/keys/ledger.key) rewrites every dp_event with σ×2, recomputes every ε the
+    ledger reports (dp_events, budget checks, run_end) so that the ledger alone is consistent, and re-signs it."""
+    from audits.accounting import IndependentAccountant, parse_event
+    from tests.audits.test_receipt import _forge_ledger
+
+    def edit(records):
+        accs, last_delta = {}, {}
+        for r in records:
+            p = r["payload"]
+            if r["kind"] == "dp_event":
+                p["event"]["noise_multiplier"] *= 2
+                acc = accs.setdefault(p["client"], IndependentAccountant(accountant=p["accountant"]))
+                acc.compose(parse_event(p["event"]))
+                p["epsilon"] = acc.epsilon(delta=p["delta"])
+                last_delta[p["client"]] = p["delta"]
+            elif r["kind"] == "run_end":
+                p["final_epsilon"] = {c: a.epsilon(delta=p["delta"] or last_delta[c]) for c, a in accs.items()}
+        assert accs, "the run recorded no dp_event to forge"
+    _forge_ledger(run, edit)
+
+
+def test_forged_ledger_gets_no_passed_report(dp_run, tmp_path, capsys):
+    """Issue 16: a ledger rewritten with σ×2 (ε roughly halved) and re-signed with the run's own key must not get a
+    PASSED report: the original head hash catches it, and without any pin the sites' receipts do."""
+    import hashlib
+    import shutil
+
+    from audits.verify import verify_run
+
+    run = tmp_path / "run"
+    shutil.copytree(dp_run, run, ignore=shutil.ignore_patterns("report"))
+    assert sorted(p.parent.name for p in (run / "sites").glob("*/receipt.jsonl")), "the run keeps site receipts"
+    head = hashlib.sha256((run / "ledger.jsonl").read_bytes().splitlines()[-1]).hexdigest()
+    before = verify_run(run, check_receipts=False).final_epsilon
+    _forge_halved_epsilon(run)
+    forged = verify_run(run, check_receipts=False)        # the ledger alone verifies: signatures, chain, ε
+    assert all(forged.final_epsilon[c] < 0.8 * before[c] for c in before)
+    capsys.readouterr()
+
+    assert main(["audit", str(run), "--head", head]) == 1
+    out = capsys.readouterr().out
+    assert "FAILED" in out and "head" in out.lower()
+    assert not (run / "report" / "report.json").exists() and not (run / "report" / "report.html").exists()
+
+    assert main(["audit", str(run)]) == 1                  # nothing pinned: the receipts cross-check fails it
+    assert "ReceiptMismatch" in capsys.readouterr().out
+    assert not (run / "report" / "report.json").exists() and not (run / "report" / "report.html").exists()
+    assert main(["audit", "verify", str(run), "--head", head]) == 1
+    assert main(["audit", "verify", str(run)]) == 1
+    shutil.rmtree(run / "sites")                            # the operator also drops the receipts: the pin still holds
+    assert main(["audit", str(run), "--head", head]) == 1
+    assert "pinned head hash" in capsys.readouterr().out
+    assert not (run / "report" / "report.json").exists()
+
+
+def test_report_states_what_was_pinned(tmp_path, capsys):
+    from audits.verify import verify_run
+    from tests.audits.conftest import write_run
+
+    run = write_run(tmp_path / "run", sites=True)
+    rep = verify_run(run)
+    assert main(["audit", str(run)]) == 0
+    doc = json.loads((run / "report" / "report.json").read_text())
+    integ = doc["sections"]["integrity"]
+    assert integ["pinned"] == {"key_fingerprint": False, "head_hash": False}
+    assert "only relative to the operator's own key" in integ["verdict"]
+    assert "receipt" in integ["verdict"] and "stronger check" in integ["verdict"]
+    html = (run / "report" / "report.html").read_text()
+    assert "only relative to the operator&#39;s own key" in html or "only relative to the operator's own key" in html
+
+    assert main(["audit", str(run), "--pin-key", rep.key_fingerprint, "--head", rep.head_hash]) == 0
+    integ = json.loads((run / "report" / "report.json").read_text())["sections"]["integrity"]
+    assert integ["pinned"] == {"key_fingerprint": True, "head_hash": True}
+    assert "only relative" not in integ["verdict"]
+    capsys.readouterr()
+    assert main(["audit", "verify", str(run), "--pin-key", rep.key_fingerprint]) == 0
+    out = capsys.readouterr().out
+    assert "pinned: key fingerprint yes, head hash no" in out
