@@ -7,7 +7,9 @@ Every error renders as one clear line (``str(err)``), which is what the CLI prin
     │   ├── MissingRunDirectory        no such directory
     │   └── IncompleteRunDirectory     a file of the §4 contract is missing (ledger.jsonl, keys/ledger.pub,
     │                                  config.toml, a site's receipt.jsonl)
-    ├── KeyError_ (LedgerKeyError)     key files: unreadable, wrong format, unsafe permissions, not the pinned one
+    ├── KeyError_ (LedgerKeyError)     key files: unreadable, wrong format, unsafe permissions
+    │   └── PinnedKeyMismatch          keys/ledger.pub is not the pinned key (also a VerificationError: exit 1)
+    ├── PinFormatError                 a pinned key fingerprint or head hash is not 64 hex digits (bad input)
     ├── VerificationError              a record fails a check; carries .record_index (0-based line), .reason and
     │   │                              .source ("ledger" or "receipt of site <id>")
     │   ├── LedgerIntegrityError       bytes/canonical form/seq/prev_hash/signature (tampering, truncation)
@@ -67,6 +69,17 @@ class VerificationError(AuditError):
         prefix = "" if source == "ledger" else f"{source}: "
         where = source if record_index is None else f"{prefix}record {record_index}" + (f" ({kind})" if kind else "")
         super().__init__(f"{where}: {reason}")
+
+
+class PinnedKeyMismatch(VerificationError, LedgerKeyError):
+    """keys/ledger.pub does not have the fingerprint the caller pinned: an integrity failure, not bad input."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(None, reason, source="keys/ledger.pub")
+
+
+class PinFormatError(AuditError, ValueError):
+    """A pinned value (key fingerprint ``[sha256:]<64 hex>`` or head hash ``<64 hex>``) is malformed."""
 
 
 class LedgerIntegrityError(VerificationError):

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from audits.canonical import sha256_hex
-from audits.errors import LedgerKeyError
+from audits.errors import LedgerKeyError, PinFormatError
 
 PUBLIC_KEY_RELPATH = Path("keys") / "ledger.pub"
 PRIVATE_KEY_RELPATH = Path("keys") / "ledger.key"
@@ -54,6 +54,20 @@ def public_key_from_hex(text: str) -> Ed25519PublicKey:
 def key_fingerprint(public_key: Ed25519PublicKey) -> str:
     """``"sha256:" + hex(SHA-256(raw 32-byte Ed25519 public key))``: the value auditors pin out of band."""
     return "sha256:" + sha256_hex(raw_public_bytes(public_key))
+
+
+def normalize_pin(text: str, *, what: str, prefix: bool) -> str:
+    """A pinned value as given by a person: optional ``sha256:`` prefix (any case), hex of any case, surrounding
+    blanks ignored. Returns ``"sha256:<hex>"`` (``prefix=True``: key fingerprints) or ``"<hex>"`` (head hashes);
+    PinFormatError unless it is 64 hex digits."""
+    if not isinstance(text, str):
+        raise PinFormatError(f"the pinned {what} must be a string, not {type(text).__name__}")
+    t = text.strip().lower()
+    if t.startswith("sha256:"):
+        t = t[len("sha256:"):]
+    if len(t) != 64 or any(c not in "0123456789abcdef" for c in t):
+        raise PinFormatError(f"the pinned {what} {text!r} is not [sha256:]<64 hex digits>")
+    return "sha256:" + t if prefix else t
 
 
 def _write_atomic(path: Path, data: bytes, mode: int) -> None:

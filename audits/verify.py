@@ -3,11 +3,13 @@
 Checks, in order (the first failure raises; nothing returns False):
 
 1. the run directory and its contract files exist (ledger.jsonl, keys/ledger.pub, config.toml);
-2. the public key matches ``expected_key_fingerprint`` when one is pinned (it should be: see :mod:`audits.keys`);
+2. the public key matches ``expected_key_fingerprint`` when one is pinned (it should be: see :mod:`audits.keys`;
+   ``[sha256:]<hex>``, any case; a mismatch is PinnedKeyMismatch, a VerificationError);
 3. every record: canonical JSON, seq, hash chain, Ed25519 signature, known schema version, envelope and payload
    schemas (:mod:`audits.chain`); run order (run_start first, nothing after run_end); small-cell suppression;
 4. config.toml hashes to run_start.config_hash; every checkpoint that is present hashes to its recorded sha256
-   (:func:`audits.artifact_hash.sha256_path`); a missing checkpoint is a warning (it may have been pruned);
+   (:func:`audits.artifact_hash.sha256_path`); a missing earlier checkpoint is a warning (it may have been pruned),
+   a missing final one (the last round_end's) an ArtifactMismatchError;
 5. ε: each client's typed dp_event events are composed in ledger order with dp_accounting's own accountant for the
    recorded kind (:mod:`audits.accounting`, never the project's ``dp/``); every dp_event's reported cumulative ε
    and run_end.final_epsilon must match the recomputation: ``|reported − recomputed| ≤ tolerance·recomputed +
@@ -40,9 +42,9 @@ from audits.chain import verify_chain
 from audits.accounting import IndependentAccountant, backend_description, parse_event, within_tolerance
 from audits.cross_check import SiteCrossCheck, cross_check
 from audits.errors import (ArtifactMismatchError, AuditError, BudgetViolationError, EpsilonMismatchError,
-                           IncompleteRunDirectory, LedgerIntegrityError, LedgerKeyError, MissingRunDirectory,
+                           IncompleteRunDirectory, LedgerIntegrityError, MissingRunDirectory, PinnedKeyMismatch,
                            ReceiptMismatch, RecordSchemaError, RosterError, SmallCellError, VerificationError)
-from audits.keys import PUBLIC_KEY_RELPATH, key_fingerprint, load_public_key
+from audits.keys import PUBLIC_KEY_RELPATH, key_fingerprint, load_public_key, normalize_pin
 from audits.ledger import LEDGER_FILENAME
 from audits.ledger_schema import small_cell_error
 from audits.receipt import RECEIPT_FILENAME, VerifiedReceipt, verify_receipt
@@ -158,6 +160,8 @@ def _check_artifacts(run_dir: Path, records: tuple[dict[str, Any], ...]) -> tupl
     if sha256_path(cfg) != want:
         raise ArtifactMismatchError(start_i, "config.toml does not hash to run_start.config_hash", kind="run_start")
     checks.append(ArtifactCheck(start_i, "config", "config.toml", want, "verified"))
+    final_i = max((i for i, r in enumerate(records) if r["kind"] == "round_end" and r["payload"]["checkpoint"]),
+                  default=None)
     for i, r in enumerate(records):
         if r["kind"] != "round_end" or r["payload"]["checkpoint"] is None:
             continue
@@ -166,6 +170,9 @@ def _check_artifacts(run_dir: Path, records: tuple[dict[str, Any], ...]) -> tupl
         if p is None:
             raise RecordSchemaError(i, f"checkpoint path {ck['path']!r} leaves the run directory", kind="round_end")
         if not p.exists():
+            if i == final_i:
+                raise ArtifactMismatchError(i, f"the final checkpoint {ck['path']} is missing: the released model "
+                                               "cannot be checked against the ledger", kind="round_end")
             warnings.append(f"record {i}: checkpoint {ck['path']} is not present (pruned?); its hash was not checked")
             checks.append(ArtifactCheck(i, "checkpoint", ck["path"], ck["sha256"], "missing"))
             continue
@@ -285,12 +292,16 @@ def verify_run(run_dir: str | Path, *, expected_key_fingerprint: str | None = No
     if not 0 < tolerance < 1:
         raise ValueError("tolerance must be in (0, 1)")
     run_dir = Path(run_dir)
+    if expected_key_fingerprint is not None:
+        expected_key_fingerprint = normalize_pin(expected_key_fingerprint, what="key fingerprint", prefix=True)
+    if expected_head_hash is not None:
+        expected_head_hash = normalize_pin(expected_head_hash, what="head hash", prefix=False)
     data, pub = _load_inputs(run_dir)
     fp = key_fingerprint(pub)
-    if expected_key_fingerprint is not None and expected_key_fingerprint.lower() != fp:
-        raise LedgerKeyError(f"keys/ledger.pub has fingerprint {fp}, not the pinned {expected_key_fingerprint}")
+    if expected_key_fingerprint is not None and expected_key_fingerprint != fp:
+        raise PinnedKeyMismatch(f"has fingerprint {fp}, not the pinned {expected_key_fingerprint}")
     state = verify_chain(data, pub)
-    if expected_head_hash is not None and expected_head_hash.lower() not in state.line_hashes:
+    if expected_head_hash is not None and expected_head_hash not in state.line_hashes:
         raise LedgerIntegrityError(None, f"the pinned head hash {expected_head_hash} is not in the ledger "
                                          "(ledger truncated or rewritten)")
     records = state.records

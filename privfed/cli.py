@@ -190,7 +190,8 @@ def run(
 def audit(
     target: list[str] = typer.Argument(..., metavar="[verify] RUN_DIR",
                                        help="RUN_DIR to report on, or 'verify RUN_DIR' to only verify the ledger."),
-    pin_key: Optional[str] = typer.Option(None, "--pin-key", help="Expected ledger key fingerprint (sha256:…)."),
+    pin_key: Optional[str] = typer.Option(None, "--pin-key", help="Expected ledger key fingerprint "
+                                          "(sha256:<hex> or <hex>, any case)."),
     head: Optional[str] = typer.Option(None, "--head",
                                        help="A ledger head hash obtained earlier (detects truncation)."),
     empirical: bool = typer.Option(False, "--empirical", help="Also run the empirical privacy audits (membership "

@@ -233,3 +233,42 @@ def test_every_error_is_a_verification_error_with_index():
                 ArtifactMismatchError):
         e = cls(4, "why", kind="dp_event")
         assert isinstance(e, VerificationError) and e.record_index == 4 and str(e) == "record 4 (dp_event): why"
+
+
+def test_pinned_key_accepts_any_spelling_and_a_wrong_one_is_an_integrity_failure(run_copy, capsys):
+    """Issue 16 item 6: `sha256:` prefix optional, hex of any case; a wrong pin is exit 1 (integrity), a malformed
+    one exit 2 (bad input)."""
+    from audits.errors import LedgerKeyError, PinFormatError, PinnedKeyMismatch, VerificationError
+
+    fp = verify_run(run_copy).key_fingerprint
+    hexpart = fp.removeprefix("sha256:")
+    for spelling in (fp, hexpart, hexpart.upper(), "SHA256:" + hexpart.upper(), f"  {fp} "):
+        assert verify_run(run_copy, expected_key_fingerprint=spelling).key_pinned
+    wrong = "sha256:" + ("0" if hexpart[0] != "0" else "1") + hexpart[1:]
+    with pytest.raises(PinnedKeyMismatch) as ei:
+        verify_run(run_copy, expected_key_fingerprint=wrong)
+    assert isinstance(ei.value, VerificationError) and isinstance(ei.value, LedgerKeyError)
+    assert cli_verify(run_copy, expected_key_fingerprint=wrong) == 1
+    assert "PinnedKeyMismatch" in capsys.readouterr().err
+    assert cli_verify(run_copy, expected_key_fingerprint=hexpart.upper()) == 0
+    for bad in ("sha256:xyz", hexpart[:-1], "md5:" + hexpart):
+        with pytest.raises(PinFormatError):
+            verify_run(run_copy, expected_key_fingerprint=bad)
+        assert cli_verify(run_copy, expected_key_fingerprint=bad) == 2
+    head = verify_run(run_copy).head_hash
+    assert verify_run(run_copy, expected_head_hash=head.upper()).head_pinned
+    assert cli_verify(run_copy, expected_head_hash="not-a-hash") == 2
+
+
+def test_deleted_final_checkpoint_is_an_integrity_failure(run_copy):
+    """An earlier checkpoint may be pruned (a warning); the final one is what is released: missing, it fails."""
+    import shutil
+
+    shutil.rmtree(run_copy / "checkpoints" / "round_0001")
+    rep = verify_run(run_copy)
+    assert any("round_0001" in w and "not present" in w for w in rep.warnings)
+    shutil.rmtree(run_copy / "checkpoints" / f"round_{ROUNDS:04d}")
+    with pytest.raises(ArtifactMismatchError, match="final checkpoint") as ei:
+        verify_run(run_copy)
+    assert ei.value.kind == "round_end"
+    assert cli_verify(run_copy) == 1

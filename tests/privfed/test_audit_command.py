@@ -194,3 +194,18 @@ def test_report_states_what_was_pinned(tmp_path, capsys):
     assert main(["audit", "verify", str(run), "--pin-key", rep.key_fingerprint]) == 0
     out = capsys.readouterr().out
     assert "pinned: key fingerprint yes, head hash no" in out
+
+
+def test_audit_wrong_pin_key_is_exit_1_and_any_spelling_of_the_right_one_passes(tmp_path, capsys):
+    from audits.verify import verify_run
+    from tests.audits.conftest import write_run
+
+    run = write_run(tmp_path / "run")
+    hexpart = verify_run(run).key_fingerprint.removeprefix("sha256:")
+    wrong = ("f" if hexpart[0] != "f" else "e") + hexpart[1:]
+    assert main(["audit", str(run), "--pin-key", wrong]) == 1
+    assert main(["audit", "verify", str(run), "--pin-key", wrong]) == 1
+    assert "PinnedKeyMismatch" in capsys.readouterr().out
+    assert main(["audit", str(run), "--pin-key", hexpart.upper()]) == 0
+    assert main(["audit", "verify", str(run), "--pin-key", "SHA256:" + hexpart]) == 0
+    assert main(["audit", str(run), "--pin-key", "sha256:nothex"]) == 2
