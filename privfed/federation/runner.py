@@ -36,6 +36,7 @@ from privfed.metrics import domain_fid, load_or_train_classifier, save_grid
 from privfed.metrics.classifier import accuracy
 from privfed.metrics.fid import class_histogram
 from privfed.models import build_scheduler, build_unet, load_unet, sample_images
+from privfed.pins import write_pins
 from privfed.rundir import RunDir, atomic_write_text
 from privfed import run_ledger as ledger_payloads
 from audits.keys import PRIVATE_KEY_RELPATH, load_private_key
@@ -255,6 +256,8 @@ class FederatedRun:
             info["notes"] = self.privacy.notes()
             info["notes"].append(f"sites: {len(self.sites)} enrolled, roster {self.roster.fingerprint[:16]}…, "
                                  f"server key {self.ledger.key_fingerprint}")
+            info["notes"].append(f"ledger key fingerprint {self.ledger.key_fingerprint}: send it to the sites and "
+                                 "auditors now, out of band (privfed audit --pin-key)")
             if start < 0:
                 info["notes"].append("initial model: " + ledger_payloads.public_pretrain_description(cfg))
             self.reporter.run_start(total_rounds=cfg.fed.rounds, done_rounds=max(start, 0), info=info)
@@ -277,6 +280,8 @@ class FederatedRun:
                 eps = self.privacy.epsilons()
                 self.ledger.append("run_end", {"rounds_completed": completed, "final_epsilon": eps,
                                                "delta": self.privacy.delta})
+                head, key_fp = self.ledger.head_hash, self.ledger.key_fingerprint
+                pins = write_pins(self.dir.root, run_id=run_id, key_fingerprint=key_fp, head_hash=head)
             finally:
                 for site in self.sites.values():
                     site.close()
@@ -286,7 +291,9 @@ class FederatedRun:
         result = RunResult(self.dir.root, completed, fids[-1] if fids else None, untrained, metrics)
         result.initial_label = ("public pretraining only, before any site data" if cfg.public_pretrain != "none"
                                 else "untrained model")
-        result.closing_lines = self.privacy.statement_lines()
+        result.closing_lines = self.privacy.statement_lines() + [
+            f"ledger head hash {head} (key {key_fp}); both written to {pins}: send it out of "
+            f"band, then verify with privfed audit {self.dir.root} --pin-key <key> --head <head>"]
         return result
 
     def _finish_round(self, r: int, record: dict[str, Any]) -> None:
