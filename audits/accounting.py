@@ -114,3 +114,21 @@ def epsilon_for_events(events: Iterable[GaussianEvent], *, delta: float, account
     for e in events:
         acc.compose(e)
     return acc.epsilon(delta=delta)
+
+
+def replace_one_epsilon(events: Iterable[GaussianEvent], *, delta: float) -> float:
+    """ε at ``delta`` of the composition of ``events`` under the **replace-one** neighbouring relation (one unit
+    swapped for another; the dataset size is unchanged), which is *not* the add/remove-one relation the run accounts.
+
+    Computed with dp_accounting's ``PLDAccountant(NeighboringRelation.REPLACE_ONE)``, which accounts the
+    Poisson-subsampled Gaussian under replace-one directly (its dominating pair, not a group-privacy bound), whatever
+    accountant the run recorded (dp_accounting's RdpAccountant has no replace-one for Poisson sampling)."""
+    import dp_accounting as dpa
+    from dp_accounting.pld import PLDAccountant
+
+    acc = PLDAccountant(dpa.NeighboringRelation.REPLACE_ONE, value_discretization_interval=PLD_VALUE_DISCRETIZATION)
+    n = 0
+    for e in events:
+        acc.compose(e.dp_event())
+        n += 1
+    return float(acc.get_epsilon(delta)) if n else 0.0

@@ -33,8 +33,10 @@ def privacy_statement(*, unit: str, epsilons: dict, delta: float, accountant: st
     worst = max(epsilons.values())
     lines = [
         f"Privacy guarantee ({mode}): ({_fmt(worst)}, {delta:.3g})-differential privacy with respect to {who} "
-        f"(add/remove-one neighbouring relation), computed by the {accountant.upper()} accountant from the recorded "
-        f"DP events (noise multiplier, sample rate, steps). Per party: {items}.",
+        f"(add/remove-one neighbouring relation: neighbouring datasets differ by adding or removing {who}), "
+        f"computed by the {accountant.upper()} accountant from the recorded DP events (noise multiplier, sample "
+        f"rate, steps). Per party: {items}. Replacing one unit by another (replace-one) is not what was computed; "
+        "its ε is larger (`privfed audit` reports it).",
         f"What is protected: whether {who} was used in training cannot be inferred from the released model(s) "
         f"beyond this (ε, δ) bound, whatever an adversary knows about the rest of the data.",
         "What is not protected: information shared by many units (population statistics, properties of a whole "
@@ -42,7 +44,14 @@ def privacy_statement(*, unit: str, epsilons: dict, delta: float, accountant: st
         "(e.g. one patient with several images when the unit is an image), anything released outside the "
         "accounted mechanism (hyper-parameter tuning, evaluation metrics, sample grids computed on private data "
         "are covered only as post-processing of the model), and side channels (timing, dropout patterns).",
+        "What ε means: every outcome of training is at most e^ε times as likely with the unit as without it "
+        "(except with probability δ). ε = 10 allows a factor e^10 ≈ 22,000: it does not rule out that an attacker "
+        "tells whether a given unit was used, and it is a worst-case bound, not a measured risk; ε ≤ 1 is "
+        "generally considered strong, single-digit ε moderate, ε around 10 weak.",
     ]
+    if who == "one training image":
+        lines.insert(2, "The unit is an image, not a patient: a patient with several images is protected only by "
+                        "group privacy, with an ε that grows with the number of their images (up to k·ε for k).")
     if sampling == "poisson":
         lines.append("Assumption: each unit was included in each step independently with the recorded probability "
                      "(Poisson sampling); the noise was drawn as specified and not seen by anyone else.")

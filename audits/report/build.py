@@ -20,7 +20,7 @@ from typing import Any
 
 import jsonschema
 
-from audits.accounting import ABS_TOLERANCE
+from audits.accounting import ABS_TOLERANCE, parse_event, replace_one_epsilon
 from audits.chain import verify_chain
 from audits.errors import AuditError, ReportDependencyMissing, VerificationError
 from audits.keys import PUBLIC_KEY_RELPATH, load_public_key
@@ -178,21 +178,29 @@ def _privacy_statement(rep, records) -> dict[str, Any]:
         return {"text": txt, "dp_mode": dp_mode, "unit": NR, "per_site": NR, "accountant": NR}
     units = sorted({p["unit"] for p in events})
     accs = sorted({p["accountant"] for p in events})
-    unit_txt = {"example": "one training image held by a site (adding, removing or changing one image)",
-                "client": "one site, i.e. its entire local dataset"}
+    unit_txt = {"example": text.ADJACENCY_IMAGE, "image": text.ADJACENCY_IMAGE, "client": text.ADJACENCY_SITE}
     per_site = "; ".join(f"{c}: ε = {rep.final_epsilon[c]:.3g} at δ = {rep.final_delta[c]:g}"
                          for c in sorted(rep.final_epsilon))
+    replace_one = {c: replace_one_epsilon([parse_event(p["event"]) for p in events if p["client"] == c],
+                                          delta=rep.final_delta[c]) for c in sorted(rep.final_epsilon)}
+    per_site_replace = "; ".join(f"{c}: ε = {e:.3g} at δ = {rep.final_delta[c]:g}" for c, e in replace_one.items())
     clip = sorted({p["max_grad_norm"] for p in events})
-    txt = (f"Everything this run released from training (model checkpoints, and samples and metrics computed from "
-           f"them) is (ε, δ)-differentially private with respect to {' / '.join(unit_txt[u] for u in units)}, "
+    txt = (f"Everything this run released from training (model checkpoints, and samples generated from them) is "
+           f"(ε, δ)-differentially private with respect to {' / '.join(unit_txt.get(u, u) for u in units)}, "
            f"per site: {per_site}. These values were recomputed by this audit from the {len(events)} DP events in "
            f"the signed ledger (composition over all rounds of each site) with the {', '.join(accs).upper()} "
            f"accountant ({rep.accountant_backend}); they agree with what the run reported to within "
            f"{rep.tolerance:.0%} + {ABS_TOLERANCE:g}. They assume Poisson sampling (each example independently in "
            f"each step's batch with the recorded rate q), L2 clipping to {', '.join(f'{c:g}' for c in clip)} and "
            f"Gaussian noise whose values nobody else saw (noise generator as recorded: {noise_rng}). They do not "
-           f"cover the data summary counts (suppressed below k, not DP), hyper-parameter tuning, or any release "
-           f"outside this run.")
+           f"cover the data summary counts (suppressed below k, not DP), the training loss and the utility metrics "
+           f"of section 10 (computed outside the accountant), hyper-parameter tuning, or any release outside this "
+           f"run. Replacing one unit by another (replace-one, same dataset size) is a different neighbouring "
+           f"relation, not the one the run accounted; computed by this audit from the same events with "
+           f"dp_accounting's PLD accountant under REPLACE_ONE it is, per site: {per_site_replace}.")
+    if any(u in ("example", "image") for u in units):
+        txt += " " + text.UNIT_NOT_PATIENT
+    txt += " " + text.EPSILON_MEANING
     placement = starts[0][1].get("noise_placement", "server") if starts else "server"
     if "client" in units and placement == "server":
         txt += (" Client-level DP noise is added by the server after aggregation, so the server sees the clean sum "
@@ -211,7 +219,9 @@ def _privacy_statement(rep, records) -> dict[str, Any]:
         n = sum(r.receipt_verified for r in rep.receipts)
         txt += (f" {n} site(s) hold their own signed receipt of these events, which this audit cross-checked "
                 "against the ledger (section 5).")
-    return {"text": txt, "dp_mode": dp_mode, "unit": units, "per_site": per_site, "accountant": accs}
+    return {"text": txt, "dp_mode": dp_mode, "unit": units, "per_site": per_site, "accountant": accs,
+            "adjacency": "add/remove one unit",
+            "replace_one": {c: {"epsilon": e, "delta": rep.final_delta[c]} for c, e in replace_one.items()}}
 
 
 def _system(records) -> dict[str, Any]:

@@ -24,6 +24,22 @@ SECTIONS: tuple[tuple[str, str], ...] = (
     ("crosswalk", "14. Regulatory crosswalk"),
 )
 
+ADJACENCY_IMAGE = ("one training image held by a site: neighbouring datasets differ by adding or removing one "
+                   "image (the add/remove-one relation the accountant computed)")
+ADJACENCY_SITE = ("one site, i.e. its entire local dataset: neighbouring federations differ by adding or removing one "
+                  "site (add/remove-one)")
+
+UNIT_NOT_PATIENT = ("The unit of privacy is one image, not one patient: a patient (or any person) with several images "
+                    "in the training data is protected only by group privacy, whose ε grows with the number of their "
+                    "images (up to k·ε for k images, with a larger δ as well).")
+
+EPSILON_MEANING = ("What ε means: for any one unit, every outcome of training is at most e^ε times as likely with the "
+                   "unit as without it (except with probability δ). ε = 10 allows a factor e^10 ≈ 22,000: it does "
+                   "not rule out that an attacker tells whether a given image was used, or reconstructs a distinctive "
+                   "one; it is a worst-case upper bound on what any attacker can learn, not a measured risk or a "
+                   "probability of re-identification. ε ≤ 1 is generally considered strong protection, single-digit "
+                   "ε moderate, and ε around 10 weak.")
+
 PARTIES = [
     {"party": "Sites (clients)", "role": "hold the training images; run local training (DP-SGD under sample-level DP) "
      "and mask their model update; each keeps its own receipt of its DP spend, signed with its own long-term key",

@@ -157,3 +157,44 @@ def test_plaintext_rounds_are_labelled(tmp_path):
     assert "the server saw every site's update" in html.unescape((run / "report" / "report.html").read_text())
     assert doc["sections"]["privacy_loss"]["receipts"]["rows"] == "not recorded"  # no roster: no receipt table
     assert doc["sections"]["training"]["site_events"][0]["error"] == "PolicyViolation"
+
+
+def test_statement_states_adjacency_unit_replace_one_and_what_epsilon_means(built):
+    """Issue 16: the statement says add/remove one image (the relation computed), shows replace-one ε too (larger,
+    recomputed here under dp_accounting's REPLACE_ONE), says the unit is an image not a patient, and what ε means."""
+    from audits.accounting import parse_event, replace_one_epsilon
+
+    from .conftest import DELTA, gaussian
+
+    run, paths = built
+    st = json.loads(paths.json.read_text())["sections"]["privacy_statement"]
+    t = st["text"]
+    assert "adding or removing one image" in t and "add/remove-one" in t
+    assert "changing" not in t and "adding, removing" not in t
+    assert "replace-one" in t and "not the one the run accounted" in t
+    assert "one image, not one patient" in t and "group privacy" in t
+    assert "ε = 10" in t and "22,000" in t and "not a measured risk" in t
+    final = json.loads(paths.json.read_text())["sections"]["privacy_loss"]["final"]
+    assert st["adjacency"] == "add/remove one unit"
+    for c in CLIENTS:
+        r1 = st["replace_one"][c]["epsilon"]
+        assert r1 > final[c]["epsilon"] * 1.05
+        assert r1 == pytest.approx(replace_one_epsilon([parse_event(gaussian(c))] * ROUNDS, delta=DELTA))
+        assert f"{c}: ε = {r1:.3g}" in t
+    page = html.unescape(paths.html.read_text())
+    assert "adding or removing one image" in page and "not one patient" in page
+
+
+def test_replace_one_epsilon_is_dp_accountings_replace_one_pld():
+    import dp_accounting as dpa
+    from dp_accounting.pld import PLDAccountant
+
+    from audits.accounting import GaussianEvent, epsilon_for_events, replace_one_epsilon
+
+    ev = GaussianEvent(1.1, 0.05, 60)
+    ref = PLDAccountant(dpa.NeighboringRelation.REPLACE_ONE, value_discretization_interval=1e-4)
+    ref.compose(ev.dp_event())
+    got = replace_one_epsilon([ev], delta=1e-5)
+    assert got == pytest.approx(ref.get_epsilon(1e-5), rel=0.01, abs=2e-3)
+    assert got > epsilon_for_events([ev], delta=1e-5) * 1.2   # replace-one is the weaker guarantee
+    assert replace_one_epsilon([], delta=1e-5) == 0.0

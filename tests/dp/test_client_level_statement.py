@@ -40,3 +40,14 @@ def test_statement_mentions_unit_delta_accountant_and_assumption():
     s2 = privacy_statement(unit="image", epsilons={"c": math.inf}, delta=1e-5, accountant="rdp",
                            sampling="shuffle", mode="sample-level DP-SGD")
     assert "not a formal guarantee" in s2 and "∞" in s2
+
+
+def test_statement_states_add_remove_image_not_patient_and_epsilon_meaning():
+    s = privacy_statement(unit="one training image", epsilons={"0": 9.99}, delta=1e-5, accountant="prv",
+                          sampling="poisson", mode="sample-level DP-SGD")
+    assert "adding or removing one training image" in s and "changing" not in s
+    assert "replace-one" in s and "not what was computed" in s
+    assert "an image, not a patient" in s and "group privacy" in s
+    assert "ε = 10" in s and "22,000" in s
+    site = privacy_statement(unit="site", epsilons={"0": 1.0}, delta=1e-5, accountant="pld", mode="client-level")
+    assert "not a patient" not in site
