@@ -509,7 +509,7 @@ def build_report(run_dir: str | Path, *, pdf: bool = False, allow_unverified: bo
     public = json.loads(json.dumps(doc, default=str))
     for s in (public["sections"]["utility"]["samples"] if isinstance(sections["utility"]["samples"], list) else []):
         s.pop("_b64", None)
-    jsonschema.validate(public, load_schema("report-v1"))
+    jsonschema.validate(public, load_schema("report-v1"), format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
     fig_paths = []
     for name, png in sorted(figs.items()):
         _write_atomic(fig_dir / name, png)

@@ -198,3 +198,58 @@ def test_replace_one_epsilon_is_dp_accountings_replace_one_pld():
     assert got == pytest.approx(ref.get_epsilon(1e-5), rel=0.01, abs=2e-3)
     assert got > epsilon_for_events([ev], delta=1e-5) * 1.2   # replace-one is the weaker guarantee
     assert replace_one_epsilon([], delta=1e-5) == 0.0
+
+
+def _mutations():
+    def final(doc):
+        return next(iter(doc["sections"]["privacy_loss"]["final"].values()))
+
+    def row(doc):
+        return doc["sections"]["privacy_loss"]["rows"][0]
+    return {
+        "negative final epsilon": lambda d: final(d).update(epsilon=-0.5),
+        "negative recomputed epsilon": lambda d: row(d).update(recomputed_epsilon=-1.0),
+        "delta of 5": lambda d: final(d).update(delta=5),
+        "delta of 0": lambda d: row(d).update(delta=0),
+        "delta of 1": lambda d: row(d).update(delta=1.0),
+        "timestamp not a date": lambda d: d.update(generated_utc="yesterday"),
+        "timestamp with impossible month": lambda d: d.update(generated_utc="2026-13-01T00:00:00Z"),
+        "verified but integrity not": lambda d: d["sections"]["integrity"].update(verified=False),
+        "not verified but integrity is": lambda d: d.update(verified=False),
+        "verified with an error": lambda d: d["sections"]["integrity"].update(error="LedgerIntegrityError: x"),
+        "verified with a FAILED verdict": lambda d: d["sections"]["integrity"].update(verdict="FAILED: x"),
+        "unknown integrity field": lambda d: d["sections"]["integrity"].update(trust_me=True),
+        "unknown top-level field": lambda d: d.update(signed_off=True),
+        "unknown privacy-loss row field": lambda d: row(d).update(note="x"),
+        "pinned not a boolean": lambda d: d["sections"]["integrity"]["pinned"].update(head_hash="yes"),
+        "negative replace-one epsilon": lambda d: next(iter(
+            d["sections"]["privacy_statement"]["replace_one"].values())).update(epsilon=-2.0),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_mutations()))
+def test_report_schema_rejects_an_inconsistent_or_out_of_range_report(built, name):
+    """Issue 16 item 5: a report with a negative ε, δ outside (0, 1), a non-date timestamp, contradictory verdict
+    fields or an unknown field must fail validation (with the format checker the builder uses)."""
+    import copy
+
+    _, paths = built
+    good = json.loads(paths.json.read_text())
+    schema, checker = load_schema("report-v1"), jsonschema.Draft202012Validator.FORMAT_CHECKER
+    jsonschema.validate(good, schema, format_checker=checker)
+    bad = copy.deepcopy(good)
+    _mutations()[name](bad)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, schema, format_checker=checker)
+
+
+def test_a_failed_report_validates_and_its_verdict_fields_agree(run_copy):
+    """The allow_unverified report (FAILED banner) is itself valid: verified false everywhere, an error, FAILED."""
+    lines = (run_copy / "ledger.jsonl").read_bytes().splitlines(keepends=True)
+    (run_copy / "ledger.jsonl").write_bytes(b"".join(lines[:3]) + lines[3].replace(b'"round":1', b'"round":7')
+                                            + b"".join(lines[4:]))
+    doc = json.loads(build_report(run_copy, allow_unverified=True).json.read_text())
+    jsonschema.validate(doc, load_schema("report-v1"), format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+    integ = doc["sections"]["integrity"]
+    assert doc["verified"] is False and integ["verified"] is False and integ["error"]
+    assert integ["verdict"].startswith("FAILED")
