@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from audits.canonical import canonical_bytes, parse_canonical, sha256_hex
 from audits.errors import (LedgerIntegrityError, ReceiptIntegrityError, RecordSchemaError, UnknownEventType,
-                           UnknownSchemaVersion, UnsignedRecordError)
+                           UnknownSchemaVersion, UnsignedReceiptRecordError, UnsignedRecordError)
 from audits.keys import verify_signature
 from audits.ledger_schema import LEDGER
 from audits.log_spec import GENESIS_PREV_HASH, LogSpec
@@ -56,6 +56,7 @@ def verify_chain(data: bytes, public_key: Ed25519PublicKey, *, allow_torn_tail: 
     ``source`` names the log in errors (default: ``spec.name``)."""
     src = source or spec.name
     integrity = LedgerIntegrityError if spec.name == "ledger" else ReceiptIntegrityError
+    unsigned = UnsignedRecordError if spec.name == "ledger" else UnsignedReceiptRecordError
     key_name = "keys/ledger.pub" if spec.name == "ledger" else f"the {spec.name}'s public key"
 
     def fail(cls, i, reason, kind=None):
@@ -78,7 +79,7 @@ def verify_chain(data: bytes, public_key: Ed25519PublicKey, *, allow_torn_tail: 
             raise fail(integrity, i, "record is not a JSON object")
         kind = _kind(rec)
         if "signature" not in rec:
-            raise fail(UnsignedRecordError, i, "record has no signature", kind)
+            raise fail(unsigned, i, "record has no signature", kind)
         sig = rec["signature"]
         if not (isinstance(sig, str) and len(sig) == 128 and all(c in "0123456789abcdef" for c in sig)):
             raise fail(integrity, i, "signature is not 128 lowercase hex characters", kind)

@@ -15,6 +15,7 @@ Every error renders as one clear line (``str(err)``), which is what the CLI prin
     │   ├── LedgerIntegrityError       bytes/canonical form/seq/prev_hash/signature (tampering, truncation)
     │   │   ├── UnsignedRecordError    a record without a signature
     │   │   └── ReceiptIntegrityError  the same checks failing on a site's receipt (byte change, wrong key, reorder)
+    │   │       └── UnsignedReceiptRecordError  a receipt record without a signature (also an UnsignedRecordError)
     │   ├── UnknownSchemaVersion       a validly signed record of a schema version this verifier does not know
     │   ├── RecordSchemaError          envelope or payload does not match its JSON schema / run order
     │   │   └── UnknownEventType       a DP event whose "type" this verifier cannot account
@@ -92,6 +93,10 @@ class UnsignedRecordError(LedgerIntegrityError):
 
 class ReceiptIntegrityError(LedgerIntegrityError):
     """A site receipt's bytes, canonical form, sequence, hash chain or signature (under the site's key) fail."""
+
+
+class UnsignedReceiptRecordError(UnsignedRecordError, ReceiptIntegrityError):
+    """A site receipt's record carries no signature (both an unsigned record and a receipt integrity failure)."""
 
 
 class UnknownSchemaVersion(VerificationError):

@@ -380,3 +380,15 @@ def test_prv_receipts_are_checked_with_pld(tmp_path):
                           "accountant": "prv"})
     w.close()
     assert verify_receipt(tmp_path / "s1", public_key=key.public_key()).spends[0].accountant == "prv"
+
+
+def test_a_receipt_record_without_its_signature_is_a_receipt_integrity_error(pristine_site_run):
+    """The byte flip hypothesis found ("signature" -> "signaturd"): still a ReceiptIntegrityError at that record."""
+    from audits.errors import UnsignedRecordError
+
+    path = _receipt(pristine_site_run, "site-b")
+    lines = _lines(path)
+    blob = b"".join(lines[:1]) + lines[1].replace(b'"signature":', b'"signaturd":') + b"".join(lines[2:])
+    with pytest.raises(ReceiptIntegrityError) as ei:
+        verify_chain(blob, load_site_public_key(path.parent), spec=RECEIPT)
+    assert isinstance(ei.value, UnsignedRecordError) and ei.value.record_index == 1
