@@ -351,9 +351,25 @@ def _training(rep, records) -> dict[str, Any]:
     }
 
 
-def _utility(run_dir: Path, figs: dict[str, bytes]) -> dict[str, Any]:
+UTILITY_METRICS = ("fid", "loss")
+
+
+def _same(a: float, b: float) -> bool:
+    return abs(a - b) <= 1e-9 * max(abs(a), abs(b)) + 1e-9
+
+
+def _utility(run_dir: Path, records, figs: dict[str, bytes]) -> dict[str, Any]:
+    """FID and loss per round from the signed round_end records; metrics.jsonl (unsigned) only when the ledger
+    carries none, and every disagreement between the two is listed (the signed value is the one shown)."""
     out: dict[str, Any] = {"metrics_source": "metrics.jsonl (not signed)", "fid": NR, "loss": NR,
-                           "figures": [], "samples": [], "notes": []}
+                           "figures": [], "samples": [], "notes": [], "mismatches": []}
+    signed: dict[str, dict[int, float]] = {m: {} for m in UTILITY_METRICS}
+    for _, p in _by_kind(records, "round_end"):
+        for m in UTILITY_METRICS:
+            v = (p.get("metrics") or {}).get(m)
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                signed[m][p["round"]] = float(v)
+    unsigned: dict[str, dict[int, float]] = {m: {} for m in UTILITY_METRICS}
     mpath = run_dir / "metrics.jsonl"
     fid, loss = [], []
     if mpath.is_file():
@@ -372,6 +388,21 @@ def _utility(run_dir: Path, figs: dict[str, bytes]) -> dict[str, Any]:
                 loss.append((r, float(m["loss"])))
     else:
         out["notes"].append("metrics.jsonl not present")
+    for m, pairs in (("fid", fid), ("loss", loss)):
+        unsigned[m] = dict(pairs)
+    if any(signed.values()):
+        out["metrics_source"] = "round_end records of the signed ledger (metrics.jsonl, not signed, cross-checked)"
+        for m in UTILITY_METRICS:
+            for r, v in sorted(unsigned[m].items()):
+                if r in signed[m] and not _same(signed[m][r], v):
+                    out["mismatches"].append({"round": r, "metric": m, "signed": signed[m][r], "unsigned": v})
+                elif r not in signed[m]:
+                    out["notes"].append(f"metrics.jsonl has {m} for round {r}, which the signed ledger does not "
+                                        "record; not shown")
+        fid, loss = sorted(signed["fid"].items()), sorted(signed["loss"].items())
+        for x in out["mismatches"]:
+            out["notes"].append(f"MISMATCH: metrics.jsonl (not signed) says {x['metric']} = {x['unsigned']:g} for "
+                                f"round {x['round']}, the signed ledger {x['signed']:g}; the signed value is shown")
     if fid:
         out["fid"] = [{"round": r, "fid": v} for r, v in fid]
         figs["fid.png"] = figures.metric_figure(fid, ylabel="FID (lower is better)", title="FID per round")
@@ -497,7 +528,7 @@ def build_report(run_dir: str | Path, *, pdf: bool = False, allow_unverified: bo
         "secure_aggregation": _secure_agg(records),
         "data_governance": _data_gov(records),
         "training": _training(rep, records),
-        "utility": _utility(run_dir, figs),
+        "utility": _utility(run_dir, records, figs),
         "empirical_audit": _empirical(run_dir, figs),
         "environment": _environment(rep, records),
         "limitations": _limitations(rep, records),

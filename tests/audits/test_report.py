@@ -253,3 +253,26 @@ def test_a_failed_report_validates_and_its_verdict_fields_agree(run_copy):
     integ = doc["sections"]["integrity"]
     assert doc["verified"] is False and integ["verified"] is False and integ["error"]
     assert integ["verdict"].startswith("FAILED")
+
+
+def test_utility_shows_the_signed_values_and_flags_an_edited_metrics_file(run_copy):
+    """Issue 16: §10 reads FID/loss from the signed round_end records; an edited metrics.jsonl is flagged."""
+    lines = [json.loads(x) for x in (run_copy / "metrics.jsonl").read_text().splitlines()]
+    signed_fid = lines[-1]["fid"]
+    lines[-1]["fid"] = 12.3
+    (run_copy / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in lines))
+    paths = build_report(run_copy)
+    u = json.loads(paths.json.read_text())["sections"]["utility"]
+    assert "signed ledger" in u["metrics_source"]
+    assert [r["fid"] for r in u["fid"]] == [120.0 / r for r in range(1, ROUNDS + 1)]
+    assert u["mismatches"] == [{"round": ROUNDS, "metric": "fid", "signed": signed_fid, "unsigned": 12.3}]
+    assert any("MISMATCH" in n and "12.3" in n for n in u["notes"])
+    page = html.unescape(paths.html.read_text())
+    assert "disagrees with the signed ledger" in page
+
+
+def test_utility_without_mismatch_lists_none(built):
+    _, paths = built
+    u = json.loads(paths.json.read_text())["sections"]["utility"]
+    assert u["mismatches"] == [] and "signed ledger" in u["metrics_source"]
+    assert "disagrees with the signed ledger" not in paths.html.read_text()
