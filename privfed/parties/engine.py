@@ -41,7 +41,6 @@ class InProcessEngine:
         self.reseal = reseal
         self.observer = observer or (lambda direction, m: None)
         self._silent: dict[int, set[int]] = {}
-        self.log: list[tuple[str, int, int, str]] = []   # (direction, round, site, kind): what crossed
 
     def send(self, messages: Mapping[int, M.Message],
              on_reply: Callable[[int, M.Message], None] | None = None) -> dict[int, M.Message]:
@@ -56,7 +55,6 @@ class InProcessEngine:
             if sid in self.drop_plan(msg.round) and self.releases(msg):
                 silent.add(sid)          # goes silent before releasing anything of this round
                 continue
-            self.log.append(("to_site", msg.round, sid, msg.kind))
             delivered = _transport(msg)
             self.observer("to_site", delivered)
             if self.reseal:
@@ -64,7 +62,6 @@ class InProcessEngine:
                 site.unseal_state(site.seal_state(), round_index=msg.round)
             reply = _transport(site.handle(delivered))
             self.observer("to_server", reply)
-            self.log.append(("to_server", reply.round, sid, reply.kind))
             out[sid] = reply
             if on_reply is not None:
                 on_reply(sid, reply)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -98,20 +97,14 @@ def init_site(site_dir: str | Path, site_id: int | None = None) -> SiteIdentity:
 
 
 def load_identity(site_dir: str | Path) -> SiteIdentity:
-    """Load a site's identity; refuses a missing key or one readable by group or others."""
-    path = Path(site_dir) / KEY_FILE
+    """Load a site's identity; refuses a missing key or one readable by group or others (SiteKeyError)."""
+    from audits.errors import LedgerKeyError
+    from audits.receipt import load_site_private_key
+
     try:
-        st = path.stat()
-    except FileNotFoundError:
-        raise SiteKeyError(f"{path}: site identity key not found (create it with `privfed site init`)") from None
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise SiteKeyError(f"{path}: permissions {stat.S_IMODE(st.st_mode):04o}; a site key must be 0600")
-    try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except (ValueError, TypeError) as e:
-        raise SiteKeyError(f"{path}: not an unencrypted PEM private key ({e})") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise SiteKeyError(f"{path}: not an Ed25519 key")
+        key = load_site_private_key(site_dir)
+    except LedgerKeyError as e:
+        raise SiteKeyError(f"site identity: {e} (create it with `privfed site init`)") from None
     return SiteIdentity(Path(site_dir), key)
 
 
