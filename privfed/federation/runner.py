@@ -22,7 +22,7 @@ import torch
 from privfed.config import RunConfig
 from privfed.data import client_summary, load_dataset, partition_indices
 from privfed.data.dataset import DatasetSplits, ImageDataset
-from privfed.errors import RunDirError, UnknownSiteError
+from privfed.errors import RunDirError, SiteKeyError, UnknownSiteError
 from privfed.federation.aggregation import KeyHolderChannel, build_aggregator, releases_update
 from privfed.federation.privacy import run_cap, server_privacy
 from privfed.federation.seeding import derive_seed, numpy_generator, torch_generator
@@ -156,16 +156,26 @@ class FederatedRun:
         roster_path = self.dir.root / "roster.json"
         enrolled = roster_path.exists()       # a resumed run: identities must exist, never be replaced
         idents = {}
+        self.missing_sites: dict[int, str] = {}   # site -> why it cannot take part (resume without its key)
         for cid in ids:
             sdir = self.dir.root / "sites" / str(cid)
-            idents[cid] = load_identity(sdir) if enrolled else load_or_init(sdir)
+            if enrolled:
+                try:
+                    idents[cid] = load_identity(sdir)
+                except SiteKeyError as e:
+                    self.missing_sites[cid] = str(e)      # the run goes on without it; never re-enrolled
+                    continue
+            else:
+                idents[cid] = load_or_init(sdir)
             if not (sdir / "site.toml").exists():
                 self._site_policy(cid, server_fp).save(sdir)
-        self.roster = Roster({c: i.public_key for c, i in idents.items()})
         if enrolled:
-            if Roster.load(roster_path).fingerprint != self.roster.fingerprint:
-                raise UnknownSiteError(f"{roster_path}: the sites' identity keys no longer match the run's roster")
+            self.roster = Roster.load(roster_path)
+            for cid, ident in idents.items():
+                if self.roster.raw().get(cid) != ident.public_key.public_bytes_raw():
+                    raise UnknownSiteError(f"{roster_path}: site {cid}'s identity key is not the run's roster key")
         else:
+            self.roster = Roster({c: i.public_key for c, i in idents.items()})
             self.roster.save(roster_path)
         self.key_holder = None
         if self.cfg.secure_agg.mode == "ckks":
@@ -176,7 +186,7 @@ class FederatedRun:
                                         server_key=server_key.public_key(), roster_ids=ids,
                                         min_contributors=max(2, self.cfg.secure_agg.min_clients))
         self.sites = {}
-        for cid in ids:
+        for cid in (c for c in ids if c not in self.missing_sites):
             site = Site(cid, site_dir=self.dir.root / "sites" / str(cid), data=self.client_data[cid], cfg=self.cfg,
                         run_id=run_id, delta=self.privacy.delta, roster=self.roster,
                         server_key=server_key.public_key(), device=str(self.device),
@@ -240,6 +250,11 @@ class FederatedRun:
                 self.model = load_unet(path / "unet").to(self.device)
                 self.dir.truncate_metrics_after(start)
                 self.ledger.append("resume", {"from_round": start})
+                for cid, why in sorted(self.missing_sites.items()):
+                    # named, recorded, and the rounds go on without the site (or stop cleanly below min_clients)
+                    self.ledger.append("site_event", {"round": start + 1, "client": str(cid), "event": "excluded",
+                                                      "error": "SiteKeyError", "reason": why})
+                    self.reporter.note(f"site {cid} cannot take part: {why}")
                 self.reporter.note(f"resuming {self.dir.root} after round {start}")
                 self.privacy.restore(records)
             self._participants: dict[int, list[int]] = {}

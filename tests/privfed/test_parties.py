@@ -233,17 +233,28 @@ def test_a_replayed_round_offer_is_refused(tmp_path, tiny_config):
 
 
 def test_a_site_whose_key_is_not_the_rosters_refuses_to_start_and_resume_never_reenrols(tmp_path, tiny_config):
+    from privfed.federation.runner import SilentReporter
     from privfed.parties.site import Site
 
-    cfg = tiny_config.replace(fed={"rounds": 1}, eval_every=1)
-    run = FederatedRun.create(cfg, tmp_path / "r")
-    run.run()
+    class CrashIn2(SilentReporter):
+        def client_done(self, round_index, client_id, reply):
+            if round_index == 2:
+                raise KeyboardInterrupt
+
+    cfg = tiny_config.replace(fed={"rounds": 2, "min_clients": 2}, eval_every=2)
+    run = FederatedRun.create(cfg, tmp_path / "r", reporter=CrashIn2())
+    with pytest.raises(KeyboardInterrupt):
+        run.run()
     keys = {c: run.roster.public_key(c) for c in run.roster.ids}
     keys[0] = Ed25519PrivateKey.generate().public_key()          # the roster names another key for site 0
     with pytest.raises(UnknownSiteError, match="roster"):
         Site(0, site_dir=tmp_path / "r" / "sites" / "0", data=run.client_data[0], cfg=cfg, run_id="x",
              delta=None, roster=Roster(keys), server_key=Ed25519PrivateKey.generate().public_key())
-    (tmp_path / "r" / "sites" / "1" / "identity.key").unlink()    # a site lost its key: resume stops, names it
-    with pytest.raises(SiteKeyError, match="not found"):
-        FederatedRun.resume(tmp_path / "r").run()
-    assert not (tmp_path / "r" / "sites" / "1" / "identity.key").exists()
+    (tmp_path / "r" / "sites" / "1" / "identity.key").unlink()    # a site lost its key before the resume
+    res = FederatedRun.resume(tmp_path / "r").run()
+    assert res.rounds_completed == 2                             # the run goes on without it ...
+    assert not (tmp_path / "r" / "sites" / "1" / "identity.key").exists()     # ... and never re-enrols it
+    ev = [e for e in _records(tmp_path / "r", "site_event") if e["error"] == "SiteKeyError"]
+    assert [(e["client"], e["event"], e["round"]) for e in ev] == [("1", "excluded", 2)]
+    assert _records(tmp_path / "r", "round_start")[-1]["selected"] == ["0", "2"]
+    assert verify_run(tmp_path / "r").complete
