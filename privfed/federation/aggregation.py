@@ -104,7 +104,7 @@ class SecureAggregator:
 
     def aggregate(self, exchange: Exchange, *, round_index: int, participants: Sequence[int],
                   weights: Mapping[int, float], dim: int) -> AggregateResult:
-        from secure_agg import ServerSession, codec
+        from secure_agg import ServerSession
         from secure_agg.errors import ProtocolAbort
 
         wt = float(sum(weights[c] for c in participants))
@@ -117,18 +117,15 @@ class SecureAggregator:
             while True:
                 fields, arrays = {}, {}
                 for c, msg in out.items():
-                    conf, arr = codec.encode(msg)
-                    fields[c] = {"weight_total": wt, **{M.SA_PREFIX + k: v for k, v in conf.items()}}
-                    arrays[c] = {M.SA_PREFIX + k: v for k, v in arr.items()}
+                    conf, arrays[c] = M.wrap_protocol(msg)
+                    fields[c] = {"weight_total": wt, **conf}
                 replies = exchange("secagg", fields, arrays)
                 inner = []
                 for c, m in sorted(replies.items()):
                     try:
                         if m.kind != "secagg_reply":
                             raise M.InvalidMessage(f"expected secagg_reply, got {m.kind}")
-                        conf = {k[len(M.SA_PREFIX):]: v for k, v in m.fields.items() if k.startswith(M.SA_PREFIX)}
-                        arr = {k[len(M.SA_PREFIX):]: v for k, v in m.arrays.items() if k.startswith(M.SA_PREFIX)}
-                        sm = codec.decode(conf, arr)
+                        sm = M.unwrap_protocol(m)
                     except M.InvalidMessage as e:
                         excluded[c] = type(e).__name__
                         continue
@@ -324,11 +321,7 @@ def releases_update(msg: M.Message) -> bool:
         return True
     if msg.kind != "secagg":
         return False
-    from secure_agg import codec
-
-    conf = {k[len(M.SA_PREFIX):]: v for k, v in msg.fields.items() if k.startswith(M.SA_PREFIX)}
-    arr = {k[len(M.SA_PREFIX):]: v for k, v in msg.arrays.items() if k.startswith(M.SA_PREFIX)}
     from secure_agg.messages import CiphertextBroadcast
 
     # the reply to the ciphertext broadcast is the site's masked input
-    return isinstance(codec.decode(conf, arr), CiphertextBroadcast)
+    return isinstance(M.unwrap_protocol(msg), CiphertextBroadcast)

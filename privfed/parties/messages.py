@@ -130,6 +130,23 @@ def make(kind: str, *, run_id: str, round_index: int, sender: int, receiver: int
     return Message(kind, run_id, int(round_index), int(sender), int(receiver), fields, arrays)
 
 
+def wrap_protocol(msg) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """A ``secure_agg`` stage message as (fields, arrays) under the ``sa.`` prefix of a secagg message."""
+    from secure_agg import codec
+
+    conf, arr = codec.encode(msg)
+    return {SA_PREFIX + k: v for k, v in conf.items()}, {SA_PREFIX + k: v for k, v in arr.items()}
+
+
+def unwrap_protocol(m: Message):
+    """The ``secure_agg`` stage message carried by a secagg message (InvalidMessage if malformed)."""
+    from secure_agg import codec
+
+    conf = {k[len(SA_PREFIX):]: v for k, v in m.fields.items() if k.startswith(SA_PREFIX)}
+    arr = {k[len(SA_PREFIX):]: v for k, v in m.arrays.items() if k.startswith(SA_PREFIX)}
+    return codec.decode(conf, arr)
+
+
 def _signed_bytes(m: Message) -> bytes:
     body = {"v": VERSION, "kind": m.kind, "run": m.run_id, "round": m.round, "from": m.sender, "to": m.receiver,
             "fields": {k: (v.hex() if isinstance(v, bytes) else

@@ -183,16 +183,19 @@ class Site:
                                  generator=torch_generator(self.cfg.seed, "client", msg.round, self.id))
         self._round.update(stage="trained", update=upd)
         ev = upd.dp or {"type": "none", "noise_multiplier": 0.0, "sample_rate": 0.0, "steps": 0}
-        w = upd.weight if upd.weight is not None else self.privacy.weight()
-        return "train_reply", {"num_examples": int(upd.num_examples), "weight": float(w), "loss": float(upd.loss),
+        return "train_reply", {"num_examples": int(upd.num_examples), "weight": self._update_weight(upd),
+                               "loss": float(upd.loss),
                                "steps": int(upd.steps), "event_type": ev["type"],
                                "noise_multiplier": float(ev["noise_multiplier"]),
                                "sample_rate": float(ev["sample_rate"]), "event_steps": int(ev["steps"])}, {}
 
+    def _update_weight(self, upd) -> float:
+        """FedAvg weight of this round's update: its own (DP-FedAvg: 1) or the site's example count."""
+        return float(upd.weight if upd.weight is not None else self.privacy.weight())
+
     def _weighted(self, weight_total: float) -> np.ndarray:
         upd = self._round["update"]
-        w = (upd.weight if upd.weight is not None else self.privacy.weight()) / weight_total
-        return (upd.delta.double() * w).numpy()
+        return (upd.delta.double() * (self._update_weight(upd) / weight_total)).numpy()
 
     def _charge_release(self, round_index: int) -> None:
         """The update leaves the site now: charge its DP event (once per round) in the site's own receipt."""
@@ -202,7 +205,10 @@ class Site:
         upd = self._round["update"]
         if upd.dp is None or self.receipt is None:
             return
-        event = event_from_payload(upd.dp)
+        self._record_spend(round_index, event_from_payload(upd.dp))
+
+    def _record_spend(self, round_index: int, event) -> None:
+        """Charge ``event`` to the site's own accountant and sign it into its receipt."""
         eps = self.privacy.charge(event)
         self.receipt.append("dp_spend", {"round": round_index, "unit": self.privacy.unit, "event": event_payload(event),
                                          "delta": self.privacy.delta, "accountant": self.cfg.dp.accountant,
@@ -215,10 +221,10 @@ class Site:
         vec = self._weighted(msg.fields["weight_total"])
         self._charge_release(msg.round)
         self._round["stage"] = "done"
-        return "plain_update", {"weight": float(self.privacy.weight())}, {"delta": vec}
+        return "plain_update", {"weight": self._update_weight(self._round["update"])}, {"delta": vec}
 
     def _secagg(self, msg: M.Message):
-        from secure_agg import SiteSession, codec
+        from secure_agg import SiteSession
 
         if self._round.get("stage") == "trained" and self._round.get("round") == msg.round:
             session = SiteSession(self.id, run_id=self.run_id, round_index=msg.round,
@@ -229,14 +235,10 @@ class Site:
             self._round.update(stage="secagg", session=session, weight_total=msg.fields["weight_total"])
             session.set_input(self._masking_input())
         self._expect(msg, "secagg")
-        conf = {k[len(M.SA_PREFIX):]: v for k, v in msg.fields.items() if k.startswith(M.SA_PREFIX)}
-        arr = {k[len(M.SA_PREFIX):]: v for k, v in msg.arrays.items() if k.startswith(M.SA_PREFIX)}
-        reply = self._round["session"].handle(codec.decode(conf, arr))
+        reply = self._round["session"].handle(M.unwrap_protocol(msg))
         if getattr(reply, "stage", "") == "masked_input":
             self._charge_release(msg.round)
-        conf, arr = codec.encode(reply)
-        return ("secagg_reply", {M.SA_PREFIX + k: v for k, v in conf.items()},
-                {M.SA_PREFIX + k: v for k, v in arr.items()})
+        return ("secagg_reply", *M.wrap_protocol(reply))
 
     def _ckks(self, msg: M.Message):
         """Encrypt the clipped, weighted update under the key holder's public context (checked first: signed by
@@ -283,12 +285,9 @@ class Site:
         """End of round. Under DP-FedAvg the server's mechanism charges every site: the site records it."""
         f = msg.fields
         if f["charged"] and self.receipt is not None:
-            ev = {"type": f["event_type"], "noise_multiplier": f["noise_multiplier"],
-                  "sample_rate": f["sample_rate"], "steps": f["event_steps"]}
-            eps = self.privacy.charge(event_from_payload(ev))
-            self.receipt.append("dp_spend", {"round": msg.round, "unit": self.privacy.unit, "event": ev,
-                                             "delta": self.privacy.delta, "accountant": self.cfg.dp.accountant,
-                                             "epsilon": eps})
+            self._record_spend(msg.round, event_from_payload(
+                {"type": f["event_type"], "noise_multiplier": f["noise_multiplier"],
+                 "sample_rate": f["sample_rate"], "steps": f["event_steps"]}))
         self._round = {}
         return "close_reply", {}, {}
 
