@@ -38,12 +38,13 @@ def payload_error(kind: str, payload: Mapping[str, Any]) -> str | None:
 
 
 def small_cell_error(payload: Mapping[str, Any]) -> str | None:
-    """For a data_summary payload: a count in 1..k-1 must be published as the string "<k" (k = threshold)."""
+    """For a data_summary payload: a count in 1..k-1 must be published as the string "<k" (k = threshold), or as
+    "suppressed" (a small cell or its complement, ``suppression: complementary``)."""
     k = payload["suppression_threshold"]
     for cid, entry in payload["clients"].items():
         cells = [("n", entry["n"])] + [(f"label_counts/{lab}", c) for lab, c in entry["label_counts"].items()]
         for name, c in cells:
-            if isinstance(c, str) and c != f"<{k}":
+            if isinstance(c, str) and c != f"<{k}" and not (c == "suppressed" and name != "n"):
                 return f"clients/{cid}/{name}: suppressed count must read '<{k}', got {c!r}"
             if isinstance(c, int) and 0 < c < k:
                 return f"clients/{cid}/{name}: count {c} is below the suppression threshold {k}; write '<{k}'"

@@ -49,14 +49,22 @@ class RichReporter:
         console.print(f"[bold]privfed[/] {info['dataset']}: {info['train']} train / {info['test']} test images "
                       f"({info['image']}), {len(info['clients'])} clients, UNet {info['parameters']:,} parameters, "
                       f"device {info['device']}")
-        table = Table(title="Per-client data (counts only)", show_lines=False)
+        from privfed.run_ledger import SUPPRESSION_THRESHOLD, suppress_row
+
+        k = SUPPRESSION_THRESHOLD
+        table = Table(title=f"Per-client data (counts only; cells below {k} and their complements suppressed, "
+                            "as in the ledger)", show_lines=False)
         table.add_column("client", justify="right")
         table.add_column("n", justify="right")
         table.add_column("label counts")
         for row in info["clients"]:
+            shown = suppress_row(row["label_counts"], k=k)
             table.add_row(str(row["client"]), str(row["n"]),
-                          " ".join(f"{k}:{v}" for k, v in row["label_counts"].items() if v))
+                          " ".join(f"{lab}:{'s' if v == 'suppressed' else v}" for lab, v in shown.items() if v))
         console.print(table)
+        if any(v == "suppressed" for row in info["clients"] for v in suppress_row(row["label_counts"], k=k).values()):
+            console.print(f"s: suppressed (a count of 1–{k - 1}, or a complementary cell suppressed with it so that "
+                          "it cannot be recovered from n)")
         for line in info.get("notes", []):
             console.print(line)
         self.rounds = self.p.add_task("rounds", total=total_rounds, completed=done_rounds)

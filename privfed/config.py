@@ -240,6 +240,25 @@ class SecAggConfig:
         return t
 
 
+@dataclass(frozen=True, kw_only=True)
+class OperatorConfig:
+    """Who runs the federation: recorded in the signed ledger (run_start) and shown on the audit report's first page.
+
+    Free text, no secrets: e.g. name = "J. Doe", organisation = "Example Hospital, Data Science Unit".
+    """
+
+    name: str | None = None
+    organisation: str | None = None
+    contact: str | None = None        # an e-mail address or role a data-protection officer can write to
+
+    def __post_init__(self) -> None:
+        _check_types(self, "operator")
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if v is not None and (not v.strip() or len(v) > 200):
+                raise ConfigError(f"operator.{f.name} must be non-empty text of at most 200 characters; got {v!r}")
+
+
 def sites_per_round(fed: FedConfig) -> int:
     """Sites selected per round, rounded as the runner draws them: max(1, round(fraction·clients)).
 
@@ -261,6 +280,7 @@ class RunConfig:
     fed: FedConfig = field(default_factory=FedConfig)
     dp: DPConfig = field(default_factory=DPConfig)
     secure_agg: SecAggConfig = field(default_factory=SecAggConfig)
+    operator: OperatorConfig = field(default_factory=OperatorConfig)
 
     def __post_init__(self) -> None:
         _check_types(self, "")
@@ -338,7 +358,8 @@ def _build(cls, raw: Mapping[str, Any], where: str):
     return cls(**kwargs)
 
 
-_SECTIONS = {"data": DataConfig, "model": ModelConfig, "fed": FedConfig, "dp": DPConfig, "secure_agg": SecAggConfig}
+_SECTIONS = {"data": DataConfig, "model": ModelConfig, "fed": FedConfig, "dp": DPConfig, "secure_agg": SecAggConfig,
+             "operator": OperatorConfig}
 
 
 @functools.cache

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import platform
+import subprocess
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -39,11 +41,69 @@ def hardware() -> dict[str, Any]:
 
 
 def run_start(cfg: RunConfig, config_path: Path, *, dp_noise_rng: str) -> dict[str, Any]:
-    return {"config_hash": hashlib.sha256(config_path.read_bytes()).hexdigest(), "config": cfg.to_dict(),
+    config_hash = hashlib.sha256(config_path.read_bytes()).hexdigest()
+    return {"run_id": config_hash[:32],  # as the runner names the run (pins.txt, roster, receipts)
+            "config_hash": config_hash, "config": cfg.to_dict(),
             "versions": package_versions(), "hardware": hardware(), "dp_mode": cfg.dp.mode,
             "secure_agg_mode": cfg.secure_agg.mode, "dp_noise_rng": dp_noise_rng,
             "public_pretrain": public_pretrain_description(cfg),
-            "intended_use": "research and evaluation of federated generative models on privacy-bound image data"}
+            "intended_use": "research and evaluation of federated generative models on privacy-bound image data",
+            "operator": {k: v for k, v in dataclasses.asdict(cfg.operator).items() if v is not None},
+            "source": source_version(), "dataset_fingerprint": dataset_fingerprint(cfg)}
+
+
+def source_version() -> dict[str, Any]:
+    """The privfed package version and, when it runs from a git checkout, the commit and whether the tracked files
+    differ from it (for the report's first page); never fails a run."""
+    out: dict[str, Any] = {"package": "privfed", "version": package_versions()["privfed"]}
+    root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        return out
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=20, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return out
+    if len(commit) in (40, 64):
+        out["commit"] = commit
+        out["modified"] = bool(dirty)
+    return out
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def dataset_fingerprint(cfg: RunConfig) -> dict[str, Any]:
+    """SHA-256 of the dataset's source file(s) as read from disk (a folder: of the sorted (path, file hash) list),
+    so an auditor can check which data the run used. Counts and images are never recorded."""
+    d = cfg.data
+    try:
+        if d.dataset == "digits":
+            import sklearn.datasets as skd
+
+            f = Path(skd.__file__).parent / "data" / "digits.csv.gz"
+            return {"source": "scikit-learn bundled digits (digits.csv.gz)", "sha256": _sha256_file(f)}
+        if d.path and Path(d.path).is_file():
+            return {"source": f"{d.dataset}: {Path(d.path).name}", "sha256": _sha256_file(Path(d.path))}
+        if d.path and Path(d.path).is_dir():
+            root = Path(d.path)
+            files = sorted(p for p in root.rglob("*") if p.is_file())
+            listing = "".join(f"{p.relative_to(root).as_posix()}\t{_sha256_file(p)}\n" for p in files)
+            return {"source": f"folder {root.name}/ ({len(files)} files)",
+                    "sha256": hashlib.sha256(listing.encode()).hexdigest()}
+        local = Path.home() / ".medmnist" / f"{d.dataset}.npz"
+        if local.is_file():
+            return {"source": f"{d.dataset}: {local.name}", "sha256": _sha256_file(local)}
+    except (OSError, ImportError):
+        pass
+    return {"source": d.dataset}
 
 
 def public_pretrain_description(cfg: RunConfig) -> str:
@@ -56,16 +116,51 @@ def public_pretrain_description(cfg: RunConfig) -> str:
             f"matplotlib, seeded from the run seed; public data, no site data, no privacy budget spent")
 
 
-def _suppress(count: int, k: int) -> int | str:
-    return f"<{k}" if 0 < count < k else int(count)
+SUPPRESSED = "suppressed"
+
+
+def suppress_row(label_counts: Mapping[str, int], *, k: int = SUPPRESSION_THRESHOLD) -> dict[str, int | str]:
+    """One site's label counts with small cells (1..k-1) and complementary cells suppressed.
+
+    A site's total n is public (the DP sample rate q = batch/n in every DP event gives it away), so suppressing
+    the small cells alone is undone by subtraction: n minus the published cells. Whenever a row has a small cell,
+    the smallest non-zero cells of at least k (with every cell tied to them) are suppressed too, until at least
+    two cells are suppressed and together they hold at least 2k images. Every suppressed cell is published as the
+    same word, so a reader learns their total, not which label is the rare one nor its count. Zeros are published
+    (a zero is no individual). A row without any cell of at least k cannot be protected this way;
+    ``rows_left_exposed`` names such rows.
+    """
+    counts = {str(lab): int(c) for lab, c in label_counts.items()}
+    small = {lab for lab, c in counts.items() if 0 < c < k}
+    if not small:
+        return dict(counts)
+    hidden = set(small)
+    rest = sorted({c for lab, c in counts.items() if c >= k})
+    for value in rest:
+        if len(hidden) >= 2 and sum(counts[lab] for lab in hidden) >= 2 * k and hidden - small:
+            break
+        hidden |= {lab for lab, c in counts.items() if c == value}
+    return {lab: (SUPPRESSED if lab in hidden else c) for lab, c in counts.items()}
+
+
+def rows_left_exposed(label_counts: Mapping[str, int], *, k: int = SUPPRESSION_THRESHOLD) -> bool:
+    """True when complementary suppression cannot hide a small cell: the row has no cell of at least k to suppress
+    with it (e.g. a site with fewer than k images of every label), so a reader who knows n knows that every
+    suppressed label there is rare."""
+    cs = [int(c) for c in label_counts.values()]
+    return any(0 < c < k for c in cs) and not any(c >= k for c in cs)
+
+
+def _small_total(n: int, k: int) -> int | str:
+    return f"<{k}" if 0 < n < k else n
 
 
 def data_summary(summary: Iterable[Mapping[str, Any]], *, k: int = SUPPRESSION_THRESHOLD) -> dict[str, Any]:
-    """Per-client counts with small cells suppressed, so that a rare label at one site is not singled out."""
-    return {"suppression_threshold": k,
-            "clients": {str(row["client"]): {"n": _suppress(row["n"], k),
-                                             "label_counts": {lab: _suppress(c, k)
-                                                              for lab, c in row["label_counts"].items()}}
+    """Per-client counts with small cells and their complements suppressed (``suppress_row``), so that a rare label
+    at one site is not singled out, not even by subtracting the published cells from the site's total n."""
+    return {"suppression_threshold": k, "suppression": "complementary",
+            "clients": {str(row["client"]): {"n": _small_total(int(row["n"]), k),
+                                             "label_counts": suppress_row(row["label_counts"], k=k)}
                         for row in summary}}
 
 
