@@ -82,6 +82,10 @@ class FederatedRun:
         self.gradient_canaries = None    # set by the empirical audit (privfed.federation.canaries)
         self.reseal_state = False        # seal and unseal every site's round state at each message (Flower's path)
         self.observer = None             # callable(direction, message): sees every message the engine moves
+        # remote sites (the Flower engine): the sites run elsewhere; this process holds only the server's side and
+        # reaches them through `engine_factory(drop_plan=, releases=, observer=)`
+        self.remote_sites = False
+        self.engine_factory: Callable[..., Any] | None = None
         self.device = torch.device(cfg.device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise RunDirError("--device cuda requested but no CUDA device is available")
@@ -148,35 +152,70 @@ class FederatedRun:
                           require_secure_aggregation=sa.mode != "off",
                           server_key=server_fp)
 
+    def server_key(self):
+        """The server's (ledger's) signing key, generated on first use (mode 0600; the sites pin its public half)."""
+        from audits.keys import PUBLIC_KEY_RELPATH, generate_private_key, write_public_key
+
+        path = self.dir.root / PRIVATE_KEY_RELPATH
+        if path.exists():
+            return load_private_key(path)
+        key = generate_private_key(path)
+        write_public_key(self.dir.root / PUBLIC_KEY_RELPATH, key.public_key())
+        return key
+
+    def enroll_sites(self) -> Roster:
+        """Give every site of a new run its identity and pinned policy under ``RUN_DIR/sites/<id>/`` and write the
+        roster (``RUN_DIR/roster.json``); an enrolled run's roster is only read, never rewritten. The Flower launcher
+        calls this before it starts the sites' processes; the in-process engine calls it from :meth:`run`."""
+        from privfed.parties.identity import fingerprint
+
+        roster_path = self.dir.root / "roster.json"
+        if roster_path.exists():
+            return Roster.load(roster_path)
+        server_fp = fingerprint(self.server_key().public_key())
+        idents = {}
+        for cid in range(self.cfg.fed.clients):
+            sdir = self.dir.root / "sites" / str(cid)
+            idents[cid] = load_or_init(sdir)
+            if not (sdir / "site.toml").exists():
+                self._site_policy(cid, server_fp).save(sdir)
+        roster = Roster({c: i.public_key for c, i in idents.items()})
+        roster.save(roster_path)
+        return roster
+
     def _build_parties(self, run_id: str, server_key) -> None:
         from privfed.parties.identity import fingerprint
 
         server_fp = fingerprint(server_key.public_key())
         ids = list(range(self.cfg.fed.clients))
         roster_path = self.dir.root / "roster.json"
-        enrolled = roster_path.exists()       # a resumed run: identities must exist, never be replaced
+        self.sites = {}
+        if self.remote_sites:
+            # the sites hold their own keys on their own machines: the server knows them only by the roster
+            if not roster_path.exists():
+                raise RunDirError(f"{roster_path}: no roster; enroll the sites first (privfed site init)")
+            self.roster = Roster.load(roster_path)
+            self.missing_sites = {}
+            self.key_holder = None
+            return
+        if not roster_path.exists():
+            self.enroll_sites()                   # a new run
+        # from here on identities must exist and are never replaced (a resumed run without a key leaves it out)
         idents = {}
         self.missing_sites: dict[int, str] = {}   # site -> why it cannot take part (resume without its key)
         for cid in ids:
             sdir = self.dir.root / "sites" / str(cid)
-            if enrolled:
-                try:
-                    idents[cid] = load_identity(sdir)
-                except SiteKeyError as e:
-                    self.missing_sites[cid] = str(e)      # the run goes on without it; never re-enrolled
-                    continue
-            else:
-                idents[cid] = load_or_init(sdir)
+            try:
+                idents[cid] = load_identity(sdir)
+            except SiteKeyError as e:
+                self.missing_sites[cid] = str(e)      # the run goes on without it; never re-enrolled
+                continue
             if not (sdir / "site.toml").exists():
                 self._site_policy(cid, server_fp).save(sdir)
-        if enrolled:
-            self.roster = Roster.load(roster_path)
-            for cid, ident in idents.items():
-                if self.roster.raw().get(cid) != ident.public_key.public_bytes_raw():
-                    raise UnknownSiteError(f"{roster_path}: site {cid}'s identity key is not the run's roster key")
-        else:
-            self.roster = Roster({c: i.public_key for c, i in idents.items()})
-            self.roster.save(roster_path)
+        self.roster = Roster.load(roster_path)
+        for cid, ident in idents.items():
+            if self.roster.raw().get(cid) != ident.public_key.public_bytes_raw():
+                raise UnknownSiteError(f"{roster_path}: site {cid}'s identity key is not the run's roster key")
         self.key_holder = None
         if self.cfg.secure_agg.mode == "ckks":
             from privfed.parties.key_holder import KeyHolder
@@ -185,7 +224,6 @@ class FederatedRun:
             self.key_holder = KeyHolder(self.dir.root / "key_holder", run_id=run_id,
                                         server_key=server_key.public_key(), roster_ids=ids,
                                         min_contributors=max(2, self.cfg.secure_agg.min_clients))
-        self.sites = {}
         for cid in (c for c in ids if c not in self.missing_sites):
             site = Site(cid, site_dir=self.dir.root / "sites" / str(cid), data=self.client_data[cid], cfg=self.cfg,
                         run_id=run_id, delta=self.privacy.delta, roster=self.roster,
@@ -228,7 +266,7 @@ class FederatedRun:
             records = self.ledger.records
             done = {int(r["payload"]["round"]) for r in records if r["kind"] == "round_end"}
             latest = self.dir.latest_checkpoint(among=done)
-            server_key = load_private_key(self.dir.root / PRIVATE_KEY_RELPATH)
+            server_key = self.server_key()
             self._build_parties(run_id, server_key)
             if new_ledger:
                 self.ledger.append("run_start", ledger_payloads.run_start(
@@ -258,8 +296,12 @@ class FederatedRun:
                 self.reporter.note(f"resuming {self.dir.root} after round {start}")
                 self.privacy.restore(records)
             self._participants: dict[int, list[int]] = {}
-            engine = InProcessEngine(self.sites, drop_plan=self._dropouts, releases=releases_update,
-                                     reseal=self.reseal_state, observer=self.observer)
+            if self.engine_factory is not None:
+                engine = self.engine_factory(drop_plan=self._dropouts, releases=releases_update,
+                                             observer=self.observer, ledger=self.ledger)
+            else:
+                engine = InProcessEngine(self.sites, drop_plan=self._dropouts, releases=releases_update,
+                                         reseal=self.reseal_state, observer=self.observer)
             self.server = Server(cfg=cfg, run_id=run_id, config_hash=config_hash, roster=self.roster,
                                  key=server_key, ledger=self.ledger, privacy=self.privacy,
                                  aggregator=build_aggregator(cfg.secure_agg, run_id=run_id, roster=self.roster,
@@ -269,7 +311,9 @@ class FederatedRun:
             self.server.on_participants = lambda r, ids: self._participants.__setitem__(r, list(ids))
             info = self._info()
             info["notes"] = self.privacy.notes()
-            info["notes"].append(f"sites: {len(self.sites)} enrolled, roster {self.roster.fingerprint[:16]}…, "
+            info["notes"].append(f"sites: {len(self.roster.raw())} on the roster "
+                                 f"({'remote' if self.remote_sites else 'in this process'}), "
+                                 f"roster {self.roster.fingerprint[:16]}…, "
                                  f"server key {self.ledger.key_fingerprint}")
             info["notes"].append(f"ledger key fingerprint {self.ledger.key_fingerprint}: send it to the sites and "
                                  "auditors now, out of band (privfed audit --pin-key)")

@@ -29,12 +29,17 @@ from secure_agg.errors import IntegrityError, InvalidMessage
 VERSION = 1
 SERVER = -1
 KEY_HOLDER = -2          # the CKKS key holder (privfed.parties.key_holder)
+ANY_SITE = -3            # a hello to a transport node whose site is not known yet (Flower engine)
 SIGNING_CONTEXT = b"privfed-message/v1\n"
 SA_PREFIX = "sa."
 
 # kind -> {field: type}; a type is int, float, str, bool, bytes or ("list", scalar type)
 _ERR = {"error": str, "reason": str}
 KINDS: dict[str, dict[str, Any]] = {
+    # server -> a transport node (Flower): which site are you? The reply is signed by the site's identity key over
+    # the server's fresh nonce, so a node can only answer for a site whose key it holds (checked on the roster)
+    "hello": {"nonce": bytes},
+    "hello_reply": {"nonce": bytes, "key_fingerprint": str},
     # server -> site: the round's instructions (the site checks them against its pinned policy)
     "offer": {"participants": ("list", int), "aggregation": str, "dp_mode": str, "delta": float,
               "config_hash": str, "server_key": str},
