@@ -31,6 +31,7 @@ from audits.report.text import NOT_RECORDED as NR
 from audits.verify import VerificationReport, pinning_verdict, verify_run
 
 MAX_SAMPLE_IMAGES = 8
+STATEMENT_MAX_LISTED_SITES = 4   # the privacy statement lists ε per site up to this many sites, else a range
 REPORT_SCHEMA = "privfed.report/1"
 
 
@@ -128,15 +129,27 @@ def _privacy_loss(rep, records, fig_dir: Path, figs: dict[str, bytes]) -> dict[s
                      "accountant": c.accountant, "delta": c.delta, "reported_epsilon": c.reported,
                      "recomputed_epsilon": c.recomputed, "cap": cap if cap is not None else NR,
                      "within_cap": NR if cap is None else bool(c.recomputed <= cap)})
-        series.setdefault(c.client, []).append((c.round, c.recomputed))
+        series.setdefault(c.client, [(0, 0.0)]).append((c.round, c.recomputed))
     deltas = sorted(set(rep.final_delta.values()))
     figs["epsilon.png"] = figures.epsilon_figure(
         series, {c: caps.get(c, cfg_cap) for c in series}, "δ=" + ", ".join(f"{d:g}" for d in deltas))
+    sites = sorted(series, key=_site_key)
+    by_round: dict[int, dict[str, float]] = {}
+    for c in rep.epsilon_checks:
+        by_round.setdefault(c.round, {})[c.client] = c.recomputed
+    pivot = {"sites": sites, "rows": [{"round": r, "epsilon": [by_round[r].get(c) for c in sites]}
+                                      for r in sorted(by_round)]}
+    diff = max(abs(c.reported - c.recomputed) for c in rep.epsilon_checks)
     final = {c: {"epsilon": rep.final_epsilon[c], "delta": rep.final_delta[c],
                  "cap": caps.get(c, cfg_cap) if caps.get(c, cfg_cap) is not None else NR}
              for c in sorted(rep.final_epsilon)}
     return {"rows": rows, "final": final, "figure": "figures/epsilon.png", "caps": caps or NR,
-            "receipts": _receipts(rep, records)}
+            "receipts": _receipts(rep, records), "by_round": pivot, "max_reported_difference": diff,
+            "all_within_cap": all(r["within_cap"] is not False for r in rows)}
+
+
+def _site_key(c: str):
+    return (0, int(c), c) if str(c).isdigit() else (1, 0, str(c))
 
 
 PLAINTEXT_LABEL = "aggregated in plaintext: the server saw every site's update"
@@ -184,6 +197,12 @@ def _privacy_statement(rep, records) -> dict[str, Any]:
     replace_one = {c: replace_one_epsilon([parse_event(p["event"]) for p in events if p["client"] == c],
                                           delta=rep.final_delta[c]) for c in sorted(rep.final_epsilon)}
     per_site_replace = "; ".join(f"{c}: ε = {e:.3g} at δ = {rep.final_delta[c]:g}" for c, e in replace_one.items())
+    if len(replace_one) > STATEMENT_MAX_LISTED_SITES:  # a range; every site on page 1 and in section 5
+        ds = ", ".join(f"{d:g}" for d in sorted(set(rep.final_delta.values())))
+        per_site = (f"ε from {min(rep.final_epsilon.values()):.3g} to {max(rep.final_epsilon.values()):.3g} at "
+                    f"δ = {ds} across the {len(replace_one)} sites (each site on page 1 and in section 5)")
+        per_site_replace = (f"ε from {min(replace_one.values()):.3g} to {max(replace_one.values()):.3g} at δ = {ds} "
+                            "(each site on page 1)")
     clip = sorted({p["max_grad_norm"] for p in events})
     txt = (f"Everything this run released from training (model checkpoints, and samples generated from them) is "
            f"(ε, δ)-differentially private with respect to {' / '.join(unit_txt.get(u, u) for u in units)}, "
@@ -271,18 +290,67 @@ def _dp_impl(records) -> dict[str, Any]:
     }
 
 
+def _ids(v: Any) -> list[str]:
+    if isinstance(v, dict):
+        return sorted({str(x) for lst in v.values() if isinstance(lst, list) for x in lst}, key=_site_key)
+    if isinstance(v, list):
+        return [str(x) for x in v]
+    return []
+
+
 def _secure_agg(records) -> dict[str, Any]:
+    """Per round: one summary row (what a reader needs: who took part, who dropped at which stage, whose masks were
+    removed by reconstruction); the protocol parameters once; every transcript field kept in report.json."""
     rows = []
+    params: dict[str, Any] = {}
+    varying: set[str] = set()
     for i, p in _by_kind(records, "secure_agg"):
         t = p["transcript"]
         known = ("mode", "n", "threshold", "survivors", "dropped", "reconstructed")
         plaintext = t.get("plaintext") is True
+        rec = t.get("reconstructed")
+        pairwise = _ids(rec.get("pairwise_reconstructed_for")) if isinstance(rec, dict) else _ids(rec)
+        self_mask = _ids(rec.get("self_mask_reconstructed_for")) if isinstance(rec, dict) else []
+        dropped = t.get("dropped")
+        stages = ({str(k).replace("_stage", "").replace("_", " "): _ids(v) for k, v in dropped.items() if v}
+                  if isinstance(dropped, dict) else {})
+        excluded = t.get("excluded")
         rows.append({"record": i, "round": p["round"], **{k: t.get(k, NR) for k in known},
                      "plaintext": plaintext, "label": PLAINTEXT_LABEL if plaintext else "secure aggregation",
+                     "summary": {"n": t.get("n", NR), "threshold": t.get("threshold", NR),
+                                 "degree": t.get("neighbours", t.get("degree", NR)),
+                                 "survivors": len(t["survivors"]) if isinstance(t.get("survivors"), list) else NR,
+                                 "dropped": _ids(dropped), "dropped_at": stages,
+                                 "pairwise_reconstructed_for": pairwise, "self_mask_reconstructed_for": self_mask,
+                                 "excluded": _ids(excluded.get("sites")) if isinstance(excluded, dict) else []},
                      "other": {k: v for k, v in t.items() if k not in known and k != "plaintext"}})
+        for k in SECAGG_PARAMETERS:
+            if k in t:
+                if k in params and params[k] != t[k]:
+                    varying.add(k)
+                params.setdefault(k, t[k])
+    groups: list[dict[str, Any]] = []
+    for r in rows:
+        key = (json.dumps(r["summary"], sort_keys=True, default=str), r["plaintext"], str(r["mode"]))
+        if groups and groups[-1]["_key"] == key and groups[-1]["last"] == r["round"] - 1:
+            groups[-1]["last"] = r["round"]
+        else:
+            groups.append({"_key": key, "first": r["round"], "last": r["round"], "mode": r["mode"],
+                           "plaintext": r["plaintext"], "label": r["label"], "summary": r["summary"]})
+    for g in groups:
+        g.pop("_key")
+        g["rounds"] = str(g["first"]) if g["first"] == g["last"] else f"{g['first']}–{g['last']}"
     starts = _by_kind(records, "run_start")
     return {"mode": starts[0][1]["secure_agg_mode"] if starts else NR, "rounds": rows or NR,
+            "round_groups": groups or NR,
+            "parameters": [{"name": k, "value": params[k], "meaning": text.SECAGG_PARAMETER_MEANING.get(k, ""),
+                            "varies": k in varying} for k in SECAGG_PARAMETERS if k in params] or NR,
+            "columns": [{"column": c, "meaning": m} for c, m in text.SECAGG_COLUMNS],
             "he": _he_decryptions(records)}
+
+
+SECAGG_PARAMETERS = ("protocol", "protocol_version", "identities", "modulus_bits", "quantization_step", "clip_range",
+                     "sum_error_bound", "dimension", "degree_rule")
 
 
 HE_DECRYPTION_LABEL = b"privfed-ckks-decryption/v1\n"
@@ -323,11 +391,31 @@ def _data_gov(records) -> dict[str, Any]:
     if not ds:
         return {"suppression_threshold": NR, "clients": NR}
     p = ds[-1][1]
-    labels = sorted({lab for c in p["clients"].values() for lab in c["label_counts"]})
-    return {"suppression_threshold": p["suppression_threshold"], "labels": labels,
+    k = p["suppression_threshold"]
+    labels = sorted({lab for c in p["clients"].values() for lab in c["label_counts"]}, key=_site_key)
+    undoable, exposed = [], []
+    for cid, c in sorted(p["clients"].items(), key=lambda x: _site_key(x[0])):
+        hidden = [lab for lab, v in c["label_counts"].items() if isinstance(v, str)]
+        shown = sum(v for v in c["label_counts"].values() if isinstance(v, int))
+        if len(hidden) == 1 and isinstance(c["n"], int):
+            undoable.append({"client": cid, "label": hidden[0],
+                             "why": f"n = {c['n']} is published exactly and the other labels add up to {shown}: "
+                                    f"label {hidden[0]} = {c['n']} − {shown} = {c['n'] - shown}"})
+        elif hidden and not any(isinstance(v, int) and v >= k for v in c["label_counts"].values()):
+            exposed.append(cid)
+    complementary = p.get("suppression") == "complementary"
+    note = (f"Counts only. A count of 1–{k - 1} and, in the same row, complementary cells (the smallest counts of at "
+            f"least {k}, until the hidden cells hold at least {2 * k} images) are published as 'suppressed', so that a "
+            "reader who knows a site's n cannot subtract the published cells to recover a small count, nor tell "
+            "which label is the rare one. n is published: the DP sample rate q = batch/n in every DP event (section "
+            "6) reveals it anyway. Counts are not differentially private."
+            if complementary else
+            f"Counts only; counts between 1 and {k - 1} are published as '<{k}' (this ledger predates complementary "
+            "suppression).")
+    return {"suppression_threshold": k, "labels": labels, "suppression": p.get("suppression", "primary only"),
             "clients": [{"client": cid, "n": c["n"], "label_counts": c["label_counts"]}
-                        for cid, c in sorted(p["clients"].items())],
-            "note": "Counts only; counts between 1 and k-1 are published as '<k'."}
+                        for cid, c in sorted(p["clients"].items(), key=lambda x: _site_key(x[0]))],
+            "undoable": undoable, "exposed": exposed, "note": note}
 
 
 def _training(rep, records) -> dict[str, Any]:
@@ -336,9 +424,13 @@ def _training(rep, records) -> dict[str, Any]:
     rows = []
     for i, p in _by_kind(records, "round_end"):
         ck = p["checkpoint"]
-        rows.append({"record": i, "round": p["round"], "selected": selected.get(p["round"], NR),
+        m = p["metrics"] or {}
+        rows.append({"record": i, "round": p["round"], "utc": records[i].get("utc", NR),
+                     "selected": selected.get(p["round"], NR),
                      "checkpoint": ck["path"] if ck else NR, "sha256": ck["sha256"] if ck else NR,
-                     "hash_status": status.get(i, NR) if ck else NR, "metrics": p["metrics"] or NR})
+                     "hash_status": status.get(i, NR) if ck else NR, "metrics": m or NR,
+                     "loss": m.get("loss", NR), "fid": m.get("fid", NR), "epsilon_max": m.get("epsilon_max", NR),
+                     "seconds": m.get("train_seconds", NR)})
     ends = _by_kind(records, "run_end")
     starts = _by_kind(records, "run_start")
     return {
@@ -487,6 +579,135 @@ def _limitations(rep, records) -> list[str]:
     return out
 
 
+def _placement(start: dict[str, Any]) -> tuple[str, str]:
+    """DP noise placement as recorded in run_start's config ([dp] placement), defaulting by mode when absent."""
+    dp = (start.get("config") or {}).get("dp") or {}
+    mode = start.get("dp_mode", dp.get("mode"))
+    if mode == "off":
+        return NR, "no differential privacy: no noise anywhere"
+    placement = dp.get("placement") or {"sample": "local", "client": "server"}.get(mode, NR)
+    return placement, text.PLACEMENT_TRUST.get(placement, NR)
+
+
+def _utc(records, kind: str, last: bool = False) -> str:
+    found = [r.get("utc") for r in records if r["kind"] == kind and r.get("utc")]
+    return (found[-1] if last else found[0]) if found else NR
+
+
+def _verdict(rep, err, records, sec: dict[str, Any], *, key_pinned: bool, head_pinned: bool) -> dict[str, Any]:
+    """Page 1: what a compliance officer signs. Everything here is read from the verified ledger (or says so)."""
+    starts = _by_kind(records, "run_start")
+    st = starts[0][1] if starts else {}
+    cfg = st.get("config") or {}
+    op = st.get("operator") or cfg.get("operator") or {}
+    src = st.get("source") or {}
+    versions = st.get("versions") or {}
+    run_id = st.get("run_id") or next((p["transcript"].get("run_id") for _, p in _by_kind(records, "secure_agg")
+                                       if p["transcript"].get("run_id")), None)
+    placement, trust = _placement(st)
+    pl, ps, sa, ut, dg = (sec["privacy_loss"], sec["privacy_statement"], sec["secure_aggregation"], sec["utility"],
+                          sec["data_governance"])
+    events = _by_kind(records, "dp_event")
+    units = sorted({p["unit"] for _, p in events})
+    final = pl["final"] if isinstance(pl["final"], dict) else {}
+    replace_one = ps.get("replace_one") or {}
+    sites = [{"site": c, "epsilon": f["epsilon"], "delta": f["delta"], "cap": f["cap"],
+              "replace_one_epsilon": replace_one.get(c, {}).get("epsilon", NR),
+              "within_cap": NR if f["cap"] == NR else bool(f["epsilon"] <= f["cap"])}
+             for c, f in sorted(final.items(), key=lambda x: _site_key(x[0]))]
+    plain = [r["round"] for r in (sa["rounds"] if isinstance(sa["rounds"], list) else []) if r["plaintext"]]
+    sa_mode = st.get("secure_agg_mode", NR)
+    sa_on = sa_mode not in ("off", NR) and not plain
+    issues: list[str] = []
+    if rep is None:
+        issues.append(f"The ledger did not verify ({sec['integrity']['error']}): nothing in this report can be "
+                      "relied upon.")
+    elif not key_pinned and not head_pinned:
+        issues.append("Nothing was pinned: integrity is only relative to the operator's own key. Re-run the audit "
+                      "with the key fingerprint and head hash the operator sent out of band (pins.txt).")
+    elif not head_pinned:
+        issues.append("The head hash was not pinned: a re-signed ledger would still pass.")
+    if rep is not None and not rep.complete:
+        issues.append("The run has no run_end record: it is unfinished, aborted or truncated.")
+    if st.get("dp_mode") == "off" or (rep is not None and not events):
+        issues.append("No differential privacy: the released model carries no formal guarantee about its "
+                      "training data.")
+    if not pl.get("all_within_cap", True):
+        issues.append("At least one site's ε exceeds its cap (section 5).")
+    if sa_mode == "off":
+        issues.append("Secure aggregation was off: the server saw every site's update.")
+    elif plain:
+        issues.append(f"Rounds {plain} were {PLAINTEXT_LABEL}.")
+    if placement == "server":
+        issues.append("DP noise is added by the server: the server sees the clean sum and must be trusted.")
+    rng = str(st.get("dp_noise_rng", ""))
+    if "not a CSPRNG" in rng or "seeded from the experiment" in rng or "default generator" in rng:
+        issues.append(f"Noise generator: {rng}.")
+    if ut["mismatches"]:
+        issues.append(f"metrics.jsonl (not signed) disagrees with the signed ledger in {len(ut['mismatches'])} "
+                      "value(s) (section 10).")
+    if isinstance(dg.get("undoable"), list) and dg["undoable"]:
+        issues.append(f"The data summary's small-cell suppression can be undone by subtraction for "
+                      f"{len(dg['undoable'])} site(s) (section 8).")
+    if dg.get("exposed"):
+        issues.append(f"Site(s) {', '.join(dg['exposed'])} have no count of at least k: which labels are rare there "
+                      "is apparent (section 8).")
+    if rep is not None:
+        issues.extend(rep.warnings)
+        if rep.roster_fingerprint is not None:
+            missing = [r.site for r in rep.receipts if not r.receipt_verified and r.rounds]
+            if missing:
+                issues.append(f"No site receipt cross-checked for site(s) {', '.join(missing)}.")
+        elif events:
+            issues.append("No roster and no site receipts: the DP events rest on the server's ledger alone.")
+    if not op:
+        issues.append("The operator (name, organisation) was not recorded ([operator] in the run's config).")
+    if src.get("modified"):
+        issues.append("The code ran from a source tree with uncommitted changes to tracked files.")
+    if "commit" not in src:
+        issues.append("The source commit was not recorded.")
+    if _by_kind(records, "abort"):
+        issues.append("The run recorded aborts (section 9).")
+    if sec["empirical_audit"] == NR:
+        issues.append("No empirical privacy audit was run (section 11; privfed audit --empirical).")
+    verified = rep is not None
+    return {
+        "verdict": sec["integrity"]["verdict"],
+        "verified": verified,
+        "run_id": run_id or NR,
+        "config_hash": st.get("config_hash", NR),
+        "operator": {k: op.get(k, NR) for k in ("name", "organisation", "contact")},
+        "started_utc": _utc(records, "run_start"),
+        "ended_utc": _utc(records, "run_end", last=True),
+        "rounds_completed": sec["training"]["rounds_completed"],
+        "code": {"package": src.get("package", "privfed"),
+                 "version": src.get("version", versions.get("privfed", NR)),
+                 "commit": src.get("commit", NR), "modified": src.get("modified", NR)},
+        "dataset": {"name": (cfg.get("data") or {}).get("dataset", NR),
+                    "source": (st.get("dataset_fingerprint") or {}).get("source", NR),
+                    "sha256": (st.get("dataset_fingerprint") or {}).get("sha256", NR),
+                    "sites": len(dg["clients"]) if isinstance(dg.get("clients"), list) else NR,
+                    "images": (sum(c["n"] for c in dg["clients"] if isinstance(c["n"], int))
+                               if isinstance(dg.get("clients"), list) else NR)},
+        "pinned": {"key_fingerprint": key_pinned, "head_hash": head_pinned},
+        "key_fingerprint": sec["integrity"]["key_fingerprint"],
+        "head_hash": sec["integrity"]["head_hash"],
+        "dp_mode": st.get("dp_mode", NR),
+        "unit": ("one image (not one patient)" if set(units) <= {"example", "image"} and units else
+                 "one site (its whole dataset)" if units == ["client"] else NR),
+        "adjacency": "add/remove one unit" if units else NR,
+        "placement": placement, "trust": trust,
+        "epsilon": sites or NR,
+        "epsilon_range": ([min(x["epsilon"] for x in sites), max(x["epsilon"] for x in sites)] if sites else NR),
+        "caps_met": NR if not sites else all(x["within_cap"] is not False for x in sites),
+        "epsilon_meaning": text.EPSILON_MEANING_SHORT if sites else text.NO_DP_MEANING,
+        "secure_aggregation": {"mode": sa_mode, "on": sa_on, "plaintext_rounds": plain},
+        "receipts_cross_checked": sum(r.receipt_verified for r in rep.receipts) if rep else 0,
+        "open_issues": issues,
+        "sign_off": text.SIGN_OFF,
+    }
+
+
 # ---------------------------------------------------------------------------------------------------- entry
 def build_report(run_dir: str | Path, *, pdf: bool = False, allow_unverified: bool = False,
                  expected_key_fingerprint: str | None = None,
@@ -532,14 +753,18 @@ def build_report(run_dir: str | Path, *, pdf: bool = False, allow_unverified: bo
         "empirical_audit": _empirical(run_dir, figs),
         "environment": _environment(rep, records),
         "limitations": _limitations(rep, records),
-        "crosswalk": {"rows": text.CROSSWALK, "disclaimer": text.DISCLAIMER},
     }
+    sections["crosswalk"] = {"rows": text.crosswalk_rows(_facts(sections, records, rep)),
+                             "disclaimer": text.DISCLAIMER}
+    sections = {"verdict": _verdict(rep, err, records, sections, key_pinned=expected_key_fingerprint is not None,
+                                    head_pinned=expected_head_hash is not None), **sections}
     doc = {"schema": REPORT_SCHEMA, "generated_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
            "run_dir": str(run_dir), "verified": rep is not None,
            "section_titles": {k: t for k, t in text.SECTIONS}, "sections": sections}
     public = json.loads(json.dumps(doc, default=str))
     for s in (public["sections"]["utility"]["samples"] if isinstance(sections["utility"]["samples"], list) else []):
         s.pop("_b64", None)
+    public["report_sha256"] = doc["report_sha256"] = report_digest(public)
     jsonschema.validate(public, load_schema("report-v1"), format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
     fig_paths = []
     for name, png in sorted(figs.items()):
@@ -556,6 +781,41 @@ def build_report(run_dir: str | Path, *, pdf: bool = False, allow_unverified: bo
         pdf_path = report_dir / "report.pdf"
         weasyprint.HTML(string=html).write_pdf(str(pdf_path))
     return ReportPaths(html=html_path, json=json_path, figures=tuple(fig_paths), pdf=pdf_path)
+
+
+def report_digest(doc: dict[str, Any]) -> str:
+    """SHA-256 of report.json's canonical JSON (privfed-cjson/1) without its own ``report_sha256`` field: printed
+    on page 1, so a signed printout can be matched to report.json (``audits.report.verify_report_digest``)."""
+    from audits.canonical import canonical_bytes
+
+    return hashlib.sha256(canonical_bytes({k: v for k, v in doc.items() if k != "report_sha256"})).hexdigest()
+
+
+def verify_report_digest(path: str | Path) -> bool:
+    """True when report.json's ``report_sha256`` matches its content."""
+    doc = json.loads(Path(path).read_text("utf-8"))
+    return doc.get("report_sha256") == report_digest(doc)
+
+
+def _facts(sec: dict[str, Any], records, rep) -> dict[str, Any]:
+    """What the crosswalk rows are generated from (this run's records, never fixed text)."""
+    st = (_by_kind(records, "run_start") or [(0, {})])[0][1]
+    sa = sec["secure_aggregation"]
+    plain = [r["round"] for r in (sa["rounds"] if isinstance(sa["rounds"], list) else []) if r["plaintext"]]
+    placement, _ = _placement(st)
+    return {"verified": rep is not None, "pinned": bool(rep and (rep.key_pinned or rep.head_pinned)),
+            "dp": bool(_by_kind(records, "dp_event")) and st.get("dp_mode") not in ("off", None),
+            "dp_mode": st.get("dp_mode", NR), "placement": placement,
+            "epsilon_range": (min(rep.final_epsilon.values()), max(rep.final_epsilon.values()))
+            if rep and rep.final_epsilon else None,
+            "secure_agg": st.get("secure_agg_mode", "off") not in ("off", NR) and not plain,
+            "secure_agg_mode": st.get("secure_agg_mode", NR), "plaintext_rounds": plain,
+            "operator": bool(st.get("operator") or (st.get("config") or {}).get("operator")),
+            "intended_use": "intended_use" in st, "dataset_fingerprint": "dataset_fingerprint" in st,
+            "receipts": sum(r.receipt_verified for r in rep.receipts) if rep else 0,
+            "empirical": sec["empirical_audit"] != NR, "complete": bool(rep and rep.complete),
+            "suppression": sec["data_governance"].get("suppression", NR),
+            "undoable": bool(sec["data_governance"].get("undoable"))}
 
 
 def render_html(doc: dict[str, Any], figures_b64: dict[str, str]) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 NOT_RECORDED = "not recorded"
 
 SECTIONS: tuple[tuple[str, str], ...] = (
+    ("verdict", "Verdict for sign-off"),
     ("integrity", "1. Integrity of the record"),
     ("privacy_statement", "2. Privacy statement"),
     ("system", "3. System and intended use"),
@@ -107,28 +108,132 @@ STATIC_LIMITATIONS = [
     "bounds at 95 % confidence: they can refute the claimed ε, never certify it.",
 ]
 
-CROSSWALK = [
-    {"framework": "NIST SP 800-226 (Guidelines for Evaluating DP Guarantees)",
-     "provision": "privacy unit, ε/δ, accountant, deployment hazards",
-     "evidence": "Unit of privacy, per-site ε at δ recomputed from signed events, accountant, sampling and RNG "
-                 "assumptions, hazards list", "sections": "2, 5, 6, 11"},
-    {"framework": "GDPR Art. 25", "provision": "data protection by design and by default",
-     "evidence": "Technical measures in use (DP-SGD parameters, secure aggregation mode, small-count suppression) "
-                 "with signed evidence that they ran", "sections": "4, 6, 7, 8"},
-    {"framework": "GDPR Art. 35", "provision": "data protection impact assessment",
-     "evidence": "Input to a DPIA: processing description, parties and risks, residual risks and limitations; "
-                 "the DPIA itself is the controller's", "sections": "3, 4, 13"},
-    {"framework": "EU AI Act Art. 12", "provision": "record-keeping (automatic logging of events)",
-     "evidence": "Append-only, hash-chained, signed event ledger with UTC timestamps and integrity verification",
-     "sections": "1, 9"},
-    {"framework": "EU AI Act Annex IV", "provision": "technical documentation",
-     "evidence": "System description, training procedure, data governance summary, metrics, environment, "
-                 "limitations", "sections": "3, 8, 9, 10, 12, 13"},
-    {"framework": "HIPAA 45 CFR 164.514(b)(1) (expert determination)",
-     "provision": "very small risk of re-identification, methods documented",
-     "evidence": "Quantified privacy loss and its assumptions, empirical audit results where recorded; the "
-                 "determination itself requires a qualified expert", "sections": "2, 5, 11, 13"},
-]
+EPSILON_MEANING_SHORT = ("ε bounds how much any one image can change what the released model does: every outcome is at "
+                         "most e^ε times as likely with the image as without it (except with probability δ). "
+                         "ε = 10 allows a factor e^10 ≈ 22,000: it is a worst-case bound, not a measured risk; it "
+                         "does not rule out that an attacker tells whether a given image was used, and it protects "
+                         "an image, not a patient with several images. ε ≤ 1 is strong protection, ε ≈ 10 weak.")
+
+NO_DP_MEANING = ("This run recorded no differential privacy: there is no ε, and no formal bound on what the released "
+                 "model reveals about any training image.")
+
+PLACEMENT_TRUST = {
+    "local": "local: each site's DP-SGD adds the full noise before anything leaves the site; the guarantee holds "
+             "against the server and every recipient of the model",
+    "distributed": "distributed: each site adds a share of the noise before masking; the guarantee against the "
+                   "server holds only while enough sites are honest and secure aggregation holds",
+    "server": "server: the server adds the noise after unmasking and sees the clean sum of updates; the guarantee "
+              "holds against recipients of the model, not against the server, which is trusted",
+}
+
+SIGN_OFF = ("I have read this verdict, the open issues and the known limitations (section 13). "
+            "Name, role, date, signature:")
+
+SECAGG_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("n", "sites selected for the round (each sent a masked update or dropped)"),
+    ("t", "threshold: shares needed to remove a site's mask; fewer than t surviving sites abort the round, and "
+          "fewer than t colluding parties learn nothing about a single update"),
+    ("k", "SecAgg+ graph degree: each site masks with k neighbours instead of all n − 1 (Bell et al. 2020)"),
+    ("survived", "sites whose masked update entered the sum"),
+    ("dropped (stage)", "sites that went silent, and at which protocol stage; a site that dropped before the masked "
+                        "input contributes nothing"),
+    ("pairwise masks removed for", "dropped sites whose pairwise masks were cancelled by reconstructing their "
+                                   "seeds from t shares (their update itself was never received)"),
+    ("self-masks removed for", "surviving sites whose own random self-mask was reconstructed from t shares and "
+                               "removed: normal for every survivor; it reveals only the mask, never the update"),
+    ("excluded", "sites the server left out of the round (e.g. a failed key check)"),
+)
+
+SECAGG_PARAMETER_MEANING = {
+    "protocol": "the aggregation protocol",
+    "protocol_version": "version of the protocol messages",
+    "identities": "how sites authenticate to each other",
+    "modulus_bits": "updates are quantized to integers mod 2^bits; masks are uniform in that ring",
+    "quantization_step": "value of one integer level of a quantized update",
+    "clip_range": "each coordinate of a site's update is clipped to ± this before quantization",
+    "sum_error_bound": "largest difference between the decoded sum and the exact sum of clipped updates",
+    "dimension": "number of model parameters aggregated",
+    "degree_rule": "why the SecAgg+ graph degree k was chosen",
+}
+
+
+def crosswalk_rows(f: dict) -> list[dict]:
+    """Regulatory crosswalk generated from what this run recorded (``f``: facts from the report's sections).
+
+    Each row says what this report evidences for a provision, whether it does ("evidenced", "partly", "not
+    evidenced by this run"), and which section holds the evidence. A run without DP never reads like a DP run.
+    """
+    V = "verdict"
+    dp, sa = f["dp"], f["secure_agg"]
+    pinned = "pinned by the auditor" if f["pinned"] else "not pinned (integrity relative to the operator's key only)"
+    eps = (f"ε {f['epsilon_range'][0]:.3g}–{f['epsilon_range'][1]:.3g} per site, unit one image (add/remove), "
+           f"recomputed by this audit from the signed DP events" if dp and f["epsilon_range"] else "")
+    sa_txt = (f"secure aggregation '{f['secure_agg_mode']}' in every round" if sa else
+              "no secure aggregation: the server saw every site's update" if f["secure_agg_mode"] == "off" else
+              f"secure aggregation '{f['secure_agg_mode']}' except rounds {f['plaintext_rounds']} (plaintext)")
+    dp_txt = (eps + f"; noise placement {f['placement']}" if dp else
+              "no differential privacy was recorded (dp mode: " + str(f["dp_mode"]) + "): no formal guarantee")
+    supp = ("small counts suppressed with complementary cells" if f["suppression"] == "complementary" else
+            "small counts suppressed, but the suppression can be undone by subtraction" if f["undoable"] else
+            "small counts suppressed")
+
+    def row(framework, provision, evidence, status, sections):
+        return {"framework": framework, "provision": provision, "evidence": evidence, "status": status,
+                "sections": sections}
+
+    rows = [
+        row("NIST SP 800-226", "evaluating DP guarantees: privacy unit, ε/δ, accountant, deployment hazards",
+            (dp_txt + "; sampling and RNG assumptions and hazards listed") if dp else dp_txt,
+            "evidenced" if dp else "not evidenced by this run", f"{V}, 2, 5, 6" if dp else f"{V}, 2"),
+        row("GDPR Art. 5(2)", "accountability: the controller can demonstrate compliance",
+            f"signed, hash-chained record of every processing step, {'verified' if f['verified'] else 'NOT verified'}"
+            f", {pinned}; operator {'recorded' if f['operator'] else 'not recorded'}; "
+            f"{f['receipts']} site receipt(s) cross-checked",
+            "partly" if f["verified"] else "not evidenced by this run", f"{V}, 1, 5"),
+        row("GDPR Art. 25", "data protection by design and by default",
+            f"measures recorded as run: {dp_txt}; {sa_txt}; {supp}",
+            "evidenced" if dp and sa else "partly", f"{V}, 4, 6, 7, 8"),
+        row("GDPR Art. 30", "records of processing activities",
+            f"operator {'recorded' if f['operator'] else 'not recorded'}, purpose (intended use) "
+            f"{'recorded' if f['intended_use'] else 'not recorded'}, data set fingerprint "
+            f"{'recorded' if f['dataset_fingerprint'] else 'not recorded'}, start and end times, recipients (model "
+            "recipients); the record of processing itself is the controller's",
+            "partly", f"{V}, 3, 8, 9"),
+        row("GDPR Art. 32", "security of processing",
+            f"{sa_txt}; integrity of the record (Ed25519 signatures, hash chain, artifact hashes), {pinned}",
+            "partly" if sa else "not evidenced by this run", f"{V}, 1, 4, 7"),
+        row("GDPR Art. 35", "data protection impact assessment",
+            "input to a DPIA: processing description, parties and risks, residual risks and limitations; the DPIA "
+            "itself is the controller's", "partly", "3, 4, 13"),
+        row("EDPB Opinion 28/2024", "when an AI model is anonymous: extracting personal data, directly or by "
+            "queries, insignificantly likely",
+            (f"{eps}; empirical membership-inference audit {'results' if f['empirical'] else 'not run'}; the "
+             "assessment is the controller's and the supervisory authority's, case by case" if dp else
+             "no differential privacy: nothing here supports a claim that the model is anonymous; empirical audit "
+             + ("results only (section 11)" if f["empirical"] else "not run")),
+            "partly" if dp else "not evidenced by this run", f"{V}, 2, 11, 13"),
+        row("EU AI Act Art. 12", "record-keeping (automatic logging of events)",
+            "append-only, hash-chained, signed event ledger; UTC start and end times on page 1, a UTC time per "
+            "round in section 9", "evidenced" if f["verified"] and f["complete"] else "partly", f"{V}, 1, 9"),
+        row("EU AI Act Annex IV", "technical documentation",
+            "system description, training procedure, data governance summary, metrics, environment, limitations",
+            "partly", "3, 8, 9, 10, 12, 13"),
+        row("HIPAA §164.312(b)", "audit controls: record and examine activity",
+            "every round, DP event, budget check, secure-aggregation transcript and checkpoint is recorded in a "
+            "signed ledger and examined by this audit", "evidenced" if f["verified"] else "not evidenced by this run",
+            "1, 5, 7, 9"),
+        row("HIPAA §164.312(c)(1)", "integrity: protect from improper alteration",
+            f"Ed25519 signatures, hash chain, checkpoint hashes verified; {pinned}",
+            ("evidenced" if f["pinned"] else "partly") if f["verified"] else "not evidenced by this run",
+            f"{V}, 1, 9"),
+        row("HIPAA §164.514(b)(1)",
+            "expert determination: very small risk of re-identification, methods documented",
+            (f"{eps}; assumptions and empirical audit where recorded; the determination requires a qualified expert"
+             if dp else "no quantified privacy loss: this run provides nothing toward an expert determination"),
+            "partly" if dp else "not evidenced by this run", "2, 5, 11, 13" if dp else "2"),
+    ]
+    return rows
+
 
 DISCLAIMER = ("This report states what the recorded evidence shows. It is not legal advice and does not by itself "
               "establish compliance with any law or standard.")

@@ -128,7 +128,7 @@ def test_report_shows_site_receipts_next_to_the_ledger(pristine_site_run, tmp_pa
     events = doc["sections"]["training"]["site_events"]
     assert [(e["client"], e["event"]) for e in events] == [("site-c", "dropped")]
     page = paths.html.read_text()
-    assert "Site receipts next to the ledger" in page and "yes, consistent with the ledger" in page
+    assert "next to each site's own receipt" in html.unescape(page) and "verified, consistent" in page
     assert all(r["key_fingerprint"] in page for r in rc["rows"])
     assert "cross-checked" in doc["sections"]["privacy_statement"]["text"]
 
