@@ -22,7 +22,7 @@ import jsonschema
 
 from audits.accounting import ABS_TOLERANCE, parse_event, replace_one_epsilon
 from audits.chain import verify_chain
-from audits.errors import AuditError, ReportDependencyMissing, VerificationError
+from audits.errors import AuditError, VerificationError
 from audits.keys import PUBLIC_KEY_RELPATH, load_public_key
 from audits.ledger import LEDGER_FILENAME
 from audits.ledger_schema import load_schema
@@ -715,16 +715,15 @@ def build_report(run_dir: str | Path, *, pdf: bool = False, allow_unverified: bo
     """Verify ``run_dir`` and write ``report/report.html``, ``report/report.json`` and ``report/figures/*.png``.
 
     Raises the verification error unless ``allow_unverified`` (then the report is written with a FAILED integrity
-    section and a banner). ``pdf=True`` also writes report.pdf and needs weasyprint (ReportDependencyMissing).
+    section and a banner). ``pdf=True`` also writes report.pdf with headless Chromium or weasyprint
+    (:mod:`audits.report.pdf`; ReportDependencyMissing when neither is installed).
     ``site_dirs``: standalone SITE_DIRs whose receipts are cross-checked too (see :func:`audits.verify.verify_run`).
     """
     run_dir = Path(run_dir)
     if pdf:
-        try:
-            import weasyprint  # type: ignore[import-not-found]  # noqa: F401
-        except ImportError:
-            raise ReportDependencyMissing("pdf=True needs weasyprint (pip install weasyprint); the HTML report is "
-                                          "print-friendly: print it to PDF from a browser") from None
+        from audits.report.pdf import pdf_renderer
+
+        pdf_renderer()  # ReportDependencyMissing before any work when neither Chromium nor weasyprint is there
     err: VerificationError | None = None
     rep: VerificationReport | None = None
     try:
@@ -775,11 +774,11 @@ def build_report(run_dir: str | Path, *, pdf: bool = False, allow_unverified: bo
     _write_atomic(json_path, (json.dumps(public, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode())
     _write_atomic(html_path, html.encode("utf-8"))
     pdf_path = None
-    if pdf:  # pragma: no cover - optional dependency
-        import weasyprint
+    if pdf:
+        from audits.report.pdf import html_to_pdf
 
         pdf_path = report_dir / "report.pdf"
-        weasyprint.HTML(string=html).write_pdf(str(pdf_path))
+        html_to_pdf(html_path, pdf_path)
     return ReportPaths(html=html_path, json=json_path, figures=tuple(fig_paths), pdf=pdf_path)
 
 

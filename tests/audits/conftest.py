@@ -75,11 +75,11 @@ def gaussian(client: str) -> dict:
     return {"type": "gaussian", "noise_multiplier": sigma, "sample_rate": q, "steps": steps}
 
 
-def write_run(run: Path, *, misreport: float = 1.0, sites: bool = False) -> Path:
+def write_run(run: Path, *, misreport: float = 1.0, sites: bool = False, start_extra: dict | None = None) -> Path:
     """Write the synthetic run. ``misreport`` scales the ε the run reports for site-b in the last round.
     ``sites``: also enrol the sites (RUN_DIR/sites/<id>/identity.{key,pub}), write the roster, and let each site
     keep its receipt (RUN_DIR/sites/<id>/receipt.jsonl) of the same DP events; site-c drops out of round 2's
-    secure aggregation (a site_event)."""
+    secure aggregation (a site_event). ``start_extra``: fields merged into the run_start payload."""
     run.mkdir(parents=True)
     (run / "config.toml").write_bytes(CONFIG_TOML)
     (run / "samples").mkdir()
@@ -97,6 +97,7 @@ def write_run(run: Path, *, misreport: float = 1.0, sites: bool = False) -> Path
             "dp_mode": "sample", "secure_agg_mode": "pairwise",
             "intended_use": "research prototype: synthetic test run",
             "dp_noise_rng": "os-csprng (opacus secure_mode)",
+            **(start_extra or {}),
         })
         if sites:
             keys = {c: generate_private_key(run / "sites" / c / "identity.key") for c in sorted(CLIENTS)}

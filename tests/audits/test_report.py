@@ -100,15 +100,13 @@ def test_bad_inputs(tmp_path, run_copy):
         build_report(run_copy)
 
 
-def test_pdf_without_weasyprint_is_a_named_error(pristine_run):
-    pytest.importorskip  # noqa: B018
-    try:
-        import weasyprint  # noqa: F401
-    except ImportError:
-        with pytest.raises(ReportDependencyMissing, match="weasyprint"):
-            build_report(pristine_run, pdf=True)
-    else:  # pragma: no cover
-        pytest.skip("weasyprint installed")
+def test_pdf_without_any_renderer_is_a_named_error(pristine_run, monkeypatch):
+    import audits.report.pdf as pdf
+
+    monkeypatch.setattr(pdf, "find_chromium", lambda: None)
+    monkeypatch.setattr(pdf, "_weasyprint_available", lambda: False)
+    with pytest.raises(ReportDependencyMissing, match="Chromium.*weasyprint"):
+        build_report(pristine_run, pdf=True)
 
 
 def test_report_shows_site_receipts_next_to_the_ledger(pristine_site_run, tmp_path):
