@@ -27,6 +27,8 @@ def run_audit(run_dir: Path, *, empirical: bool, pdf: bool, pin_key: str | None,
                              site_dirs=site_dirs)
     except VerificationError as e:
         console.print(f"[bold red]FAILED[/] {type(e).__name__}: {e}")
+        for moved in _set_aside_earlier_report(run_dir):
+            console.print(f"an earlier report no longer describes this ledger: moved to {moved}")
         return 1
     except EmpiricalBoundViolation as e:
         console.print(f"[bold red]FAILED: empirical privacy audit contradicts the accountant[/] {e}")
@@ -38,3 +40,19 @@ def run_audit(run_dir: Path, *, empirical: bool, pdf: bool, pin_key: str | None,
         if p:
             console.print(f"report: {p}")
     return 0
+
+
+REPORT_FILES = ("report.html", "report.json", "report.pdf")
+
+
+def _set_aside_earlier_report(run_dir: Path) -> list[Path]:
+    """A failed audit writes no report, and must not leave an earlier (PASSED) one in place as if it still held:
+    rename report/report.{html,json,pdf} to *.stale (replacing an older .stale)."""
+    moved = []
+    for name in REPORT_FILES:
+        p = run_dir / "report" / name
+        if p.is_file():
+            dst = p.with_name(name + ".stale")
+            p.replace(dst)
+            moved.append(dst)
+    return moved
