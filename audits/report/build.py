@@ -273,13 +273,14 @@ def _dp_impl(records) -> dict[str, Any]:
     for _, p in events:
         d = per_client.setdefault(p["client"], {"noise_multiplier": set(), "sample_rate": set(), "steps": 0,
                                                 "max_grad_norm": set(), "delta": set(), "unit": set()})
-        d["noise_multiplier"].add(p["event"]["noise_multiplier"])
-        d["sample_rate"].add(p["event"]["sample_rate"])
+        d["noise_multiplier"].add(p["event"].get("noise_multiplier"))   # informational for some event types
+        d["sample_rate"].add(p["event"].get("sample_rate"))
         d["steps"] += p["event"]["steps"]
         d["max_grad_norm"].add(p["max_grad_norm"])
         d["delta"].add(p["delta"])
         d["unit"].add(p["unit"])
-    table = [{"client": c, **{k: (sorted(v) if isinstance(v, set) else v) for k, v in d.items()}}
+    table = [{"client": c, **{k: (sorted(x for x in v if x is not None) if isinstance(v, set) else v)
+                              for k, v in d.items()}}
              for c, d in sorted(per_client.items())]
     return {
         "dp_mode": sp.get("dp_mode", NR),
@@ -585,7 +586,9 @@ def _placement(start: dict[str, Any]) -> tuple[str, str]:
     mode = start.get("dp_mode", dp.get("mode"))
     if mode == "off":
         return NR, "no differential privacy: no noise anywhere"
-    placement = dp.get("placement") or {"sample": "local", "client": "server"}.get(mode, NR)
+    placement = start.get("noise_placement") or dp.get("placement")
+    if placement in (None, "auto") or placement not in text.PLACEMENT_TRUST:  # auto: the mode's default
+        placement = {"sample": "local", "client": "server"}.get(mode, NR)
     return placement, text.PLACEMENT_TRUST.get(placement, NR)
 
 

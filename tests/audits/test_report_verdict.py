@@ -158,6 +158,8 @@ def test_crosswalk_is_generated_from_the_run_and_a_dp_off_run_does_not_read_like
     ({"mode": "sample"}, None, "local"),
     ({"mode": "client"}, None, "server"),
     ({"mode": "sample", "placement": "distributed"}, "distributed", "distributed"),
+    ({"mode": "client", "placement": "auto"}, "auto", "server"),
+    ({"mode": "sample", "placement": "auto"}, "auto", "local"),
 ])
 def test_dp_placement_is_read_defensively_from_run_start(tmp_path, dp, placement, expect):
     from audits.report.build import _placement
