@@ -206,7 +206,7 @@ def audit(
                                    "inference, one-run canary ε lower bounds; trains 4 helper runs, about 2.5× "
                                    "the run's time)."),
     pdf: bool = typer.Option(False, "--pdf",
-                             help="Also write report/report.pdf (needs the optional weasyprint package)."),
+                             help="Also write report/report.pdf (headless Chromium, or weasyprint)."),
     site: list[Path] = typer.Option([], "--site", metavar="SITE_DIR",
                                     help="A standalone site's directory whose receipt.jsonl to cross-check against "
                                          "the ledger as well (repeatable; RUN_DIR/sites/*/ are always checked)."),
