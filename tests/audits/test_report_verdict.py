@@ -287,3 +287,16 @@ def test_pdf_is_rendered_and_its_pages_counted(pinned, tmp_path):
     assert data.startswith(b"%PDF-")
     assert 2 <= count_pdf_pages(data) <= 6
     assert b"/MediaBox [0 0 594.95996 841.91998]" in data or b"/MediaBox [0 0 595" in data  # A4 in points
+
+
+def test_an_unsigned_metric_that_disagrees_with_the_ledger_is_an_open_issue_on_page_1(run_copy):
+    lines = [json.loads(x) for x in (run_copy / "metrics.jsonl").read_text().splitlines()]
+    lines[0]["loss"] = 0.001
+    (run_copy / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in lines))
+    paths = build_report(run_copy)
+    v = json.loads(paths.json.read_text())["sections"]["verdict"]
+    assert any("metrics.jsonl (not signed) disagrees with the signed ledger in 1 value(s)" in x
+               for x in v["open_issues"])
+    page = htmllib.unescape(paths.html.read_text())
+    first = page[:page.index("</section>")]
+    assert "disagrees with the signed ledger" in first
