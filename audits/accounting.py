@@ -7,7 +7,16 @@ Event types (the ``event`` object of a ``dp_event`` / ``dp_spend`` record; see t
 
 * ``{"type": "gaussian", "noise_multiplier": σ, "sample_rate": q, "steps": k}`` —
   ``SelfComposedDpEvent(PoissonSampledDpEvent(q, GaussianDpEvent(σ)), k)``: k steps of the Poisson-subsampled
-  Gaussian mechanism with noise std σ·C for L2 sensitivity C. Any other type raises :class:`UnknownEventType`.
+  Gaussian mechanism with noise std σ·C for L2 sensitivity C.
+* ``{"type": "distributed_discrete_gaussian", "share_stddev": σ, "honest_sites": n, "l2_sensitivity": Δ2,
+  "l1_sensitivity": Δ1, "dimension": d, "sample_rate": q, "steps": k}`` — k steps of the Poisson-subsampled
+  distributed discrete Gaussian (Kairouz, Liu & Steinke 2021), units quantization steps. dp_accounting has no such
+  event: its RDP curve is computed here, separately from ``dp.distributed`` (KLS21 Proposition 14 per order; Zhu &
+  Wang 2019 Theorem 6 for q < 1, in closed form with scipy), over the integer orders 2..256, and converted to
+  (ε, δ) by dp_accounting's ``compute_epsilon``. Always RDP, whatever accountant the record names (no PLD of this
+  mechanism exists). A client's events must all be of one type (mixing raises :class:`UnknownEventType`).
+
+Any other type raises :class:`UnknownEventType`.
 
 Accountants (per client, events composed in record order, neighbouring relation add-or-remove-one):
 
@@ -28,6 +37,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
+
+import numpy as np
 
 from audits.errors import UnknownAccountant, UnknownEventType
 from audits.log_spec import EVENT_TYPES
@@ -57,11 +68,64 @@ class GaussianEvent:
             dpa.PoissonSampledDpEvent(self.sample_rate, dpa.GaussianDpEvent(self.noise_multiplier)), self.steps)
 
 
-def parse_event(event: Mapping[str, Any]) -> GaussianEvent:
+DDG_ORDERS = np.arange(2, 257)
+
+
+@dataclass(frozen=True)
+class DistributedDiscreteGaussianEvent:
+    """``steps`` compositions of the Poisson-subsampled distributed discrete Gaussian (units: quantization steps)."""
+
+    share_stddev: float
+    honest_sites: int
+    l2_sensitivity: float
+    l1_sensitivity: float
+    dimension: int
+    sample_rate: float
+    steps: int
+
+    def rdp(self) -> np.ndarray:
+        """RDP of the whole event at each of DDG_ORDERS."""
+        from scipy.special import gammaln, logsumexp
+
+        a = DDG_ORDERS.astype(np.float64)
+        n, s, d = self.honest_sites, self.share_stddev, float(self.dimension)
+        ks = np.arange(1, n)
+        tau = 10.0 * float(np.sum(np.exp(-2.0 * np.pi ** 2 * s * s * ks / (ks + 1.0)))) if n > 1 else 0.0
+        l2 = self.l2_sensitivity / (np.sqrt(n) * s)
+        l1 = self.l1_sensitivity / (np.sqrt(n) * s)
+        base = np.minimum.reduce([a * l2 ** 2 / 2 + tau * d,
+                                  a / 2 * (l2 ** 2 + 2 * l1 * tau + tau ** 2 * d),
+                                  a / 2 * (l2 + np.sqrt(d) * tau) ** 2])      # base[i]: order a[i]
+        q = self.sample_rate
+        if q < 1.0:
+            out = np.empty_like(base)
+            for i, alpha in enumerate(DDG_ORDERS):
+                j = np.arange(2, alpha + 1)
+                logs = (gammaln(alpha + 1) - gammaln(j + 1) - gammaln(alpha - j + 1) + (alpha - j) * np.log1p(-q)
+                        + j * np.log(q) + (j - 1) * base[j - 2])
+                weights = np.where(j == 2, 1.0, 3.0)
+                head = (alpha - 1) * np.log1p(-q) + np.log(alpha * q - q + 1)
+                total = logsumexp(np.concatenate([[head], logs]), b=np.concatenate([[1.0], weights]))
+                out[i] = min(total / (alpha - 1), base[i])
+            base = out
+        return base * self.steps
+
+    def to_payload(self) -> dict[str, Any]:
+        return {"type": "distributed_discrete_gaussian", "share_stddev": self.share_stddev,
+                "honest_sites": self.honest_sites, "l2_sensitivity": self.l2_sensitivity,
+                "l1_sensitivity": self.l1_sensitivity, "dimension": self.dimension, "sample_rate": self.sample_rate,
+                "steps": self.steps}
+
+
+def parse_event(event: Mapping[str, Any]) -> GaussianEvent | DistributedDiscreteGaussianEvent:
     """The typed event of a (schema-valid) record; UnknownEventType for a type this module cannot account."""
     t = event.get("type") if isinstance(event, Mapping) else None
     if t not in EVENT_TYPES:
         raise UnknownEventType(None, f"DP event type {t!r} is not one of {', '.join(EVENT_TYPES)}")
+    if t == "distributed_discrete_gaussian":
+        return DistributedDiscreteGaussianEvent(
+            float(event["share_stddev"]), int(event["honest_sites"]), float(event["l2_sensitivity"]),
+            float(event["l1_sensitivity"]), int(event["dimension"]), float(event["sample_rate"]), int(event["steps"]))
     return GaussianEvent(float(event["noise_multiplier"]), float(event["sample_rate"]), int(event["steps"]))
 
 
@@ -96,15 +160,27 @@ class IndependentAccountant:
             from dp_accounting.pld import PLDAccountant
 
             self._acc = PLDAccountant(value_discretization_interval=PLD_VALUE_DISCRETIZATION)
-        self.events: list[GaussianEvent] = []
+        self.events: list[GaussianEvent | DistributedDiscreteGaussianEvent] = []
+        self._ddg_rdp: np.ndarray | None = None     # summed RDP of distributed discrete Gaussian events
 
-    def compose(self, event: GaussianEvent) -> None:
+    def compose(self, event: GaussianEvent | DistributedDiscreteGaussianEvent) -> None:
+        ddg = isinstance(event, DistributedDiscreteGaussianEvent)
+        if self.events and ddg != isinstance(self.events[0], DistributedDiscreteGaussianEvent):
+            raise UnknownEventType(None, "a client's events mix gaussian and distributed_discrete_gaussian types; "
+                                         "this verifier does not compose the two")
         self.events.append(event)
-        self._acc.compose(event.dp_event())
+        if ddg:
+            self._ddg_rdp = event.rdp() + (0.0 if self._ddg_rdp is None else self._ddg_rdp)
+        else:
+            self._acc.compose(event.dp_event())
 
     def epsilon(self, *, delta: float) -> float:
         if not self.events:
             return 0.0
+        if self._ddg_rdp is not None:
+            from dp_accounting.rdp.rdp_privacy_accountant import compute_epsilon
+
+            return float(compute_epsilon(list(DDG_ORDERS.astype(float)), list(self._ddg_rdp), delta)[0])
         return float(self._acc.get_epsilon(delta))
 
 
@@ -126,9 +202,26 @@ def replace_one_epsilon(events: Iterable[GaussianEvent], *, delta: float) -> flo
     import dp_accounting as dpa
     from dp_accounting.pld import PLDAccountant
 
+    events = list(events)
+    if any(isinstance(e, DistributedDiscreteGaussianEvent) for e in events):
+        return _replace_one_ddg(events, delta=delta)
     acc = PLDAccountant(dpa.NeighboringRelation.REPLACE_ONE, value_discretization_interval=PLD_VALUE_DISCRETIZATION)
     n = 0
     for e in events:
         acc.compose(e.dp_event())
         n += 1
     return float(acc.get_epsilon(delta)) if n else 0.0
+
+
+def _replace_one_ddg(events, *, delta: float) -> float:
+    """Replace-one for distributed discrete Gaussian events without sampling (q = 1): swapping one unit's
+    contribution for another's moves the sum by at most twice the add/remove bounds, so Δ2 and Δ1 double."""
+    import dataclasses
+
+    acc = IndependentAccountant(accountant="rdp")
+    for e in events:
+        if not isinstance(e, DistributedDiscreteGaussianEvent) or e.sample_rate < 1.0:
+            raise UnknownEventType(None, "replace-one is computed for distributed_discrete_gaussian events only "
+                                         "without sampling (sample_rate = 1) and not mixed with gaussian events")
+        acc.compose(dataclasses.replace(e, l2_sensitivity=2 * e.l2_sensitivity, l1_sensitivity=2 * e.l1_sensitivity))
+    return acc.epsilon(delta=delta)

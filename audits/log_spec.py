@@ -17,7 +17,8 @@ from typing import Any, Mapping
 import jsonschema
 
 GENESIS_PREV_HASH = "0" * 64
-EVENT_TYPES = ("gaussian",)     # DP event types this verifier can account (see audits.accounting)
+# DP event types this verifier can account (see audits.accounting)
+EVENT_TYPES = ("gaussian", "distributed_discrete_gaussian")
 
 
 @lru_cache(maxsize=None)
@@ -89,5 +90,5 @@ class LogSpec:
         if t not in EVENT_TYPES:
             what = "has no 'type'" if "type" not in event else f"has type {t!r}"
             return (f"event {what}; this verifier accounts only {', '.join(EVENT_TYPES)} events "
-                    "(Poisson-subsampled Gaussian: noise_multiplier, sample_rate, steps)")
+                    "(Poisson-subsampled Gaussian; distributed discrete Gaussian)")
         return None

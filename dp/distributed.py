@@ -4,7 +4,7 @@ Mechanism (Kairouz, Liu & Steinke 2021, "The Distributed Discrete Gaussian Mecha
 Secure Aggregation", arXiv:2102.06387): every site adds, in the integer domain of the aggregation (units:
 quantization steps), an independent share X_i ~ N_Z(0, σ²)^d (``share_stddev`` σ). Only the shares of the honest
 survivors count — the server knows the colluders' shares and dropped sites add nothing — so the accounted noise is
-the sum of ``honest_shares`` n shares. The released sum moves by an integer vector Δ of L2 norm ≤ Δ2 and L1 norm
+the sum of ``honest_sites`` n shares. The released sum moves by an integer vector Δ of L2 norm ≤ Δ2 and L1 norm
 ≤ Δ1 (in quantization steps) when one unit's data changes.
 
 RDP bound (KLS21 Theorem 1 / Proposition 14), for every order α > 1, with τ = 10·Σ_{k=1}^{n−1} exp(−2π²σ²·k/(k+1)):
@@ -82,13 +82,13 @@ def poisson_subsampled_rdp(alpha: int, q: float, rdp) -> float:
 class DistributedGaussianEvent:
     """``steps`` compositions of the Poisson-subsampled distributed discrete Gaussian (see module docstring).
 
-    share_stddev: σ of each honest share N_Z(0, σ²), in quantization steps. honest_shares: n, the shares that
+    share_stddev: σ of each honest share N_Z(0, σ²), in quantization steps. honest_sites: n, the shares that
     count (pinned threshold minus the colluder bound). l2_sensitivity / l1_sensitivity: Δ2 / Δ1 in quantization
     steps (rounding included). dimension: d. sample_rate: q (Poisson, per step). steps: compositions.
     """
 
     share_stddev: float
-    honest_shares: int
+    honest_sites: int
     l2_sensitivity: float
     l1_sensitivity: float
     dimension: int
@@ -101,12 +101,12 @@ class DistributedGaussianEvent:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 raise ValueError(f"{name} must be a finite real number, got {v!r}")
             object.__setattr__(self, name, float(v))
-        for name in ("honest_shares", "dimension", "steps"):
+        for name in ("honest_sites", "dimension", "steps"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int):
                 raise TypeError(f"{name} must be an int, got {type(v).__name__}")
-        if self.honest_shares < 1:
-            raise ValueError(f"honest_shares must be >= 1 (no honest noise, no privacy); got {self.honest_shares}")
+        if self.honest_sites < 1:
+            raise ValueError(f"honest_sites must be >= 1 (no honest noise, no privacy); got {self.honest_sites}")
         if self.share_stddev < 0.5:
             raise ValueError(f"share_stddev must be >= 1/2 quantization step (KLS21 Theorem 1); got "
                              f"{self.share_stddev}")
@@ -118,15 +118,15 @@ class DistributedGaussianEvent:
     @property
     def noise_multiplier(self) -> float:
         """Effective σ/C of the honest noise: √n·σ / Δ2 (dimensionless; what a continuous Gaussian would need)."""
-        return math.sqrt(self.honest_shares) * self.share_stddev / self.l2_sensitivity
+        return math.sqrt(self.honest_sites) * self.share_stddev / self.l2_sensitivity
 
     def rdp(self, orders: Iterable[int] = ORDERS) -> np.ndarray:
         """RDP of all ``steps`` compositions at each integer order."""
         if self.steps == 0 or self.sample_rate == 0.0:
             return np.zeros(len(tuple(orders)))
-        root = math.sqrt(self.honest_shares) * self.share_stddev
+        root = math.sqrt(self.honest_sites) * self.share_stddev
         kw = dict(l2_scale=self.l2_sensitivity / root, l1_scale=self.l1_sensitivity / root,
-                  tau_=tau(self.share_stddev, self.honest_shares), dimension=self.dimension)
+                  tau_=tau(self.share_stddev, self.honest_sites), dimension=self.dimension)
 
         def one(a: float) -> float:
             return ddg_rdp(a, **kw)
@@ -134,7 +134,7 @@ class DistributedGaussianEvent:
 
     def to_payload(self) -> dict[str, Any]:
         """The typed event as stored in the ledger and receipts."""
-        return {"type": EVENT_TYPE, "share_stddev": self.share_stddev, "honest_shares": self.honest_shares,
+        return {"type": EVENT_TYPE, "share_stddev": self.share_stddev, "honest_sites": self.honest_sites,
                 "l2_sensitivity": self.l2_sensitivity, "l1_sensitivity": self.l1_sensitivity,
                 "dimension": self.dimension, "sample_rate": self.sample_rate, "steps": self.steps,
                 "noise_multiplier": self.noise_multiplier}
@@ -143,7 +143,7 @@ class DistributedGaussianEvent:
     def from_payload(cls, p: Mapping[str, Any]) -> "DistributedGaussianEvent":
         if p.get("type") != EVENT_TYPE:
             raise ValueError(f"not a {EVENT_TYPE} event: type={p.get('type')!r}")
-        return cls(share_stddev=float(p["share_stddev"]), honest_shares=int(p["honest_shares"]),
+        return cls(share_stddev=float(p["share_stddev"]), honest_sites=int(p["honest_sites"]),
                    l2_sensitivity=float(p["l2_sensitivity"]), l1_sensitivity=float(p["l1_sensitivity"]),
                    dimension=int(p["dimension"]), sample_rate=float(p["sample_rate"]), steps=int(p["steps"]))
 
@@ -194,7 +194,7 @@ def rounding_l1_bound(l2: float, dimension: int) -> float:
     return min(math.sqrt(dimension) * l2, l2 * l2)
 
 
-def calibrate_share_stddev(*, target_epsilon: float, target_delta: float, honest_shares: int,
+def calibrate_share_stddev(*, target_epsilon: float, target_delta: float, honest_sites: int,
                            l2_sensitivity: float, dimension: int, sample_rate: float, steps: int,
                            l1_sensitivity: float | None = None, rel_tol: float = 1e-3) -> float:
     """The smallest share σ (quantization steps, within ``rel_tol``) whose event composed ``steps`` times meets
@@ -202,11 +202,11 @@ def calibrate_share_stddev(*, target_epsilon: float, target_delta: float, honest
     l1 = rounding_l1_bound(l2_sensitivity, dimension) if l1_sensitivity is None else l1_sensitivity
 
     def eps(s: float) -> float:
-        ev = DistributedGaussianEvent(share_stddev=s, honest_shares=honest_shares, l2_sensitivity=l2_sensitivity,
+        ev = DistributedGaussianEvent(share_stddev=s, honest_sites=honest_sites, l2_sensitivity=l2_sensitivity,
                                       l1_sensitivity=l1, dimension=dimension, sample_rate=sample_rate, steps=steps)
         return epsilon_from_rdp(ev.rdp(), delta=target_delta)
 
-    lo, hi = 0.5, max(1.0, l2_sensitivity / math.sqrt(honest_shares))
+    lo, hi = 0.5, max(1.0, l2_sensitivity / math.sqrt(honest_sites))
     while eps(hi) > target_epsilon:
         lo, hi = hi, hi * 2
         if hi > 1e30:

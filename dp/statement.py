@@ -55,6 +55,9 @@ def privacy_statement(*, unit: str, epsilons: dict, delta: float, accountant: st
     if sampling == "poisson":
         lines.append("Assumption: each unit was included in each step independently with the recorded probability "
                      "(Poisson sampling); the noise was drawn as specified and not seen by anyone else.")
+    elif sampling == "none":
+        lines.append("Assumption: no sampling amplification is claimed (every unit takes part in every step, sample "
+                     "rate 1); the noise was drawn as specified and its honest part not seen by anyone else.")
     else:
         lines.append(f"Warning: sampling was {sampling!r}, not Poisson; the accountant assumes Poisson sampling, so "
                      "this ε is not a formal guarantee for the run as executed.")

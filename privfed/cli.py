@@ -115,7 +115,7 @@ def _overrides(**opts: Any) -> dict[str, Any]:
                "max_grad_norm": opts["max_grad_norm"], "noise_multiplier": opts["noise_multiplier"],
                "max_epsilon": opts["max_epsilon"], "accountant": opts["accountant"],
                "grad_sample_mode": opts["grad_sample_mode"], "noise_multiplicity": opts["noise_multiplicity"],
-               "allow_large_delta": opts["allow_large_delta"]},
+               "allow_large_delta": opts["allow_large_delta"], "placement": opts["dp_placement"]},
         "secure_agg": {"mode": opts["secure_agg"], "dropout_rate": opts["dropout_rate"]},
     }
     out: dict[str, Any] = {k: {kk: vv for kk, vv in v.items() if vv is not None} for k, v in sections.items()}
@@ -157,6 +157,10 @@ def run(
                                                      "timestep) averaged per image before clipping (hooks/functorch)."),
     allow_large_delta: Optional[bool] = typer.Option(None, "--allow-large-delta", help="Accept δ ≥ 1/n_local "
                                                      "(weak guarantee; refused by default)."),
+    dp_placement: Optional[str] = typer.Option(None, "--dp-placement", help="local | distributed | server: who "
+                                               "adds the noise (distributed: sites add discrete noise shares before "
+                                               "masking; server: trusted server; default: local for --dp sample, "
+                                               "server for --dp client)."),
     secure_agg: Optional[str] = typer.Option(None, "--secure-agg", help="secagg | secagg+ | ckks | off"),
     dropout_rate: Optional[float] = typer.Option(None, "--dropout-rate", help="Simulated client dropout rate."),
 ) -> None:

@@ -21,6 +21,9 @@ from privfed.errors import ConfigError
 
 PARTITIONS = ("iid", "dirichlet", "quantity")
 DP_MODES = ("sample", "client", "off")
+# where the DP noise is added: "local" (each site's DP-SGD), "distributed" (each site adds a share of discrete
+# noise before masking), "server" (the server, after unmasking: trusted); "auto": local for sample, server for client
+DP_PLACEMENTS = ("auto", "local", "distributed", "server")
 SECAGG_MODES = ("secagg", "secagg+", "ckks", "off")
 ACCOUNTANTS = ("pld", "prv", "rdp")
 PUBLIC_PRETRAIN = ("auto", "typeset-digits", "none")
@@ -135,6 +138,7 @@ class DPConfig:
     noise_multiplicity: int = 1           # (noise, timestep) draws averaged per example before clipping (DPDM)
     allow_large_delta: bool = False
     secure_rng: bool = True               # sampling + noise from an OS-CSPRNG-seeded generator, Opacus secure_mode
+    placement: str = "auto"               # local | distributed | server (see DP_PLACEMENTS); auto = the mode's default
 
     def __post_init__(self) -> None:
         _check_types(self, "dp")
@@ -161,6 +165,24 @@ class DPConfig:
             raise ConfigError(f"max epsilon must be > 0; got {self.max_epsilon}")
         if self.mode != "off" and self.target_epsilon is None and self.noise_multiplier is None:
             raise ConfigError("DP needs --target-epsilon or --noise-multiplier")
+        if self.placement not in DP_PLACEMENTS:
+            raise ConfigError(f"dp placement must be one of {', '.join(DP_PLACEMENTS)}; got {self.placement!r}")
+        allowed = {"sample": ("local",), "client": ("server", "distributed"), "off": ()}[self.mode]
+        if self.placement != "auto" and self.placement not in allowed:
+            hint = {"sample": " (sample-level distributed DP-SGD is not implemented yet: use --dp client "
+                              "--dp-placement distributed for site-level distributed noise)",
+                    "off": " (DP is off: there is no noise to place)"}.get(self.mode, "")
+            raise ConfigError(f"dp placement {self.placement!r} is not available with dp mode {self.mode!r}; "
+                              f"allowed: {', '.join(allowed) or 'auto'}{hint}")
+
+    @property
+    def effective_placement(self) -> str:
+        """Where the noise is added: local | distributed | server, or "none" when DP is off."""
+        if self.mode == "off":
+            return "none"
+        if self.placement != "auto":
+            return self.placement
+        return "local" if self.mode == "sample" else "server"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -295,6 +317,25 @@ class RunConfig:
                               ">= 2); use --secure-agg off for a single site")
         if self.secure_agg.mode != "off":
             self.secure_agg.check_round(sites_per_round(self.fed))
+        if self.dp.effective_placement == "distributed":
+            self._check_distributed()
+
+    def _check_distributed(self) -> None:
+        """Distributed noise needs pairwise-mask secure aggregation (the integer ring the shares are added in), every
+        site in every round, and at least one honest share after the colluder bound (ConfigError otherwise)."""
+        if self.secure_agg.mode not in ("secagg", "secagg+"):
+            raise ConfigError(f"dp placement 'distributed' needs pairwise-mask secure aggregation (--secure-agg "
+                              f"secagg or secagg+): with {self.secure_agg.mode!r} "
+                              + ("the server would see every noise share and update in the clear"
+                                 if self.secure_agg.mode == "off" else "the shares are not added in an integer ring"))
+        if self.fed.fraction != 1.0:
+            raise ConfigError("dp placement 'distributed' needs fraction = 1 (every site every round): who takes part "
+                              "is visible to the server, so no site-sampling amplification is claimed for it")
+        n = sites_per_round(self.fed)
+        t = self.secure_agg.threshold(n)
+        if t - self.secure_agg.max_colluders < 1:
+            raise ConfigError(f"dp placement 'distributed': threshold t={t} minus max_colluders="
+                              f"{self.secure_agg.max_colluders} leaves no honest noise share")
 
     @property
     def public_pretrain(self) -> str:

@@ -23,19 +23,26 @@ import torch
 from dp import (GaussianEvent, PrivacyAccountant, calibrate_noise_multiplier, check_budget, default_delta,
                 privacy_statement, validate_dp_args)
 from dp.client_level import aggregate_noise
+from dp.distributed import EVENT_TYPE as DDG_TYPE, DistributedAccountant, DistributedGaussianEvent
+from privfed.federation.distributed_noise import DistributedNoise
 from privfed.config import FedConfig, RunConfig
 from privfed.errors import ConfigError
 
 EVENT_TYPE = "gaussian"      # Poisson-subsampled Gaussian mechanism, `steps` compositions
+DDG_EVENT_TYPE = DDG_TYPE    # distributed discrete Gaussian (dp.distributed), `steps` compositions
 
 
-def event_payload(event: GaussianEvent) -> dict[str, Any]:
+def event_payload(event) -> dict[str, Any]:
     """The typed event as stored in the ledger and the receipts."""
+    if isinstance(event, DistributedGaussianEvent):
+        return event.to_payload()
     return {"type": EVENT_TYPE, "noise_multiplier": float(event.noise_multiplier),
             "sample_rate": float(event.sample_rate), "steps": int(event.steps)}
 
 
-def event_from_payload(p: Mapping[str, Any]) -> GaussianEvent:
+def event_from_payload(p: Mapping[str, Any]):
+    if p.get("type") == DDG_EVENT_TYPE:
+        return DistributedGaussianEvent.from_payload(p)
     if p.get("type") != EVENT_TYPE:
         raise ValueError(f"unknown DP event type {p.get('type')!r}")
     return GaussianEvent(noise_multiplier=p["noise_multiplier"], sample_rate=p["sample_rate"], steps=p["steps"])
@@ -71,6 +78,9 @@ class ServerPrivacy:
     unit_words = "none"
     delta: float | None = None
     noise_rng = "none"
+    placement = "none"           # local | distributed | server (where the noise is added)
+    trust = "none"               # who must be trusted for the stated guarantee (one line)
+    charges_all_sites = False    # True: every site is charged every round and told so in the close message
 
     def __init__(self, cfg: RunConfig, client_sizes: Sequence[int]) -> None:
         self.cfg = cfg
@@ -84,6 +94,9 @@ class ServerPrivacy:
         return self.mode != "off"
 
     # -- round ---------------------------------------------------------------------------------------------------
+    def participants(self, round_index: int, sites: Sequence[int]) -> None:
+        """The sites whose updates enter this round's aggregation (before it runs)."""
+
     def check_round(self, round_index: int) -> tuple[list[dict[str, Any]], str | None]:
         """Server-side budget checks before any offer: (ledger budget_check payloads, abort reason or None)."""
         return [], None
@@ -141,6 +154,8 @@ class ServerSampleDP(ServerPrivacy):
     mode = "sample"
     unit = "example"
     unit_words = "one training image"
+    placement = "local"
+    trust = "no one: each site adds the full noise to its own DP-SGD steps before anything leaves it"
 
     def __init__(self, cfg: RunConfig, client_sizes: Sequence[int]) -> None:
         super().__init__(cfg, client_sizes)
@@ -181,25 +196,41 @@ class ServerClientDP(ServerPrivacy):
     mode = "client"
     unit = "client"
     unit_words = "one whole site (all of its images)"
+    placement = "server"
+    trust = ("THE SERVER: it adds the noise after unmasking and sees the exact sum of the sites' clipped updates; "
+             "the guarantee holds only against those who see the released model")
+    charges_all_sites = True
 
     def __init__(self, cfg: RunConfig, client_sizes: Sequence[int]) -> None:
         super().__init__(cfg, client_sizes)
         dpc, fed = cfg.dp, cfg.fed
         self.delta, self.delta_note = run_delta(cfg, client_sizes)
         self.q = fed.fraction   # each site joins a round independently with probability q (Poisson)
+        self.sensitivity_factor = too_few_sites_factor(cfg)
         if dpc.noise_multiplier is not None:
             self.sigma = dpc.noise_multiplier
         else:
-            self.sigma = calibrate_noise_multiplier(target_epsilon=dpc.target_epsilon, target_delta=self.delta,
-                                                    sample_rate=self.q, steps=fed.rounds, accountant=self.kind)
+            # calibrate the accounted multiplier σ/m; the noise added is σ·C with σ = m·(σ/m)
+            self.sigma = self.sensitivity_factor * calibrate_noise_multiplier(
+                target_epsilon=dpc.target_epsilon, target_delta=self.delta, sample_rate=self.q, steps=fed.rounds,
+                accountant=self.kind)
         self.sigmas = [self.sigma] * self.n_clients
+        self.unamplified = [PrivacyAccountant(kind=self.kind) for _ in client_sizes]
         validate_dp_args(target_epsilon=dpc.target_epsilon, target_delta=self.delta, n_local=self.n_clients,
                          noise_multiplier=self.sigma, max_grad_norm=dpc.max_grad_norm, max_epsilon=self.cap,
                          one_round_event=self._event(0), allow_large_delta=dpc.allow_large_delta)
         self.noise_rng = "torch generator seeded from the OS CSPRNG per round (server-side aggregate noise)"
 
+    def participants(self, round_index: int, sites: Sequence[int]) -> None:
+        """Without amplification (who took part is known, so a noise-only round reveals nothing about a site's data):
+        a site is charged N(0, σ²C²) at sensitivity C for each round its update entered."""
+        for cid in sites:
+            self.unamplified[cid].add_event(GaussianEvent(noise_multiplier=self.sigma, sample_rate=1.0, steps=1))
+
     def _event(self, cid: int) -> GaussianEvent:
-        return GaussianEvent(noise_multiplier=self.sigma, sample_rate=self.q, steps=1)
+        """σ/m: a round with fewer than m drawn sites releases noise only, so one site's presence can move the
+        release by the sum of m clipped updates (m·C), not C (see :func:`too_few_sites_factor`)."""
+        return GaussianEvent(noise_multiplier=self.sigma / self.sensitivity_factor, sample_rate=self.q, steps=1)
 
     def check_round(self, round_index: int) -> tuple[list[dict[str, Any]], str | None]:
         """DP-FedAvg charges every site every round, so every site's budget is checked first."""
@@ -232,16 +263,129 @@ class ServerClientDP(ServerPrivacy):
         return out
 
     def notes(self) -> list[str]:
-        return [f"DP-FedAvg: σ = {self.sigma:.3f}, update clip C = {self.cfg.dp.max_grad_norm}, "
-                f"site sampling q = {self.q:.2f}, accountant {self.kind}; {self.delta_note}; the SERVER adds the "
-                "noise after unmasking and sees the clean sum (trusted server)"]
+        m = self.sensitivity_factor
+        return [f"DP-FedAvg, noise placement 'server' (trusts the server): σ = {self.sigma:.3f}, update clip C = "
+                f"{self.cfg.dp.max_grad_norm}, site sampling q = {self.q:.2f}"
+                + (f", accounted sensitivity {m}·C (a round that draws fewer than {m} sites releases noise only)"
+                   if m > 1 else "")
+                + f", accountant {self.kind}; {self.delta_note}; the SERVER adds the noise after unmasking and sees "
+                "the clean sum (trusted server)"]
 
     def statement_lines(self) -> list[str]:
         return [privacy_statement(unit=self.unit_words, epsilons=self.epsilons(), delta=self.delta,
                                   accountant=self.kind, sampling="poisson", mode="client"),
-                "Trust: in DP-FedAvg the server adds the noise after unmasking the sum, so the server itself sees "
-                "the exact sum of the sites' clipped updates; the guarantee above holds against everyone who only "
-                "sees the released model, not against the server."]
+                "Trust (placement 'server', trusts the server): in DP-FedAvg the server adds the noise after "
+                "unmasking the sum, so the server itself sees the exact sum of the sites' clipped updates; the "
+                "guarantee above (with site-sampling amplification) holds against everyone who only sees the released "
+                "model; against the server there is none."] + self._unamplified_lines()
+
+    def _unamplified_lines(self) -> list[str]:
+        if self.q >= 1.0:
+            return []
+        eps = {str(c): a.epsilon(delta=self.delta) for c, a in enumerate(self.unamplified) if a.events}
+        cells = ", ".join(f"{c}: ε = {e:.2f}" for c, e in eps.items()) or "no site took part"
+        return [f"Without site-sampling amplification (against anyone who knows which sites took part in which "
+                f"round, e.g. a reader of the ledger, but not against the server): at δ = {self.delta:.3g}, {cells}."]
+
+
+class ServerDistributedDP(ServerPrivacy):
+    """DP-FedAvg with distributed noise: each site adds an exact discrete Gaussian share in the integer ring of
+    secure aggregation before masking (:mod:`privfed.federation.distributed_noise`); the server only unmasks a sum
+    that already carries the noise of at least t − n_C honest survivors, and adds nothing itself.
+
+    Every site takes part in every round (fraction = 1): who takes part is visible to the server, so no sampling
+    amplification is claimed and the stated ε holds against the server too. A site is charged for the rounds its
+    masked update reached the server; the typed event is ``distributed_discrete_gaussian``, accounted by RDP.
+    """
+
+    mode = "client"
+    unit = "client"
+    unit_words = "one whole site (all of its images)"
+    placement = "distributed"
+    trust = ("at least t − n_C of each round's surviving sites are honest (their noise shares alone meet σ); the "
+             "server never sees a sum without noise")
+
+    def __init__(self, cfg: RunConfig, client_sizes: Sequence[int]) -> None:
+        super().__init__(cfg, client_sizes)
+        self.delta, self.delta_note = run_delta(cfg, client_sizes)
+        self.kind = "rdp"
+        self.accountants = [DistributedAccountant() for _ in client_sizes]
+        self.plan = DistributedNoise(cfg, delta=self.delta)
+        self.sigma = self.plan.z
+        self.sigmas = [self.sigma] * self.n_clients
+        self._round_sites = self.n_clients
+        self._dim: int | None = None
+        self.noise_rng = ("each site's share: exact discrete Gaussian sampler (Canonne-Kamath-Steinke 2020, integer "
+                          "arithmetic) on bytes from the site's OS CSPRNG (os.urandom)")
+
+    def restore(self, records: Iterable[Mapping[str, Any]]) -> None:
+        self.accountants = [DistributedAccountant() for _ in self.accountants]
+        for rec in records:
+            if rec["kind"] == "dp_event":
+                p = rec["payload"]
+                self.accountants[int(p["client"])].add_event(event_from_payload(p["event"]))
+
+    def participants(self, round_index: int, sites: Sequence[int]) -> None:
+        self._round_sites = len(sites)
+
+    def check_round(self, round_index: int) -> tuple[list[dict[str, Any]], str | None]:
+        out, over = [], 0
+        if self._dim is None:
+            return out, None       # the first round's event needs the model size; sites check their own caps too
+        ev = self.plan.event(self.n_clients, self._dim)
+        for cid, acc in enumerate(self.accountants):
+            proj = acc.projected_epsilon(ev, delta=self.delta)
+            allowed = self.cap is None or proj <= self.cap
+            out.append({"round": round_index, "client": str(cid), "projected_epsilon": float(proj),
+                        "max_epsilon": float(self.cap), "allowed": bool(allowed)})
+            over += not allowed
+        return out, (f"round {round_index} would push {over} site(s) over their ε cap" if over else None)
+
+    def post_aggregate(self, total: torch.Tensor, total_weight: float, *, round_index: int) -> torch.Tensor:
+        """The unmasked sum already holds the sites' noise; divide by the number of sites (fixed denominator)."""
+        self._dim = int(total.numel())
+        return (total.double() / self.n_clients).float()
+
+    def charges(self, round_index: int, released: Mapping[int, Mapping[str, Any] | None]) -> list[dict[str, Any]]:
+        out = []
+        if not released or self._dim is None:
+            return out
+        event = self.plan.event(self._round_sites, self._dim)
+        for cid in sorted(released):
+            acc = self.accountants[cid]
+            acc.add_event(event)
+            out.append(self._payload(round_index, cid, event, acc.epsilon(delta=self.delta)))
+        return out
+
+    def notes(self) -> list[str]:
+        sa = self.cfg.secure_agg
+        n = self.n_clients
+        return [f"DP-FedAvg, noise placement 'distributed': each site adds an exact discrete Gaussian share before "
+                f"masking; honest noise alone has σ/C = {self.sigma:.3f} (t − n_C = {self.plan.honest_sites(n)} "
+                f"honest shares of {n}, threshold fraction {sa.threshold_fraction}, max_colluders "
+                f"{sa.max_colluders}); update clip C = {self.cfg.dp.max_grad_norm}; every site every round (no "
+                f"sampling amplification claimed); accountant: RDP of the distributed discrete Gaussian (Kairouz, "
+                f"Liu & Steinke 2021); {self.delta_note}"]
+
+    def statement_lines(self) -> list[str]:
+        return [privacy_statement(unit=self.unit_words, epsilons=self.epsilons(), delta=self.delta,
+                                  accountant="rdp (distributed discrete Gaussian)", sampling="none", mode="client"),
+                "Trust (placement 'distributed'): the server only ever unmasks a sum that already contains the noise "
+                "of at least t − n_C honest surviving sites, so the guarantee above holds against the server as well "
+                "as against everyone who sees the model (no sampling amplification is claimed: every site takes part "
+                "in every round)."]
+
+
+def too_few_sites_factor(cfg: RunConfig) -> int:
+    """m for DP-FedAvg with Poisson site sampling (fraction < 1): a round that draws fewer than m sites (the run's
+    min_clients, and secure aggregation's smallest round) releases noise only, so adding one site can turn a
+    noise-only release into the sum of m clipped updates — sensitivity m·C. 1 when every site takes every round."""
+    if cfg.fed.fraction >= 1.0:
+        return 1
+    m = min(cfg.fed.min_clients, cfg.fed.clients)
+    if cfg.secure_agg.mode != "off":
+        m = max(m, cfg.secure_agg.min_clients)
+    return max(1, m)
 
 
 SERVER_MODES = {"off": ServerPrivacy, "sample": ServerSampleDP, "client": ServerClientDP}
@@ -250,6 +394,8 @@ SERVER_MODES = {"off": ServerPrivacy, "sample": ServerSampleDP, "client": Server
 def server_privacy(cfg: RunConfig, client_sizes: Sequence[int]) -> ServerPrivacy:
     """The server half for the run's DP mode (ConfigError on bad DP arguments, before anything is written)."""
     try:
+        if cfg.dp.effective_placement == "distributed":
+            return ServerDistributedDP(cfg, client_sizes)
         return SERVER_MODES[cfg.dp.mode](cfg, client_sizes)
     except ValueError as e:
         raise ConfigError(str(e)) from None

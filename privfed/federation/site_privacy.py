@@ -6,15 +6,20 @@ receipt) and its ε cap.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+import numpy as np
 import torch
 
 from dp import GaussianEvent, PrivacyAccountant, calibrate_noise_multiplier, check_budget, make_private, \
     validate_dp_args
 from dp.client_level import clip_update
+from dp.discrete_noise import sample_discrete_gaussian
+from dp.distributed import DistributedAccountant
 from privfed.config import FedConfig, RunConfig
-from privfed.errors import ConfigError
+from privfed.errors import ConfigError, PolicyViolation
+from privfed.federation.distributed_noise import DistributedNoise
 from privfed.federation.client import ClientUpdate, LocalTrainer
 from privfed.federation.privacy import _expected_steps, event_payload, run_cap
 
@@ -48,9 +53,13 @@ class SitePrivacy:
         self.accountant.add_event(event)
         return self.accountant.epsilon(delta=self.delta) if self.delta else 0.0
 
-    def add_noise_share(self, update):
+    def add_noise_share(self, update, *, weight_total: float, max_colluders: int = 0):
         """Seam for distributed DP: a site adds its share of the noise before masking. None here."""
         return update
+
+    def noise_share_event(self):
+        """The typed event of the noise share added this round (None: no share)."""
+        return None
 
 
 class SiteSampleDP(SitePrivacy):
@@ -96,9 +105,54 @@ class SiteClientDP(SitePrivacy):
         return 1.0
 
 
+class SiteDistributedDP(SiteClientDP):
+    """DP-FedAvg with distributed noise: clip the update to C (weight 1) and, before masking, add an exact discrete
+    Gaussian share in the integer ring of secure aggregation (:mod:`privfed.federation.distributed_noise`)."""
+
+    def __init__(self, cfg: RunConfig, n_local: int, *, delta: float) -> None:
+        super().__init__(cfg, n_local, delta=delta)
+        self.accountant = DistributedAccountant()
+        self.plan = DistributedNoise(cfg, delta=delta)
+        self.noise_source = None       # byte source of the noise (None: os.urandom); tests inject a seeded one
+        self._event = None
+        self._dim: int | None = None
+
+    def add_noise_share(self, update, *, weight_total: float, max_colluders: int = 0):
+        """``update``: this site's masking input (clipped update / n, float64). Returns it plus γ·Z, Z ~ N_Z(0, σ²)^d
+        exactly, σ sized for the round's n = weight_total sites and the larger of the run's and the site's pinned
+        colluder bound (a stricter pin only adds noise; the ledger's event stays the run's, conservative)."""
+        n = int(round(weight_total))
+        if n < 1 or abs(weight_total - n) > 1e-9:
+            raise ValueError(f"distributed noise needs a whole number of sites per round, got {weight_total}")
+        d = int(np.asarray(update).shape[0])
+        event = self.plan.event(n, d)
+        honest = self.plan.threshold_of(n) - max(self.plan.colluders, int(max_colluders))
+        if honest < 1:
+            raise PolicyViolation(f"round of {n} sites: threshold minus the pinned colluder bound leaves no honest "
+                                  "noise share")
+        share = self.plan.z * event.l2_sensitivity / math.sqrt(honest)
+        sigma_sq = math.ceil(share * share)          # an integer σ² ≥ the planned one: only more noise
+        z = sample_discrete_gaussian(sigma_sq, d, source=self.noise_source)
+        self._event, self._dim = event, d
+        return np.asarray(update, dtype=np.float64) + self.plan.step(n) * z.astype(np.float64)
+
+    def noise_share_event(self):
+        return self._event
+
+    def check_budget(self, cap: float) -> dict[str, Any] | None:
+        """Projected ε after one more round (from the model size of the last round; None before the first)."""
+        if self._dim is None:
+            return None
+        ev = self.plan.event(self.cfg.fed.clients, self._dim)
+        proj = self.accountant.projected_epsilon(ev, delta=self.delta)
+        return {"projected_epsilon": float(proj), "max_epsilon": float(cap), "allowed": bool(proj <= cap)}
+
+
 def site_privacy(cfg: RunConfig, n_local: int, *, delta: float | None) -> SitePrivacy:
     """The site half for the run's DP mode (ConfigError on bad DP arguments, before anything is written)."""
     try:
+        if cfg.dp.effective_placement == "distributed":
+            return SiteDistributedDP(cfg, n_local, delta=delta)
         if cfg.dp.mode == "sample":
             return SiteSampleDP(cfg, n_local, delta=delta)
         if cfg.dp.mode == "client":

@@ -140,6 +140,7 @@ class Server:
                                     on_reply=lambda c, m: self.reporter.client_done(r, c, m))
         participants = sorted(trained)
         self.on_participants(r, participants)
+        self.privacy.participants(r, participants)
         if participants:
             agg = self.aggregator.aggregate(
                 lambda kind, f, a: self.exchange(r, kind, f, a), round_index=r, participants=participants,
@@ -174,7 +175,7 @@ class Server:
 
     def _close(self, r: int, participants: list[int], payloads: list[dict[str, Any]]) -> None:
         """Tell the sites the round is over; under DP-FedAvg every site is told what it was charged."""
-        charged = {int(p["client"]): p for p in payloads} if self.privacy.mode == "client" else {}
+        charged = {int(p["client"]): p for p in payloads} if self.privacy.charges_all_sites else {}
         targets = sorted(set(participants) | set(charged))
         fields = {}
         for c in targets:

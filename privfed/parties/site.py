@@ -203,9 +203,11 @@ class Site:
             return
         self._round["charged"] = True
         upd = self._round["update"]
-        if upd.dp is None or self.receipt is None:
+        # DP-SGD: the trainer's event; distributed noise: the event of the share added before masking
+        event = event_from_payload(upd.dp) if upd.dp is not None else self.privacy.noise_share_event()
+        if event is None or self.receipt is None:
             return
-        self._record_spend(round_index, event_from_payload(upd.dp))
+        self._record_spend(round_index, event)
 
     def _record_spend(self, round_index: int, event) -> None:
         """Charge ``event`` to the site's own accountant and sign it into its receipt."""
@@ -267,7 +269,8 @@ class Site:
         if self._he_context is None or self._he_context.sha256 != f["context_sha256"]:
             self._he_context = PublicContext(data, params=params)
         clip = float(self.cfg.secure_agg.clip_range)
-        vec = np.clip(self.privacy.add_noise_share(self._weighted(f["weight_total"])), -clip, clip)
+        vec = np.clip(self.privacy.add_noise_share(self._weighted(f["weight_total"]), weight_total=f["weight_total"]),
+                      -clip, clip)
         ct = self._he_context.encrypt(vec)
         self._charge_release(msg.round)
         self._round["stage"] = "done"
@@ -275,7 +278,9 @@ class Site:
 
     def _masking_input(self) -> np.ndarray:
         """The vector this site masks: its weighted update plus (seam for distributed DP) its noise share."""
-        return self.privacy.add_noise_share(self._weighted(self._round["weight_total"]))
+        wt = self._round["weight_total"]
+        return self.privacy.add_noise_share(self._weighted(wt), weight_total=wt,
+                                            max_colluders=self.policy.max_colluders)
 
     def _sa_roster(self):
         from secure_agg import Roster as SARoster

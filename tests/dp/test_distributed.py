@@ -10,7 +10,7 @@ from dp.distributed import (ORDERS, DistributedAccountant, DistributedGaussianEv
 
 
 def event(**kw):
-    base = dict(share_stddev=1e6, honest_shares=1, l2_sensitivity=1e6, l1_sensitivity=1e6, dimension=1,
+    base = dict(share_stddev=1e6, honest_sites=1, l2_sensitivity=1e6, l1_sensitivity=1e6, dimension=1,
                 sample_rate=1.0, steps=1)
     base.update(kw)
     return DistributedGaussianEvent(**base)
@@ -22,7 +22,7 @@ def test_continuous_gaussian_limit():
     from dp_accounting.rdp import RdpAccountant
 
     for z, steps, n in [(1.0, 1, 1), (2.5, 15, 7), (0.8, 40, 3)]:
-        ev = event(share_stddev=z * 1e6 / math.sqrt(n), honest_shares=n, l2_sensitivity=1e6,
+        ev = event(share_stddev=z * 1e6 / math.sqrt(n), honest_sites=n, l2_sensitivity=1e6,
                    l1_sensitivity=1e6 * 300, dimension=90_000, steps=steps)
         assert tau(ev.share_stddev, n) == 0.0
         acc = RdpAccountant(orders=list(ORDERS))
@@ -95,18 +95,18 @@ def test_bound_covers_the_exact_sum_of_shares(sigma, n):
 
 
 def test_tau_only_adds_privacy_loss():
-    small = event(share_stddev=0.6, honest_shares=5, l2_sensitivity=2, l1_sensitivity=2)
-    no_tau = event(share_stddev=0.6, honest_shares=1, l2_sensitivity=2 / math.sqrt(5), l1_sensitivity=2)
+    small = event(share_stddev=0.6, honest_sites=5, l2_sensitivity=2, l1_sensitivity=2)
+    no_tau = event(share_stddev=0.6, honest_sites=1, l2_sensitivity=2 / math.sqrt(5), l1_sensitivity=2)
     assert np.all(small.rdp() >= no_tau.rdp())
 
 
 def test_calibration_never_overshoots():
-    kw = dict(target_delta=1e-5, honest_shares=7, l2_sensitivity=rounding_l2_bound(8.6e7, 164_000),
+    kw = dict(target_delta=1e-5, honest_sites=7, l2_sensitivity=rounding_l2_bound(8.6e7, 164_000),
               dimension=164_000, sample_rate=1.0, steps=15)
     s = calibrate_share_stddev(target_epsilon=10.0, **kw)
     acc = DistributedAccountant()
     for _ in range(15):
-        acc.add_event(DistributedGaussianEvent(share_stddev=s, honest_shares=7, l2_sensitivity=kw["l2_sensitivity"],
+        acc.add_event(DistributedGaussianEvent(share_stddev=s, honest_sites=7, l2_sensitivity=kw["l2_sensitivity"],
                                                l1_sensitivity=kw["l2_sensitivity"] * math.sqrt(164_000),
                                                dimension=164_000, sample_rate=1.0, steps=1))
     eps = acc.epsilon(delta=1e-5)
@@ -114,10 +114,10 @@ def test_calibration_never_overshoots():
 
 
 def test_event_round_trip_and_validation():
-    ev = event(honest_shares=3, sample_rate=0.5, steps=2)
+    ev = event(honest_sites=3, sample_rate=0.5, steps=2)
     assert DistributedGaussianEvent.from_payload(ev.to_payload()) == ev
     with pytest.raises(ValueError):
-        event(honest_shares=0)
+        event(honest_sites=0)
     with pytest.raises(ValueError):
         event(share_stddev=0.1)
 

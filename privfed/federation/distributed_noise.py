@@ -1,0 +1,108 @@
+"""Calibration of distributed discrete Gaussian noise shares (site-level DP-FedAvg, ``placement = "distributed"``).
+
+Both halves compute the same plan from the run configuration: the server to record the typed event of each round,
+each site to size its own noise share. A site's masking input is its clipped update (L2 ≤ C) times 1/n (n = sites
+whose update enters the round's secure aggregation; weight 1 each); secure aggregation clips each coordinate to
+±c (``secure_agg.clip_range``) and stochastically rounds it to L = ⌊(2^32 − 1)/n⌋ levels, step γ = 2c/L. The site
+adds γ·Z with Z ~ N_Z(0, σ²)^d drawn exactly (:mod:`dp.discrete_noise`): rounding ⌊u + Z + r⌋ = Z + ⌊u + r⌋, so the
+noise enters the integer sum exactly (float64 rounding of u moves u by < 2^-20 of a step; the sensitivity bound
+below carries a 1e-6 relative margin for it).
+
+Per round with n sites: Δ2 = (C/(n·γ) + 2√d)·(1 + 1e-6) steps; honest shares h = t(n) − n_C (pinned threshold
+minus colluder bound; dropped and colluding sites' shares do not count); share σ = z·Δ2/√h, so the honest noise
+alone has σ/C-equivalent z, calibrated once for the run's ε over all rounds (δ as the run's).
+
+Range: a site's noisy coordinate must stay inside ±c or secure aggregation clips it (the noise would no longer be
+the accounted one); the data part uses at most C/n of it, so the headroom is L/2 − C/(nγ) steps and the
+probability that any coordinate of any site is clipped in a round is bounded by a union bound
+(:func:`dp.distributed.clip_probability`); the run refuses to start when it exceeds 1e-9 for any round size.
+"""
+
+from __future__ import annotations
+
+import math
+
+from dp.distributed import (DistributedGaussianEvent, calibrate_share_stddev, clip_probability, rounding_l1_bound,
+                            rounding_l2_bound)
+from privfed.config import RunConfig, sites_per_round
+from privfed.errors import ConfigError
+
+DIM_BOUND = 1 << 24          # parameters: the configuration checks assume a model of at most this size
+MAX_CLIP_PROBABILITY = 1e-9  # per round, all sites and coordinates together
+MIN_SHARE_STEPS = 10.0       # share σ in quantization steps: above this KLS21's τ underflows (the sum is Gaussian)
+FLOAT_MARGIN = 1e-6
+MAX_ROUNDING_INFLATION = 1.01  # Δ2 after rounding / C in steps: above this the ring is too coarse for useful noise
+
+
+class DistributedNoise:
+    """The noise plan of a distributed-placement run (ConfigError when the ring cannot hold the noise)."""
+
+    def __init__(self, cfg: RunConfig, *, delta: float) -> None:
+        dpc, fed, sa = cfg.dp, cfg.fed, cfg.secure_agg
+        self.clip_norm = float(dpc.max_grad_norm)
+        self.clip_range = float(sa.clip_range)
+        self.colluders = int(sa.max_colluders)
+        self.threshold_of = sa.threshold
+        self.sites = int(fed.clients)
+        self.rounds = int(fed.rounds)
+        if dpc.noise_multiplier is not None:
+            self.z = float(dpc.noise_multiplier)
+        else:
+            # τ = 0 in the regime checked below, so ε depends on z only: calibrate on a unit-free event
+            ref = 1e6
+            self.z = calibrate_share_stddev(target_epsilon=dpc.target_epsilon, target_delta=delta, honest_sites=1,
+                                            l2_sensitivity=ref, dimension=1, sample_rate=1.0, steps=fed.rounds) / ref
+        if not self.z > 0:
+            raise ConfigError("distributed placement needs a noise multiplier > 0")
+        smallest = max(2, min(fed.min_clients, fed.clients), sa.min_clients)
+        for n in range(smallest, max(smallest, sites_per_round(fed)) + 1):
+            self._check_round_size(n)
+
+    # -- per round size n ------------------------------------------------------------------------------------------
+    def step(self, n: int) -> float:
+        """γ: the quantization step secure aggregation uses for a round of n sites."""
+        from secure_agg.quantize import make_quantizer
+
+        return make_quantizer(n_clients=n, clip_range=self.clip_range).step
+
+    def honest_sites(self, n: int) -> int:
+        return self.threshold_of(n) - self.colluders
+
+    def event(self, n: int, dimension: int) -> DistributedGaussianEvent:
+        """The typed event of one round with n contributing sites and a d-parameter model."""
+        scaled = self.clip_norm / (n * self.step(n))
+        l2 = rounding_l2_bound(scaled, dimension) * (1 + FLOAT_MARGIN)
+        h = self.honest_sites(n)
+        if h < 1:
+            raise ConfigError(f"a round of {n} sites has threshold {self.threshold_of(n)} <= max_colluders "
+                              f"{self.colluders}: no honest noise share")
+        return DistributedGaussianEvent(share_stddev=self.z * l2 / math.sqrt(h), honest_sites=h, l2_sensitivity=l2,
+                                        l1_sensitivity=rounding_l1_bound(l2, dimension), dimension=int(dimension),
+                                        sample_rate=1.0, steps=1)
+
+    def clip_probability(self, n: int, dimension: int) -> float:
+        ev = self.event(n, dimension)
+        headroom = (self.clip_range - self.clip_norm / n) / self.step(n)
+        return clip_probability(share_stddev=ev.share_stddev, headroom=headroom, dimension=dimension, sites=n)
+
+    def _check_round_size(self, n: int) -> None:
+        ev = self.event(n, DIM_BOUND)
+        scaled = self.clip_norm / (n * self.step(n))
+        if ev.l2_sensitivity > MAX_ROUNDING_INFLATION * scaled:
+            raise ConfigError(f"distributed noise: the 32-bit ring is too coarse for secure_agg.clip_range = "
+                              f"{self.clip_range:g}: with {n} sites an update of norm C spans {scaled:.3g} "
+                              f"quantization steps and rounding inflates its sensitivity "
+                              f"{ev.l2_sensitivity / scaled:.3g}-fold (allowed {MAX_ROUNDING_INFLATION:g}); lower "
+                              "clip_range")
+        if ev.share_stddev < MIN_SHARE_STEPS:
+            raise ConfigError(f"distributed noise: with {n} sites a noise share is {ev.share_stddev:.3g} quantization "
+                              f"steps, below {MIN_SHARE_STEPS:g}: the 32-bit ring is too coarse for this noise; lower "
+                              f"secure_agg.clip_range ({self.clip_range:g})")
+        p = self.clip_probability(n, DIM_BOUND)
+        if p > MAX_CLIP_PROBABILITY:
+            k = math.sqrt(2 * math.log(2 * n * DIM_BOUND / MAX_CLIP_PROBABILITY))
+            need = (self.clip_norm / n) * (1 + k * self.z / math.sqrt(ev.honest_sites)) * 1.01
+            raise ConfigError(f"distributed noise does not fit the secure-aggregation range: with {n} sites each "
+                              f"coordinate may be clipped with probability up to {p:.2g} per round (> "
+                              f"{MAX_CLIP_PROBABILITY:g}); set [secure_agg] clip_range >= {need:.3g} (now "
+                              f"{self.clip_range:g}) in the config file")

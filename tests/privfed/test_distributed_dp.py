@@ -1,0 +1,175 @@
+"""Distributed DP under secure aggregation (placement "distributed"), the server placement's 2C fix, bad input."""
+
+import hashlib
+import json
+import math
+
+import numpy as np
+import pytest
+
+from audits.accounting import IndependentAccountant, parse_event
+from audits.verify import verify_run
+from dp import GaussianEvent, PrivacyAccountant
+from privfed.cli import main
+from privfed.config import RunConfig
+from privfed.errors import ConfigError
+from privfed.federation import privacy as P
+from privfed.federation import site_privacy as SP
+from privfed.federation.runner import FederatedRun
+
+
+def _records(run, kind):
+    return [json.loads(line)["payload"] for line in (run / "ledger.jsonl").read_text().splitlines()
+            if json.loads(line)["kind"] == kind]
+
+
+def _distributed(tiny_config, **sa):
+    return tiny_config.replace(dp={"mode": "client", "placement": "distributed", "target_epsilon": 8.0},
+                               secure_agg={"mode": "secagg", "clip_range": 4.0, **sa})
+
+
+def test_server_unmasks_a_noisy_sum_and_the_audit_recomputes_epsilon(tmp_path, tiny_config, monkeypatch):
+    """What the server unmasks differs from the clean sum of the sites' inputs by noise of the accounted σ; the
+    recorded typed events give the reported ε when recomputed by audits; the site receipts agree."""
+    clean, unmasked = {}, []
+    real_share = SP.SiteDistributedDP.add_noise_share
+
+    def spy_share(self, update, *, weight_total, max_colluders=0):
+        out = real_share(self, update, weight_total=weight_total, max_colluders=max_colluders)
+        clean.setdefault(len(unmasked), []).append((np.array(update) * weight_total, self.plan, weight_total))
+        return out
+
+    real_post = P.ServerDistributedDP.post_aggregate
+
+    def spy_post(self, total, total_weight, *, round_index):
+        unmasked.append(total.numpy().copy())
+        return real_post(self, total, total_weight, round_index=round_index)
+
+    monkeypatch.setattr(SP.SiteDistributedDP, "add_noise_share", spy_share)
+    monkeypatch.setattr(P.ServerDistributedDP, "post_aggregate", spy_post)
+    run = tmp_path / "ddp"
+    res = FederatedRun.create(_distributed(tiny_config), run).run()
+    assert res.rounds_completed == 2 and len(unmasked) == 2
+    for r, total in enumerate(unmasked):
+        inputs = clean[r]
+        n = len(inputs)
+        plan, wt = inputs[0][1], inputs[0][2]
+        noise = total - sum(x for x, _, _ in inputs)
+        ev = plan.event(n, total.size)
+        # every share: σ = z·Δ2/√h steps; all n survived, so the sum carries n shares (scaled back by wt)
+        expected = math.sqrt(n) * math.ceil(ev.share_stddev ** 2) ** 0.5 * plan.step(n) * wt
+        assert np.std(noise) == pytest.approx(expected, rel=0.03)
+        # the honest shares alone meet the accounted σ = z·C (C = max_grad_norm, the update's L2 clip)
+        assert math.sqrt(ev.honest_sites) * ev.share_stddev * plan.step(n) * wt >= plan.z * 1.0
+        assert abs(np.mean(noise)) < 5 * expected / math.sqrt(total.size)
+    events = _records(run, "dp_event")
+    assert len(events) == 2 * 3 and {e["event"]["type"] for e in events} == {"distributed_discrete_gaussian"}
+    final = _records(run, "run_end")[-1]["final_epsilon"]
+    for cid, eps in final.items():
+        acc = IndependentAccountant(accountant="rdp")
+        for e in events:
+            if e["client"] == cid:
+                acc.compose(parse_event(e["event"]))
+        assert acc.epsilon(delta=events[0]["delta"]) == pytest.approx(eps, rel=1e-9)
+        assert 7.5 < eps <= 8.0
+    report = verify_run(run)
+    assert all(c.status == "consistent" for c in report.receipts)
+    assert len(report.epsilon_checks) == 6
+
+
+def test_noise_share_is_exact_integer_multiples_of_the_step(tiny_config):
+    """The share enters the ring as whole quantization steps (what the accounting assumes)."""
+    cfg = _distributed(tiny_config)
+    site = SP.site_privacy(cfg, 40, delta=1e-5)
+    stream = hashlib.shake_256(b"share").digest(1 << 20)
+    pos = [0]
+
+    def source(n):
+        pos[0] += n
+        return stream[pos[0] - n:pos[0]]
+    site.noise_source = source
+    x = np.zeros(500)
+    y = site.add_noise_share(x, weight_total=3.0)
+    k = y / site.plan.step(3)
+    assert np.allclose(k, np.round(k), atol=1e-6) and np.std(k) > 1e6
+    assert site.noise_share_event().honest_sites == cfg.secure_agg.threshold(3)
+
+
+def test_a_stricter_pinned_colluder_bound_only_adds_noise_or_refuses(tiny_config):
+    cfg = _distributed(tiny_config)
+    site = SP.site_privacy(cfg, 40, delta=1e-5)
+    with pytest.raises(SP.PolicyViolation, match="no honest"):
+        site.add_noise_share(np.zeros(10), weight_total=3.0, max_colluders=3)
+
+
+def test_too_few_sites_round_no_longer_understates_epsilon():
+    """Issue 14: q = 0.5, σ = 1.30, 3 rounds: a draw below min_clients (2) releases noise only, so one site moves
+    the release by up to 2C. The event now carries σ/2 (ε 11.0 with PLD), not σ (ε 4.00 before)."""
+    cfg = RunConfig.from_dict({"fed": {"clients": 10, "fraction": 0.5, "rounds": 3, "min_clients": 2},
+                               "dp": {"mode": "client", "noise_multiplier": 1.3}, "secure_agg": {"mode": "off"}})
+    sp = P.server_privacy(cfg, [100] * 10)
+    assert sp.sensitivity_factor == 2 and sp.sigma == 1.3       # the noise added is still σ·C
+    charged = [sp.charges(r, {})[0] for r in (1, 2, 3)]
+    assert charged[-1]["event"]["noise_multiplier"] == pytest.approx(0.65)
+    old = PrivacyAccountant(kind="pld")
+    old.add_event(GaussianEvent(noise_multiplier=1.3, sample_rate=0.5, steps=3))
+    assert old.epsilon(delta=sp.delta) == pytest.approx(4.00, abs=0.01)
+    assert charged[-1]["epsilon"] > 8.0                          # ≥ the true worst case with 2 sites
+    # calibrated runs keep their target: σ is doubled, the accounted σ/2 meets it
+    cal = P.server_privacy(cfg.replace(dp={"noise_multiplier": None, "target_epsilon": 4.0}), [100] * 10)
+    acc = PrivacyAccountant(kind="pld")
+    acc.add_event(cal._event(0))
+    acc.add_event(GaussianEvent(noise_multiplier=cal._event(0).noise_multiplier, sample_rate=0.5, steps=2))
+    assert acc.epsilon(delta=cal.delta) <= 4.0 + 1e-6
+    # ε without amplification (participation known): σ at sensitivity C for each round the site took part in
+    sp.participants(1, [0, 1])
+    sp.participants(2, [0])
+    ref = PrivacyAccountant(kind="pld")
+    ref.add_event(GaussianEvent(noise_multiplier=1.3, sample_rate=1.0, steps=2))
+    line = sp.statement_lines()[-1]
+    assert line.startswith("Without site-sampling amplification")
+    assert f"0: ε = {ref.epsilon(delta=sp.delta):.2f}" in line
+    # every site every round: no noise-only rounds, factor 1
+    assert P.too_few_sites_factor(cfg.replace(fed={"fraction": 1.0})) == 1
+
+
+def test_placement_labels_and_round_trip(tiny_config):
+    cfg = _distributed(tiny_config)
+    assert RunConfig.from_dict(cfg.to_dict()) == cfg and 'placement = "distributed"' in cfg.to_toml()
+    assert RunConfig().dp.effective_placement == "local"
+    server = tiny_config.replace(dp={"mode": "client", "noise_multiplier": 1.0})
+    assert server.dp.effective_placement == "server"
+    sp = P.server_privacy(server, [50, 50, 50])
+    sp.charges(1, {})
+    assert "trusts the server" in sp.notes()[0] and "trusts the server" in sp.statement_lines()[1]
+
+
+BAD = [
+    (["--secure-agg", "off"], [], "secure aggregation"),
+    ([], [], "clip_range"),                                               # the default range cannot hold the noise
+    ([], ["[secure_agg]", "clip_range = 1e9"], "too coarse"),             # 32-bit steps too coarse for the share
+    ([], ["[secure_agg]", "max_colluders = 9"], "colluding"),             # t − n_C leaves no honest share
+    (["--fraction", "0.5"], [], "fraction = 1"),
+    (["--dp", "sample"], [], "not available"),
+]
+
+
+@pytest.mark.parametrize("flags,toml,match", BAD)
+def test_bad_distributed_input_one_line_nothing_written(tmp_path, capsys, flags, toml, match):
+    out = tmp_path / "run"
+    args = ["run", "--out", str(out), "--dp", "client", "--dp-placement", "distributed", *flags]
+    if toml:
+        conf = tmp_path / "c.toml"
+        conf.write_text("\n".join(toml) + "\n")
+        args += ["--config", str(conf)]
+    code = main(args)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and err.startswith("privfed: error:"), err
+    assert match in err, err
+    assert not out.exists()
+
+
+def test_config_rejects_unknown_placement():
+    with pytest.raises(ConfigError, match="placement"):
+        RunConfig.from_dict({"dp": {"placement": "cloud"}})
