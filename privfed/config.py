@@ -167,10 +167,9 @@ class DPConfig:
             raise ConfigError("DP needs --target-epsilon or --noise-multiplier")
         if self.placement not in DP_PLACEMENTS:
             raise ConfigError(f"dp placement must be one of {', '.join(DP_PLACEMENTS)}; got {self.placement!r}")
-        allowed = {"sample": ("local",), "client": ("server", "distributed"), "off": ()}[self.mode]
+        allowed = {"sample": ("local", "distributed"), "client": ("server", "distributed"), "off": ()}[self.mode]
         if self.placement != "auto" and self.placement not in allowed:
-            hint = {"sample": " (sample-level distributed DP-SGD is not implemented yet: use --dp client "
-                              "--dp-placement distributed for site-level distributed noise)",
+            hint = {"sample": " (DP-SGD noise is added by the sites: locally or as distributed shares)",
                     "off": " (DP is off: there is no noise to place)"}.get(self.mode, "")
             raise ConfigError(f"dp placement {self.placement!r} is not available with dp mode {self.mode!r}; "
                               f"allowed: {', '.join(allowed) or 'auto'}{hint}")

@@ -24,7 +24,7 @@ from dp import (GaussianEvent, PrivacyAccountant, calibrate_noise_multiplier, ch
                 privacy_statement, validate_dp_args)
 from dp.client_level import aggregate_noise
 from dp.distributed import EVENT_TYPE as DDG_TYPE, DistributedAccountant, DistributedGaussianEvent
-from privfed.federation.distributed_noise import DistributedNoise
+from privfed.federation.distributed_noise import DIM_BOUND, DistributedNoise
 from privfed.config import FedConfig, RunConfig
 from privfed.errors import ConfigError
 
@@ -310,6 +310,14 @@ class ServerDistributedDP(ServerPrivacy):
         self.delta, self.delta_note = run_delta(cfg, client_sizes)
         self.kind = "rdp"
         self.accountants = [DistributedAccountant() for _ in client_sizes]
+        if cfg.dp.mode == "sample":
+            # sample level: one private step per round; q_i per site; the step divides by the expected union batch
+            self.mode, self.unit, self.unit_words = "sample", "example", "one training image"
+            self.rates = [min(cfg.fed.batch_size, n) / n for n in client_sizes]
+            self.union_batch = float(sum(min(cfg.fed.batch_size, n) for n in client_sizes))
+            self._adam: dict[str, Any] = {}
+        else:
+            self.rates = [1.0] * len(client_sizes)
         self.plan = DistributedNoise(cfg, delta=self.delta)
         self.sigma = self.plan.z
         self.sigmas = [self.sigma] * self.n_clients
@@ -330,10 +338,8 @@ class ServerDistributedDP(ServerPrivacy):
 
     def check_round(self, round_index: int) -> tuple[list[dict[str, Any]], str | None]:
         out, over = [], 0
-        if self._dim is None:
-            return out, None       # the first round's event needs the model size; sites check their own caps too
-        ev = self.plan.event(self.n_clients, self._dim)
         for cid, acc in enumerate(self.accountants):
+            ev = self.plan.event(self.n_clients, self._dim or DIM_BOUND, sample_rate=self.rates[cid])
             proj = acc.projected_epsilon(ev, delta=self.delta)
             allowed = self.cap is None or proj <= self.cap
             out.append({"round": round_index, "client": str(cid), "projected_epsilon": float(proj),
@@ -342,16 +348,29 @@ class ServerDistributedDP(ServerPrivacy):
         return out, (f"round {round_index} would push {over} site(s) over their ε cap" if over else None)
 
     def post_aggregate(self, total: torch.Tensor, total_weight: float, *, round_index: int) -> torch.Tensor:
-        """The unmasked sum already holds the sites' noise; divide by the number of sites (fixed denominator)."""
+        """The unmasked sum already holds the sites' noise. Site level: divide by the number of sites (fixed
+        denominator). Sample level: the total is −Σ clipped gradients + noise; divided by the expected union
+        batch it is a noisy gradient step, taken with Adam (lr = fed.lr) on the server (post-processing)."""
         self._dim = int(total.numel())
-        return (total.double() / self.n_clients).float()
+        if self.mode != "sample":
+            return (total.double() / self.n_clients).float()
+        g = -total.double() / self.union_batch          # the noisy mean gradient
+        a = self._adam
+        if not a:
+            a.update(m=torch.zeros_like(g), v=torch.zeros_like(g), t=0)
+        b1, b2, eps = 0.9, 0.999, 1e-8
+        a["t"] += 1
+        a["m"].mul_(b1).add_(g, alpha=1 - b1)
+        a["v"].mul_(b2).addcmul_(g, g, value=1 - b2)
+        mhat, vhat = a["m"] / (1 - b1 ** a["t"]), a["v"] / (1 - b2 ** a["t"])
+        return (-self.cfg.fed.lr * mhat / (vhat.sqrt() + eps)).float()
 
     def charges(self, round_index: int, released: Mapping[int, Mapping[str, Any] | None]) -> list[dict[str, Any]]:
         out = []
         if not released or self._dim is None:
             return out
-        event = self.plan.event(self._round_sites, self._dim)
         for cid in sorted(released):
+            event = self.plan.event(self._round_sites, self._dim, sample_rate=self.rates[cid])
             acc = self.accountants[cid]
             acc.add_event(event)
             out.append(self._payload(round_index, cid, event, acc.epsilon(delta=self.delta)))
@@ -360,6 +379,15 @@ class ServerDistributedDP(ServerPrivacy):
     def notes(self) -> list[str]:
         sa = self.cfg.secure_agg
         n = self.n_clients
+        if self.mode == "sample":
+            return [f"DP-SGD, noise placement 'distributed': one private step per round; each site Poisson-samples "
+                    f"its images (q = {min(self.rates):.3g}–{max(self.rates):.3g}), clips each example's gradient to "
+                    f"C = {self.cfg.dp.max_grad_norm}, sums them and adds an exact discrete Gaussian share before "
+                    f"masking; honest noise alone has σ/C = {self.sigma:.3f} (t − n_C = {self.plan.honest_sites(n)} "
+                    f"honest shares of {n}; calibrated without sampling amplification, accounted with it); the "
+                    f"server divides the unmasked sum by the expected union batch {self.union_batch:g} and takes an "
+                    f"Adam step; accountant: RDP of the Poisson-subsampled distributed discrete Gaussian "
+                    f"(Kairouz, Liu & Steinke 2021; Zhu & Wang 2019); {self.delta_note}"]
         return [f"DP-FedAvg, noise placement 'distributed': each site adds an exact discrete Gaussian share before "
                 f"masking; honest noise alone has σ/C = {self.sigma:.3f} (t − n_C = {self.plan.honest_sites(n)} "
                 f"honest shares of {n}, threshold fraction {sa.threshold_fraction}, max_colluders "
@@ -369,11 +397,15 @@ class ServerDistributedDP(ServerPrivacy):
 
     def statement_lines(self) -> list[str]:
         return [privacy_statement(unit=self.unit_words, epsilons=self.epsilons(), delta=self.delta,
-                                  accountant="rdp (distributed discrete Gaussian)", sampling="none", mode="client"),
+                                  accountant="rdp (distributed discrete Gaussian)",
+                                  sampling="poisson" if self.mode == "sample" else "none", mode=self.mode),
                 "Trust (placement 'distributed'): the server only ever unmasks a sum that already contains the noise "
                 "of at least t − n_C honest surviving sites, so the guarantee above holds against the server as well "
-                "as against everyone who sees the model (no sampling amplification is claimed: every site takes part "
-                "in every round)."]
+                "as against everyone who sees the model ("
+                + ("the sampling of examples inside each site is secret from the server, so its amplification holds "
+                   "against the server too; every site takes part in every round)."
+                   if self.mode == "sample" else
+                   "no sampling amplification is claimed: every site takes part in every round).")]
 
 
 def too_few_sites_factor(cfg: RunConfig) -> int:

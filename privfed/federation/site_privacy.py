@@ -6,6 +6,7 @@ receipt) and its ε cap.
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -19,7 +20,7 @@ from dp.discrete_noise import sample_discrete_gaussian
 from dp.distributed import DistributedAccountant
 from privfed.config import FedConfig, RunConfig
 from privfed.errors import ConfigError, PolicyViolation
-from privfed.federation.distributed_noise import DistributedNoise
+from privfed.federation.distributed_noise import DIM_BOUND, DistributedNoise
 from privfed.federation.client import ClientUpdate, LocalTrainer
 from privfed.federation.privacy import _expected_steps, event_payload, run_cap
 
@@ -111,6 +112,11 @@ class SiteDistributedDP(SiteClientDP):
 
     def __init__(self, cfg: RunConfig, n_local: int, *, delta: float) -> None:
         super().__init__(cfg, n_local, delta=delta)
+        if cfg.dp.mode == "sample":
+            self.unit = "example"
+            self.sample_rate = min(cfg.fed.batch_size, n_local) / n_local
+        else:
+            self.sample_rate = 1.0
         self.accountant = DistributedAccountant()
         self.plan = DistributedNoise(cfg, delta=delta)
         self.noise_source = None       # byte source of the noise (None: os.urandom); tests inject a seeded one
@@ -125,7 +131,7 @@ class SiteDistributedDP(SiteClientDP):
         if n < 1 or abs(weight_total - n) > 1e-9:
             raise ValueError(f"distributed noise needs a whole number of sites per round, got {weight_total}")
         d = int(np.asarray(update).shape[0])
-        event = self.plan.event(n, d)
+        event = self.plan.event(n, d, sample_rate=self.sample_rate)
         honest = self.plan.threshold_of(n) - max(self.plan.colluders, int(max_colluders))
         if honest < 1:
             raise PolicyViolation(f"round of {n} sites: threshold minus the pinned colluder bound leaves no honest "
@@ -134,16 +140,21 @@ class SiteDistributedDP(SiteClientDP):
         sigma_sq = math.ceil(share * share)          # an integer σ² ≥ the planned one: only more noise
         z = sample_discrete_gaussian(sigma_sq, d, source=self.noise_source)
         self._event, self._dim = event, d
-        return np.asarray(update, dtype=np.float64) + self.plan.step(n) * z.astype(np.float64)
+        lim = self.plan.data_range(n, d)
+        data = np.clip(np.asarray(update, dtype=np.float64), -lim, lim)   # per coordinate: sensitivity unchanged
+        return data + self.plan.step(n) * z.astype(np.float64)
 
     def noise_share_event(self):
         return self._event
 
+    def trainer(self, fed: FedConfig, scheduler) -> LocalTrainer:
+        if self.cfg.dp.mode == "sample":
+            return ClippedGradientSumTrainer(fed, scheduler, dp=self.cfg.dp)
+        return super().trainer(fed, scheduler)
+
     def check_budget(self, cap: float) -> dict[str, Any] | None:
-        """Projected ε after one more round (from the model size of the last round; None before the first)."""
-        if self._dim is None:
-            return None
-        ev = self.plan.event(self.cfg.fed.clients, self._dim)
+        """Projected ε after one more round (model size of the last round; before the first, the plan's bound)."""
+        ev = self.plan.event(self.cfg.fed.clients, self._dim or DIM_BOUND, sample_rate=self.sample_rate)
         proj = self.accountant.projected_epsilon(ev, delta=self.delta)
         return {"projected_epsilon": float(proj), "max_epsilon": float(cap), "allowed": bool(proj <= cap)}
 
@@ -214,4 +225,36 @@ class ClippedUpdateTrainer(LocalTrainer):
         upd.delta, clipped = clip_update(upd.delta, clip_norm=self.clip_norm)
         upd.weight = 1.0
         upd.info["clipped"] = bool(clipped)
+        return upd
+
+
+class ClippedGradientSumTrainer(DPSGDTrainer):
+    """Sample-level distributed DP-SGD, the site's half of one private step per round: one Poisson batch (rate
+    q = batch_size / n_local), exact per-example gradients clipped to C (the same Opacus path as local DP-SGD), summed,
+    with NO local noise (the site's discrete share is added before masking). The update it returns is minus that
+    sum (weight 1), so the server's unmasked total is −Σ clipped gradients + the honest shares' noise; the server
+    divides by the expected union batch and takes the optimizer step."""
+
+    def __init__(self, fed: FedConfig, scheduler, *, dp) -> None:
+        super().__init__(fed, scheduler, sigma=0.0, dp=dp)
+
+    def make_optimizer(self, model):
+        # lr 1, no momentum: the local "step" is exactly minus Opacus' clipped gradient (sum / expected batch)
+        return torch.optim.SGD(model.parameters(), lr=1.0)
+
+    def privatize(self, model, optimizer, data, generator, *, client_id: int, round_index: int):
+        model, optimizer, batches = super().privatize(model, optimizer, data, generator, client_id=client_id,
+                                                      round_index=round_index)
+        return model, optimizer, itertools.islice(batches, 1)      # one private step per round
+
+    def dp_record(self, *, client_id: int, round_index: int, steps: int, data) -> dict | None:
+        if self._current.steps_taken != 1 or steps != 1:
+            raise RuntimeError(f"distributed DP-SGD takes one step per round, took {self._current.steps_taken}")
+        return None          # no local noise: the event is the noise share's, charged when the input is masked
+
+    def train(self, global_model, data, *, client_id, round_index, generator) -> ClientUpdate:
+        upd = super().train(global_model, data, client_id=client_id, round_index=round_index, generator=generator)
+        # Opacus divides the clipped sum by the expected batch size q·n: undo that public scale
+        upd.delta = upd.delta.double() * float(min(self.fed.batch_size, len(data)))
+        upd.weight = 1.0
         return upd
