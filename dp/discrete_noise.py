@@ -126,6 +126,133 @@ def sample_discrete_gaussian(sigma_sq, size: int, *, source: ByteSource | None =
     return np.fromiter((discrete_gaussian(s, rng) for _ in range(size)), dtype=np.int64, count=size)
 
 
+# ---- vectorized exact sampler (numpy uint64 lanes; same algorithms, same exactness) ------------------------------
+_U64 = np.uint64
+_DEN_LIMIT = 1 << 55       # den·K stays below 2^64 for K < 512; beyond, a lane continues in Python integers
+
+
+class _Lanes:
+    """Exact uniform integers for arrays of moduli, by rejection on 64-bit words from a byte source."""
+
+    def __init__(self, source: ByteSource | None, py: UniformInts) -> None:
+        self._source = source if source is not None else os.urandom
+        self.py = py                     # shares the source: Python-integer fallbacks for rare lanes
+
+    def below(self, m: np.ndarray) -> np.ndarray:
+        """Uniform on {0, …, m_i − 1} per lane (m_i ≥ 1, uint64)."""
+        m = np.asarray(m, dtype=_U64)
+        with np.errstate(over="ignore"):
+            rem = (_U64(0) - m) % m              # 2^64 mod m
+            limit = _U64(0) - rem                # accept v < 2^64 − (2^64 mod m): an exact multiple of m
+        out = np.empty_like(m)
+        todo = np.arange(m.shape[0])
+        while todo.size:
+            v = np.frombuffer(self._source(8 * todo.size), dtype=_U64)
+            ok = (rem[todo] == 0) | (v < limit[todo])
+            out[todo[ok]] = v[ok] % m[todo[ok]]
+            todo = todo[~ok]
+        return out
+
+
+def _bern_exp_le1(num: np.ndarray, den: np.ndarray, lanes: _Lanes) -> np.ndarray:
+    """Per lane Bernoulli(exp(−num/den)), 0 ≤ num ≤ den < 2^55 (CKS Algorithm 1, vectorized)."""
+    n = num.shape[0]
+    k = np.ones(n, dtype=_U64)
+    active = np.arange(n)
+    while active.size:
+        big = k[active] >= 512
+        for i in active[big]:                    # astronomically rare: continue this lane exactly in Python
+            kk = int(k[i])
+            while lanes.py.randbelow(int(den[i]) * kk) < int(num[i]):
+                kk += 1
+            k[i] = kk
+        active = active[~big]
+        if not active.size:
+            break
+        a = lanes.below(den[active] * k[active]) < num[active]
+        k[active[a]] += _U64(1)
+        active = active[a]
+    return k % _U64(2) == 1
+
+
+def _bern_exp(num: np.ndarray, den: np.ndarray, lanes: _Lanes) -> np.ndarray:
+    """Per lane Bernoulli(exp(−num/den)) for num ≥ 0, 0 < den < 2^55 (uint64)."""
+    whole, rest = num // den, num % den
+    out = np.ones(num.shape[0], dtype=bool)
+    j = 0
+    live = np.nonzero(whole > 0)[0]
+    while live.size:                              # exp(−γ) = exp(−1)^floor(γ) · exp(−frac(γ))
+        ones = np.ones(live.size, dtype=_U64)
+        out[live] &= _bern_exp_le1(ones, ones, lanes)
+        j += 1
+        live = live[out[live] & (whole[live] > _U64(j))]
+    live = np.nonzero(out)[0]
+    out[live] = _bern_exp_le1(rest[live], den[live], lanes)
+    return out
+
+
+def _laplace_lanes(t: int, size: int, lanes: _Lanes) -> np.ndarray:
+    """``size`` draws of the discrete Laplace with integer scale t (CKS Algorithm 2, vectorized), int64."""
+    out = np.empty(size, dtype=np.int64)
+    todo = np.arange(size)
+    tt = _U64(t)
+    while todo.size:
+        m = todo.size
+        u = lanes.below(np.full(m, tt))
+        d = _bern_exp(u, np.full(m, tt), lanes)
+        v = np.zeros(m, dtype=_U64)
+        alive = np.arange(m)
+        while alive.size:
+            ones = np.ones(alive.size, dtype=_U64)
+            b = _bern_exp(ones, ones, lanes)
+            v[alive[b]] += _U64(1)
+            alive = alive[b]
+        x = (u + tt * v).astype(np.int64)
+        neg = lanes.below(np.full(m, _U64(2))) == 1
+        ok = d & ~(neg & (x == 0))
+        out[todo[ok]] = np.where(neg, -x, x)[ok]
+        todo = todo[~ok]
+    return out
+
+
+def tm_for(sigma_sq) -> tuple[int, int]:
+    """(t, m) with t·m ≥ σ² and t = round(σ) ≥ 1: the vectorized sampler draws N_Z(0, t·m), whose rejection step
+    then needs only 64-bit integers (σ²/t = m is an integer). Rounding σ² up only adds noise."""
+    s = _as_fraction(sigma_sq)
+    t = max(1, math.isqrt(int(s)))
+    return t, -(-s.numerator // (s.denominator * t))     # ceil(σ²/t)
+
+
+def sample_discrete_gaussian_fast(t: int, m: int, size: int, *, source: ByteSource | None = None) -> np.ndarray:
+    """``size`` exact draws of N_Z(0, σ²) with σ² = t·m (see :func:`tm_for`), int64, vectorized over numpy lanes.
+
+    Same algorithms as :func:`discrete_gaussian` with the Laplace scale t (any t ≥ 1 is exact, CKS Algorithm 3);
+    γ = (|Y| − m)² / (2·t·m) in 64-bit integers; the rare lanes beyond that range continue in Python integers.
+    """
+    if not (isinstance(t, int) and isinstance(m, int) and t >= 1 and m >= 1) or isinstance(size, bool) or size < 0:
+        raise ValueError("t, m must be ints >= 1 and size an int >= 0")
+    den = 2 * t * m
+    if den >= _DEN_LIMIT:
+        raise ValueError("σ² = t·m too large for the 64-bit sampler (2·t·m must be below 2^55)")
+    py = UniformInts(source)
+    lanes = _Lanes(py._take, py)                 # one byte stream for both
+    out = np.empty(size, dtype=np.int64)
+    todo = np.arange(size)
+    while todo.size:
+        y = _laplace_lanes(t, todo.size, lanes)
+        diff = np.abs(np.abs(y) - m)
+        small = diff < (1 << 31)                 # diff² < 2^62: exact in uint64
+        acc = np.zeros(todo.size, dtype=bool)
+        i = np.nonzero(small)[0]
+        d2 = diff[i].astype(_U64)
+        acc[i] = _bern_exp(d2 * d2, np.full(i.size, _U64(den)), lanes)
+        for j in np.nonzero(~small)[0]:          # |Y| beyond 2^31: Python integers, same test
+            acc[j] = bernoulli_exp_neg(int(diff[j]) ** 2, den, py)
+        out[todo[acc]] = y[acc]
+        todo = todo[~acc]
+    return out
+
+
 def _normaliser(s: float) -> float:
     """Σ_x exp(−x²/(2σ²)) over Z. Direct summation for σ ≤ 100; else the Poisson-summation value √(2π)·σ, whose
     relative error 2·exp(−2π²σ²) underflows double precision."""

@@ -16,7 +16,7 @@ import torch
 from dp import GaussianEvent, PrivacyAccountant, calibrate_noise_multiplier, check_budget, make_private, \
     validate_dp_args
 from dp.client_level import clip_update
-from dp.discrete_noise import sample_discrete_gaussian
+from dp.discrete_noise import sample_discrete_gaussian, sample_discrete_gaussian_fast, tm_for
 from dp.distributed import DistributedAccountant
 from privfed.config import FedConfig, RunConfig
 from privfed.errors import ConfigError, PolicyViolation
@@ -137,8 +137,11 @@ class SiteDistributedDP(SiteClientDP):
             raise PolicyViolation(f"round of {n} sites: threshold minus the pinned colluder bound leaves no honest "
                                   "noise share")
         share = self.plan.z * event.l2_sensitivity / math.sqrt(honest)
-        sigma_sq = math.ceil(share * share)          # an integer σ² ≥ the planned one: only more noise
-        z = sample_discrete_gaussian(sigma_sq, d, source=self.noise_source)
+        t, m = tm_for(math.ceil(share * share))      # σ² = t·m ≥ the planned σ²: only more noise
+        if 2 * t * m < 1 << 55:
+            z = sample_discrete_gaussian_fast(t, m, d, source=self.noise_source)
+        else:
+            z = sample_discrete_gaussian(t * m, d, source=self.noise_source)
         self._event, self._dim = event, d
         lim = self.plan.data_range(n, d)
         data = np.clip(np.asarray(update, dtype=np.float64), -lim, lim)   # per coordinate: sensitivity unchanged

@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 
 from dp.discrete_noise import (UniformInts, bernoulli_exp_neg, discrete_gaussian_pmf, discrete_gaussian_variance,
-                               sample_discrete_gaussian)
+                               sample_discrete_gaussian, sample_discrete_gaussian_fast, tm_for)
 
 
 def seeded(label: str):
@@ -92,3 +92,42 @@ def test_bad_arguments():
         sample_discrete_gaussian("1", 3)
     with pytest.raises(ValueError):
         sample_discrete_gaussian(1, -1)
+
+
+def _chi_square_pvalue(x, sigma_sq):
+    s = math.sqrt(float(sigma_sq))
+    edge = max(1, int(3 * s))
+    support = np.arange(-edge, edge + 1)
+    p = discrete_gaussian_pmf(sigma_sq, support)
+    p[0] += 0.5 * (1 - p.sum())
+    p[-1] = 1 - p[:-1].sum()
+    counts = np.bincount(np.clip(x, -edge, edge) + edge, minlength=len(support))
+    return stats.chisquare(counts, len(x) * p)[1]
+
+
+@pytest.mark.parametrize("t,m", [(1, 1), (1, 3), (4, 5), (7, 8), (3, 20)])
+def test_fast_sampler_chi_square(t, m):
+    """The vectorized sampler draws N_Z(0, t·m) exactly, for any Laplace scale t (including t far from σ)."""
+    x = sample_discrete_gaussian_fast(t, m, 60_000, source=seeded(f"fast/{t}/{m}"))
+    assert _chi_square_pvalue(x, t * m) > 1e-4
+    assert _chi_square_pvalue(x, t * m * 1.2) < 1e-6       # and the test can fail
+
+
+@pytest.mark.parametrize("sigma_sq", [1e6, 2.5e13, 1e15])
+def test_fast_sampler_moments_at_share_scale(sigma_sq):
+    t, m = tm_for(sigma_sq)
+    assert t * m >= sigma_sq and t * m < sigma_sq * (1 + 1e-6)
+    n = 100_000
+    x = sample_discrete_gaussian_fast(t, m, n, source=seeded(f"fastmom/{sigma_sq}")).astype(np.float64)
+    var = discrete_gaussian_variance(t * m)
+    assert abs(x.mean()) < 5 * math.sqrt(var / n)
+    assert abs(x.var() / var - 1) < 5 * math.sqrt(2 / n)
+    k = np.abs(x) / math.sqrt(var)                          # tails as a Gaussian's: P(|X| > 3σ) ≈ 0.0027
+    assert abs(np.mean(k > 3) - 0.0027) < 5 * math.sqrt(0.0027 / n)
+
+
+def test_fast_sampler_rejects_out_of_range():
+    with pytest.raises(ValueError):
+        sample_discrete_gaussian_fast(1 << 28, 1 << 28, 3)
+    with pytest.raises(ValueError):
+        sample_discrete_gaussian_fast(0, 1, 3)

@@ -57,7 +57,7 @@ def test_server_unmasks_a_noisy_sum_and_the_audit_recomputes_epsilon(tmp_path, t
         noise = total - sum(x for x, _, _ in inputs)
         ev = plan.event(n, total.size)
         # every share: σ = z·Δ2/√h steps; all n survived, so the sum carries n shares (scaled back by wt)
-        expected = math.sqrt(n) * math.ceil(ev.share_stddev ** 2) ** 0.5 * plan.step(n) * wt
+        expected = math.sqrt(n) * ev.share_stddev * plan.step(n) * wt
         assert np.std(noise) == pytest.approx(expected, rel=0.03)
         # the honest shares alone meet the accounted σ = z·C (C = max_grad_norm, the update's L2 clip)
         assert math.sqrt(ev.honest_sites) * ev.share_stddev * plan.step(n) * wt >= plan.z * 1.0
@@ -108,7 +108,7 @@ def test_sample_level_one_private_step_per_round(tmp_path, tiny_config, monkeypa
         assert all(0 < np.linalg.norm(x) <= 60 for x, _, _ in inputs)
         noise = total - sum(x for x, _, _ in inputs)
         ev = site.plan.event(n, total.size)
-        expected = math.sqrt(n) * math.ceil(ev.share_stddev ** 2) ** 0.5 * site.plan.step(n) * n
+        expected = math.sqrt(n) * ev.share_stddev * site.plan.step(n) * n
         assert np.std(noise) == pytest.approx(expected, rel=0.03)
     events = _records(run, "dp_event")
     assert len(events) == 6 and {e["unit"] for e in events} == {"example"}
