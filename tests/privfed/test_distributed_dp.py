@@ -15,7 +15,7 @@ from privfed.config import RunConfig
 from privfed.errors import ConfigError
 from privfed.federation import privacy as P
 from privfed.federation import site_privacy as SP
-from privfed.federation.runner import FederatedRun
+from privfed.federation.runner import FederatedRun, SilentReporter
 
 
 def _records(run, kind):
@@ -123,6 +123,34 @@ def test_sample_level_one_private_step_per_round(tmp_path, tiny_config, monkeypa
         assert acc.epsilon(delta=events[0]["delta"]) == pytest.approx(eps, rel=1e-9)
         assert 0 < eps <= 8.0
     assert all(c.status == "consistent" for c in verify_run(run).receipts)
+
+
+class _CrashIn(SilentReporter):
+    def __init__(self, round_index):
+        self.round_index = round_index
+
+    def client_done(self, round_index, client_id, update):
+        if round_index == self.round_index:
+            raise KeyboardInterrupt
+
+
+def test_resume_rebuilds_the_distributed_accountants(tmp_path, tiny_config):
+    """Crash in round 2, resume: server and site accountants are rebuilt from the ledger and the receipts (typed
+    distributed events), giving the ε of an uninterrupted run."""
+    cfg = _distributed(tiny_config)
+    with pytest.raises(KeyboardInterrupt):
+        FederatedRun.create(cfg, tmp_path / "crash", reporter=_CrashIn(2)).run()
+    res = FederatedRun.resume(tmp_path / "crash").run()
+    assert res.rounds_completed == 2
+    events = _records(tmp_path / "crash", "dp_event")
+    acc = IndependentAccountant(accountant="rdp")
+    for e in events:
+        if e["client"] == "0":
+            acc.compose(parse_event(e["event"]))
+    assert len(acc.events) == 2
+    final = _records(tmp_path / "crash", "run_end")[-1]["final_epsilon"]
+    assert final["0"] == pytest.approx(acc.epsilon(delta=events[0]["delta"]), rel=1e-9)
+    assert all(c.status == "consistent" for c in verify_run(tmp_path / "crash").receipts)
 
 
 def test_noise_share_is_exact_integer_multiples_of_the_step(tiny_config):
