@@ -163,6 +163,10 @@ def run(
                                                "server for --dp client)."),
     secure_agg: Optional[str] = typer.Option(None, "--secure-agg", help="secagg | secagg+ | ckks | off"),
     dropout_rate: Optional[float] = typer.Option(None, "--dropout-rate", help="Simulated client dropout rate."),
+    engine: str = typer.Option("in-process", "--engine", help="in-process (one process, the default) | flower "
+                               "(SuperLink + one SuperNode and one site process per site, on loopback)."),
+    stage_timeout: float = typer.Option(60.0, "--stage-timeout", help="Flower engine: seconds to wait for each "
+                                        "site's reply to a protocol stage before it counts as dropped."),
 ) -> None:
     """Train a diffusion model across clients (embedded default: 10 clients, Dirichlet α=0.5, digits)."""
     opts = dict(locals())
@@ -175,6 +179,13 @@ def run(
         # the whole configuration is validated before the runner (and torch) is imported or anything is written
         cfg = RunConfig.from_toml(config) if config else RunConfig()
         cfg = cfg.replace(**_overrides(**opts))
+    if engine not in ("in-process", "flower"):
+        raise PrivfedError(f"--engine must be in-process or flower, not {engine!r}")
+    if engine == "flower" and (stage_timeout <= 0 or stage_timeout != stage_timeout):
+        raise PrivfedError("--stage-timeout must be a positive number of seconds")
+    if engine == "flower" and cfg is not None and cfg.secure_agg.mode == "ckks":
+        raise PrivfedError("--engine flower does not run CKKS yet (its key holder must be a deployed party of its "
+                           "own); use --secure-agg secagg+ or the in-process engine")
     from privfed.federation.runner import FederatedRun
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -186,8 +197,11 @@ def run(
         run_dir = out or Path("runs") / time.strftime("run-%Y%m%d-%H%M%S")
         fr = FederatedRun.create(cfg, run_dir, reporter=reporter)
     t0 = time.perf_counter()
-    with progress:
-        result = fr.run()
+    if engine == "flower":
+        result = _run_flower(fr, reporter, progress, stage_timeout)
+    else:
+        with progress:
+            result = fr.run()
     console.print(f"[bold green]done[/] {result.rounds_completed} rounds in {time.perf_counter() - t0:.0f} s → "
                   f"{result.run_dir}")
     if result.final_fid is not None:
@@ -196,6 +210,37 @@ def run(
                       f"samples in {result.run_dir / 'samples'}")
     for line in getattr(result, "closing_lines", []):
         console.print(line)
+
+
+def _run_flower(fr, reporter: RichReporter, progress: Progress, stage_timeout: float):
+    """The run on a loopback Flower deployment; progress follows the run's metrics as rounds complete."""
+    from privfed.federation.runner import RunResult
+    from privfed.flower.launcher import run_loopback
+
+    done = {m["round"] for m in fr.dir.read_metrics()} if fr.dir.metrics.exists() else set()
+    with progress:
+        reporter.rounds = progress.add_task("rounds (Flower engine)", total=fr.cfg.fed.rounds,
+                                            completed=max((r for r in done), default=0))
+        reporter.pretrain = progress.add_task("public pretraining and round 0 evaluation", total=None)
+
+        def on_round(record: dict[str, Any]) -> None:
+            if record["round"] in done:
+                return
+            done.add(record["round"])
+            if reporter.pretrain is not None:
+                progress.remove_task(reporter.pretrain)
+                reporter.pretrain = None
+            reporter.round_end(record["round"], record)
+
+        status = run_loopback(fr, on_round=on_round, note=progress.console.print, stage_timeout_s=stage_timeout)
+    metrics = fr.dir.read_metrics()
+    fids = [m["fid"] for m in metrics if "fid" in m]
+    untrained = next((m["fid"] for m in metrics if m["round"] == 0 and "fid" in m), None)
+    result = RunResult(fr.dir.root, int(status["rounds_completed"]), fids[-1] if fids else None, untrained, metrics)
+    result.closing_lines = list(status.get("closing_lines", []))
+    result.initial_label = ("public pretraining only, before any site data" if fr.cfg.public_pretrain != "none"
+                            else "untrained model")
+    return result
 
 
 @app.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -248,6 +293,84 @@ def site_init(
     key_path = identity.site_dir / KEY_FILE
     typer.echo(f"fingerprint: {identity.fingerprint}")
     typer.echo(f"private key: {key_path} (mode 0600)")
+
+
+@site_app.command("serve")
+def site_serve(
+    site_dir: Path = typer.Argument(..., help="The site's directory (identity.key, site.toml, receipt.jsonl)."),
+    run_dir: Path = typer.Option(..., "--run-dir", help="The run's shared files: config.toml, roster.json and "
+                                 "keys/ledger.pub (the server's public key)."),
+    site_id: int = typer.Option(..., "--site-id", help="This site's id on the roster."),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda"),
+) -> None:
+    """Run this site's long-lived process for the Flower engine: it answers the messages its SuperNode's ClientApp
+    relays over SITE_DIR/site.sock (mode 0600) until stopped (SIGTERM / Ctrl-C)."""
+    from privfed.flower import SOCKET_NAME
+    from privfed.flower.site_daemon import build_site, serve
+
+    site = build_site(run_dir, site_id, site_dir=site_dir, device=device)
+    serve(site, site_dir, ready=lambda: typer.echo(f"site {site_id} ({site.identity.fingerprint}) ready on "
+                                                   f"{Path(site_dir) / SOCKET_NAME}"))
+
+
+flower_app = typer.Typer(no_args_is_help=True, help="The Flower engine across machines (README: Deploying across "
+                                                    "sites).")
+app.add_typer(flower_app, name="flower")
+
+
+@flower_app.command("prepare")
+def flower_prepare(
+    out: Path = typer.Option(..., "--out", help="The new run directory (on the server's machine)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="TOML file with the run's config."),
+    site_key: list[str] = typer.Option([], "--site-key", metavar="ID=PUBFILE",
+                                       help="A site's identity.pub (from privfed site init), once per site; "
+                                            "without any, all sites are enrolled locally under RUN_DIR/sites/."),
+) -> None:
+    """Create a run directory for a Flower deployment: config, ledger key, roster. Prints what to send to the
+    sites (config.toml, roster.json, keys/ledger.pub) and the fingerprints to compare out of band."""
+    from privfed.flower.launcher import prepare_run
+    from privfed.parties.identity import fingerprint
+
+    cfg = RunConfig.from_toml(config) if config else RunConfig()
+    keys = {}
+    for item in site_key:
+        sid, sep, path = item.partition("=")
+        if not sep or not sid.strip().isdigit():
+            raise PrivfedError(f"--site-key takes ID=PUBFILE, e.g. 0=site0/identity.pub; got {item!r}")
+        keys[int(sid)] = Path(path)
+    fr = prepare_run(cfg, out, site_keys=keys)
+    from privfed.parties.identity import Roster
+
+    roster = Roster.load(fr.dir.root / "roster.json")
+    typer.echo(f"run directory: {fr.dir.root}")
+    typer.echo(f"ledger (server) key: {fingerprint(fr.server_key().public_key())}")
+    typer.echo(f"roster: {roster.fingerprint} ({len(roster.raw())} sites)")
+    typer.echo(f"send to every site: {fr.dir.config}, {fr.dir.root / 'roster.json'}, "
+               f"{fr.dir.root / 'keys' / 'ledger.pub'}")
+
+
+@flower_app.command("app-dir")
+def flower_app_dir() -> None:
+    """Print the directory of privfed's Flower App (the argument of flwr run)."""
+    from privfed.flower import APP_DIR
+
+    typer.echo(str(APP_DIR))
+
+
+@flower_app.command("wait")
+def flower_wait(
+    run_dir: Path = typer.Argument(..., help="The run directory given to flwr run as run-dir."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="Give up after this many seconds."),
+) -> None:
+    """Wait until the run's ServerApp has finished (exit 0) or failed (exit 2), and print its closing lines."""
+    from privfed.flower.launcher import FlowerError, wait_for_run
+
+    status = wait_for_run(run_dir, timeout_s=timeout)
+    if status.get("state") != "finished":
+        raise FlowerError(f"the run failed ({status.get('error')}: {status.get('reason')})")
+    typer.echo(f"done: {status['rounds_completed']} rounds → {run_dir}")
+    for line in status.get("closing_lines", []):
+        typer.echo(line)
 
 
 # The project's named errors besides privfed.errors.PrivfedError (ConfigError, DataError, RunDirError, the SiteError

@@ -47,18 +47,25 @@ class FlowerEngine:
         self.timings: list[tuple[str, int, int, float]] = []   # (message type, sent, answered, seconds)
 
     # -- who is who ----------------------------------------------------------------------------------------------
-    def _wait_for_nodes(self) -> None:
-        """Before the first round: wait (bounded) until a node per roster site has connected."""
-        want = len(self.roster.raw())
-        deadline = time.monotonic() + self.wait_for_nodes_s
-        while len(list(self.grid.get_node_ids())) < want and time.monotonic() < deadline:
-            time.sleep(0.5)
-        self._waited = True
-
     def discover(self, round_index: int) -> None:
-        """Map newly connected nodes to sites by a signed hello; forget nodes that left."""
-        if not self._waited:
-            self._wait_for_nodes()
+        """Map newly connected nodes to sites by a signed hello; forget nodes that left. Before the first round,
+        wait (at most `wait_for_nodes_s` seconds) until every roster site has answered."""
+        if self._waited:
+            self._hello(round_index)
+            return
+        self._waited = True
+        want = set(self.roster.raw())
+        deadline = time.monotonic() + self.wait_for_nodes_s
+        while True:
+            self._hello(round_index)
+            if want <= set(self.nodes) or time.monotonic() > deadline:
+                break
+            time.sleep(1.0)
+        if want - set(self.nodes):
+            self.note(f"round {round_index}: no connected node for site(s) {sorted(want - set(self.nodes))} after "
+                      f"{self.wait_for_nodes_s:.0f} s; going on without them")
+
+    def _hello(self, round_index: int) -> None:
         live = set(self.grid.get_node_ids())
         self.nodes = {s: n for s, n in self.nodes.items() if n in live}
         fresh = sorted(live - set(self.nodes.values()) - self.refused)

@@ -63,14 +63,14 @@ class LoopbackFederation:
 
     def __init__(self, run_dir: str | Path, *, sites: dict[int, Path], stage_timeout_s: float = 60.0,
                  train_timeout_s: float = 1800.0, site_env: dict[str, dict[str, str]] | None = None,
-                 server_env: dict[str, str] | None = None, extra_nodes: dict[str, tuple[Path, Path]] | None = None,
+                 server_env: dict[str, str] | None = None, extra_nodes: dict[str, Path] | None = None,
                  note: Callable[[str], None] = print) -> None:
         self.run_dir = Path(run_dir).resolve()
         self.sites = {c: Path(d).resolve() for c, d in sites.items()}
         self.stage_timeout_s, self.train_timeout_s = stage_timeout_s, train_timeout_s
         self.site_env = site_env or {}
         self.server_env = server_env or {}
-        self.extra_nodes = extra_nodes or {}       # name -> (site dir, run dir) of nodes outside the run's own
+        self.extra_nodes = extra_nodes or {}       # name -> site dir of a node whose site process runs elsewhere
         self.note = note
         self.logs = self.run_dir / "flower" / "logs"
         self.home = self.run_dir / "flower" / "home"
@@ -106,7 +106,9 @@ class LoopbackFederation:
                                          "--disable-runtime-dependency-installation", "--port", str(self.port)],
                            self.env(**self.server_env))
         _wait_port(self.port, 60, link, self.logs / "superlink.log")
-        nodes = {str(c): (d, self.run_dir) for c, d in self.sites.items()} | self.extra_nodes
+        for name, sdir in self.extra_nodes.items():
+            self.start_supernode(name, sdir)         # a node whose site process the caller runs itself
+        nodes = {str(c): (d, self.run_dir) for c, d in self.sites.items()}
         for name, (sdir, run_dir) in nodes.items():
             node = self.start_supernode(name, sdir)
             site_id = SitePolicy.load(sdir).site_id
@@ -225,7 +227,7 @@ def _tail(path: Path, n: int = 600) -> str:
 def run_loopback(fr, *, on_round: Callable[[dict], None] | None = None, note: Callable[[str], None] = print,
                  stage_timeout_s: float = 60.0, train_timeout_s: float = 1800.0,
                  site_env: dict[str, dict[str, str]] | None = None, server_env: dict[str, str] | None = None,
-                 extra_nodes: dict[str, tuple[Path, Path]] | None = None) -> dict:
+                 extra_nodes: dict[str, Path] | None = None) -> dict:
     """Run (or resume) the federation of `fr` (a created or resumed :class:`FederatedRun`) on a loopback Flower
     deployment; returns the ServerApp's final status. Raises FlowerError if the run did not finish."""
     if fr.cfg.secure_agg.mode == "ckks":

@@ -12,6 +12,7 @@ import io
 import json
 import socket
 import struct
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -87,13 +88,24 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
 
 
 def call(socket_path: str | Path, config: Mapping[str, Any], arrays: Mapping[str, np.ndarray], *,
-         timeout_s: float) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Send one request to the site process and wait up to `timeout_s` seconds for its reply."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout_s)
+         timeout_s: float, connect_timeout_s: float = 60.0) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Send one request to the site process and wait up to `timeout_s` seconds for its reply. A site process that
+    is still starting (no socket yet) is waited for up to `connect_timeout_s` seconds."""
+    deadline = time.monotonic() + connect_timeout_s
+    while True:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
+            s.settimeout(timeout_s)
             s.connect(str(socket_path))
+            break
+        except (FileNotFoundError, ConnectionRefusedError) as e:
+            s.close()
+            if time.monotonic() > deadline:
+                raise WireError(f"site process at {socket_path}: {e}") from None
+            time.sleep(0.5)
+    with s:
+        try:
             send_frame(s, pack(config, arrays))
             return unpack(recv_frame(s))
-        except (socket.timeout, FileNotFoundError, ConnectionRefusedError) as e:
+        except socket.timeout as e:
             raise WireError(f"site process at {socket_path}: {e}") from None
