@@ -338,6 +338,8 @@ class ServerDistributedDP(ServerPrivacy):
 
     def check_round(self, round_index: int) -> tuple[list[dict[str, Any]], str | None]:
         out, over = [], 0
+        if self.mode == "sample":
+            return out, None        # sample level: each site checks its own cap at the offer (recorded by the server)
         for cid, acc in enumerate(self.accountants):
             ev = self.plan.event(self.n_clients, self._dim or DIM_BOUND, sample_rate=self.rates[cid])
             proj = acc.projected_epsilon(ev, delta=self.delta)

@@ -54,7 +54,7 @@ class SitePrivacy:
         self.accountant.add_event(event)
         return self.accountant.epsilon(delta=self.delta) if self.delta else 0.0
 
-    def add_noise_share(self, update, *, weight_total: float, max_colluders: int = 0):
+    def add_noise_share(self, update, *, weight_total: float, max_colluders: int = 0, setup=None):
         """Seam for distributed DP: a site adds its share of the noise before masking. None here."""
         return update
 
@@ -123,26 +123,39 @@ class SiteDistributedDP(SiteClientDP):
         self._event = None
         self._dim: int | None = None
 
-    def add_noise_share(self, update, *, weight_total: float, max_colluders: int = 0):
-        """``update``: this site's masking input (clipped update / n, float64). Returns it plus γ·Z, Z ~ N_Z(0, σ²)^d
-        exactly, σ sized for the round's n = weight_total sites and the larger of the run's and the site's pinned
-        colluder bound (a stricter pin only adds noise; the ledger's event stays the run's, conservative)."""
+    def add_noise_share(self, update, *, weight_total: float, max_colluders: int = 0, setup=None):
+        """``update``: this site's masking input (its contribution / n, float64). Returns it, clipped per coordinate to
+        the plan's data range, plus γ·Z, Z ~ N_Z(0, σ²)^d drawn exactly.
+
+        σ is sized for the round as the secure-aggregation ``setup`` (the protocol's first message: its sites,
+        threshold, clip range and ring) defines it, with the smaller of the run's and the setup's threshold and the
+        larger of the run's and the site's pinned colluder bound: a server that misstates the round only gets more
+        noise, or a refusal."""
         n = int(round(weight_total))
         if n < 1 or abs(weight_total - n) > 1e-9:
-            raise ValueError(f"distributed noise needs a whole number of sites per round, got {weight_total}")
-        d = int(np.asarray(update).shape[0])
-        event = self.plan.event(n, d, sample_rate=self.sample_rate)
-        honest = self.plan.threshold_of(n) - max(self.plan.colluders, int(max_colluders))
+            raise PolicyViolation(f"distributed noise needs a whole number of sites per round, got {weight_total}")
+        t = self.plan.threshold_of(n)
+        if setup is not None:
+            if setup["n"] != n or setup["clip_range"] != self.plan.clip_range or setup["modulus_bits"] != 32:
+                raise PolicyViolation(f"the secure-aggregation setup ({setup}) is not the round the noise share is "
+                                      f"sized for ({n} sites, clip_range {self.plan.clip_range:g}, 32-bit ring)")
+            t = min(t, int(setup["threshold"]))
+        honest = t - max(self.plan.colluders, int(max_colluders))
         if honest < 1:
-            raise PolicyViolation(f"round of {n} sites: threshold minus the pinned colluder bound leaves no honest "
-                                  "noise share")
-        share = self.plan.z * event.l2_sensitivity / math.sqrt(honest)
-        t, m = tm_for(math.ceil(share * share))      # σ² = t·m ≥ the planned σ²: only more noise
-        if 2 * t * m < 1 << 55:
-            z = sample_discrete_gaussian_fast(t, m, d, source=self.noise_source)
+            raise PolicyViolation(f"round of {n} sites: threshold {t} minus the colluder bound leaves no honest noise "
+                                  "share")
+        d = int(np.asarray(update).shape[0])
+        planned = self.plan.event(n, d, sample_rate=self.sample_rate)
+        share = self.plan.z * planned.l2_sensitivity / math.sqrt(honest)
+        t_, m_ = tm_for(math.ceil(share * share))      # σ² = t·m ≥ the planned σ²: only more noise
+        if 2 * t_ * m_ < 1 << 55:
+            z = sample_discrete_gaussian_fast(t_, m_, d, source=self.noise_source)
         else:
-            z = sample_discrete_gaussian(t * m, d, source=self.noise_source)
-        self._event, self._dim = event, d
+            z = sample_discrete_gaussian(t_ * m_, d, source=self.noise_source)
+        # the receipt records the run's planned event (the ledger's): the honest noise actually added,
+        # honest·σ² ≥ z²·Δ2², is at least what it accounts, whatever stricter assumption the site sized it for
+        self._event = planned
+        self._dim = d
         lim = self.plan.data_range(n, d)
         data = np.clip(np.asarray(update, dtype=np.float64), -lim, lim)   # per coordinate: sensitivity unchanged
         return data + self.plan.step(n) * z.astype(np.float64)

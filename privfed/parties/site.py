@@ -234,7 +234,8 @@ class Site:
                                   policy=self._sa_policy(),
                                   rounding_seed=(derive_seed(self.cfg.seed, "quantize", msg.round, self.id)
                                                  .to_bytes(32, "big") if self.cfg.secure_agg.seeded_rounding else None))
-            self._round.update(stage="secagg", session=session, weight_total=msg.fields["weight_total"])
+            self._round.update(stage="secagg", session=session, weight_total=msg.fields["weight_total"],
+                               setup=_setup_summary(M.unwrap_protocol(msg)))
             session.set_input(self._masking_input())
         self._expect(msg, "secagg")
         reply = self._round["session"].handle(M.unwrap_protocol(msg))
@@ -280,7 +281,7 @@ class Site:
         """The vector this site masks: its weighted update plus (seam for distributed DP) its noise share."""
         wt = self._round["weight_total"]
         return self.privacy.add_noise_share(self._weighted(wt), weight_total=wt,
-                                            max_colluders=self.policy.max_colluders)
+                                            max_colluders=self.policy.max_colluders, setup=self._round.get("setup"))
 
     def _sa_roster(self):
         from secure_agg import Roster as SARoster
@@ -321,7 +322,7 @@ class Site:
         r = self._round
         header = json.dumps({"v": 1, "run": self.run_id, "site": self.id, "round": r.get("round", -1),
                              "stage": r.get("stage", "")}, sort_keys=True).encode()
-        meta = {"charged": bool(r.get("charged")), "participants": r.get("participants", []),
+        meta = {"charged": bool(r.get("charged")), "participants": r.get("participants", []), "setup": r.get("setup"),
                 "aggregation": r.get("aggregation", ""), "weight_total": r.get("weight_total")}
         parts = {"meta": json.dumps(meta).encode()}
         if "update" in r:
@@ -395,3 +396,13 @@ class Site:
 
     def key_fingerprint(self) -> str:
         return fingerprint(self.identity.public_key)
+
+
+def _setup_summary(inner) -> dict[str, Any] | None:
+    """The secure-aggregation setup's public round parameters (the first stage message), for the noise share: the
+    share is sized from what the protocol will actually use, not from the server's separate claims."""
+    ids = getattr(inner, "client_ids", None)
+    if not ids:
+        return None
+    return {"n": len(ids), "threshold": int(inner.threshold), "clip_range": float(inner.clip_range),
+            "modulus_bits": int(inner.modulus_bits)}

@@ -34,8 +34,8 @@ def test_server_unmasks_a_noisy_sum_and_the_audit_recomputes_epsilon(tmp_path, t
     clean, unmasked = {}, []
     real_share = SP.SiteDistributedDP.add_noise_share
 
-    def spy_share(self, update, *, weight_total, max_colluders=0):
-        out = real_share(self, update, weight_total=weight_total, max_colluders=max_colluders)
+    def spy_share(self, update, *, weight_total, **kw):
+        out = real_share(self, update, weight_total=weight_total, **kw)
         clean.setdefault(len(unmasked), []).append((np.array(update) * weight_total, self.plan, weight_total))
         return out
 
@@ -84,9 +84,10 @@ def test_sample_level_one_private_step_per_round(tmp_path, tiny_config, monkeypa
     clean, unmasked = {}, []
     real_share = SP.SiteDistributedDP.add_noise_share
 
-    def spy_share(self, update, *, weight_total, max_colluders=0):
+    def spy_share(self, update, *, weight_total, **kw):
+        assert kw["setup"] == {"n": 3, "threshold": 3, "clip_range": 4.0, "modulus_bits": 32}
         clean.setdefault(len(unmasked), []).append((np.array(update) * weight_total, self, weight_total))
-        return real_share(self, update, weight_total=weight_total, max_colluders=max_colluders)
+        return real_share(self, update, weight_total=weight_total, **kw)
 
     real_post = P.ServerDistributedDP.post_aggregate
 
@@ -176,6 +177,30 @@ def test_a_stricter_pinned_colluder_bound_only_adds_noise_or_refuses(tiny_config
     site = SP.site_privacy(cfg, 40, delta=1e-5)
     with pytest.raises(SP.PolicyViolation, match="no honest"):
         site.add_noise_share(np.zeros(10), weight_total=3.0, max_colluders=3)
+    n = 20_000
+    base = site.add_noise_share(np.zeros(n), weight_total=3.0)
+    strict = site.add_noise_share(np.zeros(n), weight_total=3.0, max_colluders=1)
+    planned = site.plan.event(3, n)
+    # one colluder more assumed: each share grows by √(3/2) so that the 2 honest shares alone carry the same noise
+    assert np.std(strict) / np.std(base) == pytest.approx(math.sqrt(3 / 2), rel=0.03)
+    assert site.noise_share_event() == planned        # the receipt keeps the run's (conservative) event
+
+
+def test_a_server_that_misstates_the_round_gets_a_refusal_or_more_noise(tiny_config):
+    """The share is sized from the secure-aggregation setup: a weight_total that disagrees with the setup's sites
+    (e.g. inflated so each site would add less noise), a different clip range or ring is refused; a lower
+    threshold than the run's gives more noise."""
+    site = SP.site_privacy(_distributed(tiny_config), 40, delta=1e-5)
+    setup = {"n": 3, "threshold": 3, "clip_range": 4.0, "modulus_bits": 32}
+    for bad in ({"n": 30}, {"clip_range": 8.0}, {"modulus_bits": 16}):
+        with pytest.raises(SP.PolicyViolation, match="setup"):
+            site.add_noise_share(np.zeros(10), weight_total=3.0, setup={**setup, **bad})
+    with pytest.raises(SP.PolicyViolation, match="setup"):
+        site.add_noise_share(np.zeros(10), weight_total=30.0, setup=setup)
+    n = 20_000
+    base = site.add_noise_share(np.zeros(n), weight_total=3.0, setup=setup)
+    lower = site.add_noise_share(np.zeros(n), weight_total=3.0, setup={**setup, "threshold": 2})
+    assert np.std(lower) / np.std(base) == pytest.approx(math.sqrt(3 / 2), rel=0.03)
 
 
 def test_too_few_sites_round_no_longer_understates_epsilon():
