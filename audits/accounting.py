@@ -214,14 +214,18 @@ def replace_one_epsilon(events: Iterable[GaussianEvent], *, delta: float) -> flo
 
 
 def _replace_one_ddg(events, *, delta: float) -> float:
-    """Replace-one for distributed discrete Gaussian events without sampling (q = 1): swapping one unit's
-    contribution for another's moves the sum by at most twice the add/remove bounds, so Δ2 and Δ1 double."""
+    """Replace-one for distributed discrete Gaussian events: swapping one unit's contribution for another's moves the
+    sum by at most twice the add/remove bounds, so Δ2 and Δ1 double. With sample_rate q < 1 the two neighbouring
+    releases are mixtures with the same weights (the unit is sampled or not in both), and Rényi divergence is jointly
+    quasi-convex, so the un-subsampled mechanism's divergence bounds theirs: computed at q = 1 (an upper bound that
+    gives up the amplification)."""
     import dataclasses
 
     acc = IndependentAccountant(accountant="rdp")
     for e in events:
-        if not isinstance(e, DistributedDiscreteGaussianEvent) or e.sample_rate < 1.0:
-            raise UnknownEventType(None, "replace-one is computed for distributed_discrete_gaussian events only "
-                                         "without sampling (sample_rate = 1) and not mixed with gaussian events")
-        acc.compose(dataclasses.replace(e, l2_sensitivity=2 * e.l2_sensitivity, l1_sensitivity=2 * e.l1_sensitivity))
+        if not isinstance(e, DistributedDiscreteGaussianEvent):
+            raise UnknownEventType(None, "replace-one is not computed for gaussian and distributed_discrete_gaussian "
+                                         "events mixed")
+        acc.compose(dataclasses.replace(e, l2_sensitivity=2 * e.l2_sensitivity, l1_sensitivity=2 * e.l1_sensitivity,
+                                        sample_rate=1.0))
     return acc.epsilon(delta=delta)

@@ -274,3 +274,25 @@ def test_bad_distributed_input_one_line_nothing_written(tmp_path, capsys, flags,
 def test_config_rejects_unknown_placement():
     with pytest.raises(ConfigError, match="placement"):
         RunConfig.from_dict({"dp": {"placement": "cloud"}})
+
+
+def test_replace_one_for_distributed_events_is_an_upper_bound():
+    """audits' replace-one ε for distributed events: Δ doubled, amplification given up (q → 1); never below the
+    add/remove ε, and for q = 1 exactly the doubled-sensitivity mechanism."""
+    from audits.accounting import replace_one_epsilon
+    from dp.distributed import DistributedAccountant, DistributedGaussianEvent
+
+    kw = dict(share_stddev=3e7, honest_sites=3, l2_sensitivity=6e7, l1_sensitivity=1e10, dimension=40_000, steps=1)
+    for q in (0.05, 1.0):
+        ev = DistributedGaussianEvent(sample_rate=q, **kw)
+        events = [parse_event(ev.to_payload())] * 3
+        add_remove = IndependentAccountant(accountant="rdp")
+        for e in events:
+            add_remove.compose(e)
+        doubled = DistributedAccountant()
+        for _ in range(3):
+            doubled.add_event(DistributedGaussianEvent(sample_rate=1.0, **{**kw, "l2_sensitivity": 1.2e8,
+                                                                         "l1_sensitivity": 2e10}))
+        r1 = replace_one_epsilon(events, delta=1e-5)
+        assert r1 >= add_remove.epsilon(delta=1e-5)
+        assert r1 == pytest.approx(doubled.epsilon(delta=1e-5), rel=1e-9)
