@@ -413,12 +413,16 @@ class ServerDistributedDP(ServerPrivacy):
 def too_few_sites_factor(cfg: RunConfig) -> int:
     """m for DP-FedAvg with Poisson site sampling (fraction < 1): a round that draws fewer than m sites (the run's
     min_clients, and secure aggregation's smallest round) releases noise only, so adding one site can turn a
-    noise-only release into the sum of m clipped updates — sensitivity m·C. 1 when every site takes every round."""
+    noise-only release into the sum of m clipped updates — sensitivity m·C. With simulated dropouts a round aborts
+    below the threshold t, so m is at least t (for all sites). 1 when every site takes every round."""
     if cfg.fed.fraction >= 1.0:
         return 1
     m = min(cfg.fed.min_clients, cfg.fed.clients)
     if cfg.secure_agg.mode != "off":
         m = max(m, cfg.secure_agg.min_clients)
+        if cfg.secure_agg.dropout_rate > 0 and cfg.secure_agg.mode != "ckks":
+            # dropouts can leave exactly t survivors with the site and t − 1 (abort: noise only) without it
+            m = max(m, cfg.secure_agg.threshold(cfg.fed.clients))
     return max(1, m)
 
 

@@ -232,6 +232,10 @@ def test_too_few_sites_round_no_longer_understates_epsilon():
     assert f"0: ε = {ref.epsilon(delta=sp.delta):.2f}" in line
     # every site every round: no noise-only rounds, factor 1
     assert P.too_few_sites_factor(cfg.replace(fed={"fraction": 1.0})) == 1
+    # with secure aggregation the smallest round is its min_clients; with dropouts, an abort below t
+    sec = cfg.replace(secure_agg={"mode": "secagg+"}, fed={"clients": 20})
+    assert P.too_few_sites_factor(sec) == 3
+    assert P.too_few_sites_factor(sec.replace(secure_agg={"dropout_rate": 0.2})) == sec.secure_agg.threshold(20)
 
 
 def test_placement_labels_and_round_trip(tiny_config):
