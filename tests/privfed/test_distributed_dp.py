@@ -251,6 +251,7 @@ def test_placement_labels_and_round_trip(tiny_config):
 
 BAD = [
     (["--secure-agg", "off"], [], "secure aggregation"),
+    (["--secure-agg", "ckks"], [], "pairwise-mask"),
     ([], [], "clip_range"),                                               # the default range cannot hold the noise
     ([], ["[secure_agg]", "clip_range = 1e9"], "too coarse"),             # 32-bit steps too coarse for the share
     ([], ["[secure_agg]", "max_colluders = 9"], "colluding"),             # t − n_C leaves no honest share
