@@ -40,9 +40,11 @@ def hardware() -> dict[str, Any]:
     return info
 
 
-def run_start(cfg: RunConfig, config_path: Path, *, dp_noise_rng: str) -> dict[str, Any]:
+def run_start(cfg: RunConfig, config_path: Path, *, dp_noise_rng: str,
+              evaluation: Mapping[str, Any] | None = None) -> dict[str, Any]:
     config_hash = hashlib.sha256(config_path.read_bytes()).hexdigest()
-    return {"run_id": config_hash[:32],  # as the runner names the run (pins.txt, roster, receipts)
+    extra = {"evaluation": dict(evaluation)} if evaluation is not None else {}
+    return {**extra,"run_id": config_hash[:32],  # as the runner names the run (pins.txt, roster, receipts)
             "config_hash": config_hash, "config": cfg.to_dict(),
             "versions": package_versions(), "hardware": hardware(), "dp_mode": cfg.dp.mode,
             "secure_agg_mode": cfg.secure_agg.mode, "dp_noise_rng": dp_noise_rng,
@@ -168,7 +170,22 @@ def checkpoint_entry(run_root: Path, checkpoint: Path) -> dict[str, str]:
     return {"path": checkpoint.relative_to(run_root).as_posix(), "sha256": sha256_path(checkpoint)}
 
 
-_LEDGER_METRICS = ("loss", "fid", "examples", "train_seconds", "eval_seconds", "classifier_test_accuracy",
+def evaluation_provenance(feature_extractor: Mapping[str, Any], test) -> dict[str, Any]:
+    """What the utility metrics are computed on (run_start.evaluation; the report prints it): the FID feature
+    extractor's training data (``privfed.metrics.classifier.evaluation_classifier``) and the evaluation split."""
+    from privfed.metrics.classifier import dataset_sha256
+
+    return {"feature_extractor": dict(feature_extractor),
+            "evaluation_split": {"class": "declared", "image_count": len(test), "sha256": dataset_sha256(test),
+                                 "source": "the dataset's test split, held out and never partitioned to a site"},
+            "released": "FID (the split's feature mean and covariance are not released), the model's diffusion loss "
+                        "on the split (eval_loss), the feature extractor's accuracy on the split; the sites' "
+                        "training loss is not released"}
+
+
+# no "loss": the sites' training loss on private batches is not a release (issue 15); eval_loss is on the declared
+# evaluation split
+_LEDGER_METRICS = ("eval_loss", "fid", "examples", "train_seconds", "eval_seconds", "classifier_test_accuracy",
                    "class_histogram", "epsilon_max")
 
 

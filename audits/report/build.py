@@ -204,19 +204,23 @@ def _privacy_statement(rep, records) -> dict[str, Any]:
         per_site_replace = (f"ε from {min(replace_one.values()):.3g} to {max(replace_one.values()):.3g} at δ = {ds} "
                             "(each site on page 1)")
     clip = sorted({p["max_grad_norm"] for p in events})
-    txt = (f"Everything this run released from training (model checkpoints, and samples generated from them) is "
-           f"(ε, δ)-differentially private with respect to {' / '.join(unit_txt.get(u, u) for u in units)}, "
-           f"per site: {per_site}. These values were recomputed by this audit from the {len(events)} DP events in "
+    txt = (f"The released model is (ε, δ)-differentially private with respect to "
+           f"{' / '.join(unit_txt.get(u, u) for u in units)}, per site: {per_site}. These values were recomputed by "
+           f"this audit from the {len(events)} DP events in "
            f"the signed ledger (composition over all rounds of each site) with the {', '.join(accs).upper()} "
            f"accountant ({rep.accountant_backend}); they agree with what the run reported to within "
            f"{rep.tolerance:.0%} + {ABS_TOLERANCE:g}. They assume Poisson sampling (each example independently in "
            f"each step's batch with the recorded rate q), L2 clipping to {', '.join(f'{c:g}' for c in clip)} and "
-           f"Gaussian noise whose values nobody else saw (noise generator as recorded: {noise_rng}). They do not "
-           f"cover the data summary counts (suppressed below k, not DP), the training loss and the utility metrics "
-           f"of section 10 (computed outside the accountant), hyper-parameter tuning, or any release outside this "
-           f"run. Replacing one unit by another (replace-one, same dataset size) is a different neighbouring "
-           f"relation, not the one the run accounted; computed by this audit from the same events with "
-           f"dp_accounting's PLD accountant under REPLACE_ONE it is, per site: {per_site_replace}.")
+           f"Gaussian noise whose values nobody else saw (noise generator as recorded: {noise_rng}). "
+           f"{text.epsilon_covers(units)} Replacing one unit by another (replace-one, same dataset size) is a "
+           f"different neighbouring relation, not the one the run accounted; computed by this audit from the same "
+           f"events with dp_accounting's PLD accountant under REPLACE_ONE it is, per site: {per_site_replace}.")
+    no_amp = _without_site_sampling(events, rep) if "client" in units else {}
+    if no_amp:
+        txt += (" Site sampling: this ε uses amplification by sampling of sites (rate q < 1), which holds only "
+                "against those who see the model alone; the participant lists in this ledger and report (section 9) "
+                "cancel it for their readers, against whom ε is at most, per site (every round counted as taken "
+                "part, q = 1): " + "; ".join(f"{c}: ε = {e:.3g}" for c, e in no_amp.items()) + ".")
     if any(u in ("example", "image") for u in units):
         txt += " " + text.UNIT_NOT_PATIENT
     txt += " " + text.EPSILON_MEANING
@@ -240,7 +244,26 @@ def _privacy_statement(rep, records) -> dict[str, Any]:
                 "against the ledger (section 5).")
     return {"text": txt, "dp_mode": dp_mode, "unit": units, "per_site": per_site, "accountant": accs,
             "adjacency": "add/remove one unit",
+            "site_sizes": ("public: the unit is a whole site" if "client" in units else
+                           "public (treated as known by the adjacency; n = batch/q is in every DP event)"),
+            "without_site_sampling": no_amp or NR,
             "replace_one": {c: {"epsilon": e, "delta": rep.final_delta[c]} for c, e in replace_one.items()}}
+
+
+def _without_site_sampling(events, rep) -> dict[str, float]:
+    """Client-level ε against a reader of the participant lists: the site-sampled Gaussian events at q = 1 (no
+    amplification by site sampling), an upper bound; {} when no event was amplified."""
+    from dataclasses import replace as _replace
+
+    from audits.accounting import GaussianEvent, epsilon_for_events
+
+    out: dict[str, float] = {}
+    for c in sorted(rep.final_epsilon):
+        evs = [parse_event(p["event"]) for p in events if p["client"] == c and p.get("unit") == "client"]
+        if not evs or not all(isinstance(e, GaussianEvent) for e in evs) or all(e.sample_rate >= 1 for e in evs):
+            continue
+        out[c] = epsilon_for_events([_replace(e, sample_rate=1.0) for e in evs], delta=rep.final_delta[c])
+    return out
 
 
 def _system(records) -> dict[str, Any]:
@@ -430,7 +453,8 @@ def _training(rep, records) -> dict[str, Any]:
                      "selected": selected.get(p["round"], NR),
                      "checkpoint": ck["path"] if ck else NR, "sha256": ck["sha256"] if ck else NR,
                      "hash_status": status.get(i, NR) if ck else NR, "metrics": m or NR,
-                     "loss": m.get("loss", NR), "fid": m.get("fid", NR), "epsilon_max": m.get("epsilon_max", NR),
+                     "loss": m.get("loss", NR), "eval_loss": m.get("eval_loss", NR),
+                     "fid": m.get("fid", NR), "epsilon_max": m.get("epsilon_max", NR),
                      "seconds": m.get("train_seconds", NR)})
     ends = _by_kind(records, "run_end")
     starts = _by_kind(records, "run_start")
@@ -444,7 +468,7 @@ def _training(rep, records) -> dict[str, Any]:
     }
 
 
-UTILITY_METRICS = ("fid", "loss")
+UTILITY_METRICS = ("fid", "eval_loss", "loss")   # loss: the sites' training loss, in ledgers before issue 15
 
 
 def _same(a: float, b: float) -> bool:
@@ -464,7 +488,7 @@ def _utility(run_dir: Path, records, figs: dict[str, bytes]) -> dict[str, Any]:
                 signed[m][p["round"]] = float(v)
     unsigned: dict[str, dict[int, float]] = {m: {} for m in UTILITY_METRICS}
     mpath = run_dir / "metrics.jsonl"
-    fid, loss = [], []
+    fid, loss, eval_loss = [], [], []
     if mpath.is_file():
         for n, line in enumerate(mpath.read_text("utf-8", errors="replace").splitlines(), 1):
             if not line.strip():
@@ -479,9 +503,11 @@ def _utility(run_dir: Path, records, figs: dict[str, bytes]) -> dict[str, Any]:
                 fid.append((r, float(m["fid"])))
             if isinstance(m.get("loss"), (int, float)):
                 loss.append((r, float(m["loss"])))
+            if isinstance(m.get("eval_loss"), (int, float)):
+                eval_loss.append((r, float(m["eval_loss"])))
     else:
         out["notes"].append("metrics.jsonl not present")
-    for m, pairs in (("fid", fid), ("loss", loss)):
+    for m, pairs in (("fid", fid), ("loss", loss), ("eval_loss", eval_loss)):
         unsigned[m] = dict(pairs)
     if any(signed.values()):
         out["metrics_source"] = "round_end records of the signed ledger (metrics.jsonl, not signed, cross-checked)"
@@ -493,6 +519,7 @@ def _utility(run_dir: Path, records, figs: dict[str, bytes]) -> dict[str, Any]:
                     out["notes"].append(f"metrics.jsonl has {m} for round {r}, which the signed ledger does not "
                                         "record; not shown")
         fid, loss = sorted(signed["fid"].items()), sorted(signed["loss"].items())
+        eval_loss = sorted(signed["eval_loss"].items())
         for x in out["mismatches"]:
             out["notes"].append(f"MISMATCH: metrics.jsonl (not signed) says {x['metric']} = {x['unsigned']:g} for "
                                 f"round {x['round']}, the signed ledger {x['signed']:g}; the signed value is shown")
@@ -500,10 +527,16 @@ def _utility(run_dir: Path, records, figs: dict[str, bytes]) -> dict[str, Any]:
         out["fid"] = [{"round": r, "fid": v} for r, v in fid]
         figs["fid.png"] = figures.metric_figure(fid, ylabel="FID (lower is better)", title="FID per round")
         out["figures"].append("figures/fid.png")
-    if loss:
+    out["eval_loss"] = [{"round": r, "eval_loss": v} for r, v in eval_loss] or NR
+    if loss:  # a ledger written before issue 15: the sites' plain training loss, no ε covers it
         out["loss"] = [{"round": r, "loss": v} for r, v in loss]
-        figs["loss.png"] = figures.metric_figure(loss, ylabel="training loss", title="Loss per round")
+        out["notes"].append("This ledger records the sites' training loss (a plain mean over private batches, not "
+                            "covered by ε; privfed no longer releases it); it is not plotted.")
+    if eval_loss:
+        figs["loss.png"] = figures.metric_figure(eval_loss, ylabel="loss on the evaluation split",
+                                                 title="Eval loss per round (declared split)")
         out["figures"].append("figures/loss.png")
+    out["evaluation"] = _evaluation(records)
     pngs = sorted((run_dir / "samples").glob("*.png")) if (run_dir / "samples").is_dir() else []
     for p in pngs[-MAX_SAMPLE_IMAGES:]:
         data = p.read_bytes()
@@ -517,6 +550,32 @@ def _utility(run_dir: Path, records, figs: dict[str, bytes]) -> dict[str, Any]:
     if not pngs:
         out["samples"] = NR
     return out
+
+
+def _evaluation(records) -> Any:
+    """run_start.evaluation: what the FID feature extractor was trained on and which split the metrics use."""
+    starts = _by_kind(records, "run_start")
+    ev = starts[0][1].get("evaluation") if starts else None
+    if not isinstance(ev, dict):
+        return NR
+    fx, sp = ev.get("feature_extractor") or {}, ev.get("evaluation_split") or {}
+    return {"feature_extractor": {k: fx.get(k, NR) for k in ("class", "source", "image_count", "sha256")},
+            "evaluation_split": {k: sp.get(k, NR) for k in ("class", "source", "image_count", "sha256")},
+            "released": ev.get("released", NR)}
+
+
+def _releases(run_dir: Path, records) -> dict[str, Any]:
+    """Section 15: every file and field this run wrote, by class (audits.releases), and what ε covers."""
+    from audits import releases as R
+
+    starts = _by_kind(records, "run_start")
+    dp_mode = starts[0][1].get("dp_mode", "sample") if starts else "sample"
+    rows = R.release_rows(run_dir, dp_mode=dp_mode)
+    counts = {c: sum(r["items"] for r in rows if r["class"] == c) for c in R.CLASSES}
+    return {"rows": rows, "counts": counts, "messages": R.message_rows(),
+            "unaccounted": [r["release"] for r in rows if r["class"] == R.UNACCOUNTED],
+            "classes": [{"class": c, "meaning": m} for c, m in text.RELEASE_CLASSES],
+            "adjacency": text.ADJACENCY_COUNTS, "evaluation": _evaluation(records)}
 
 
 def _empirical(run_dir: Path, figs: dict[str, bytes]) -> Any:
@@ -671,6 +730,10 @@ def _verdict(rep, err, records, sec: dict[str, Any], *, key_pinned: bool, head_p
         issues.append("The source commit was not recorded.")
     if _by_kind(records, "abort"):
         issues.append("The run recorded aborts (section 9).")
+    rel = sec.get("releases") or {}
+    if rel.get("unaccounted"):
+        issues.append(f"Releases outside ε without a documented choice (unaccounted): "
+                      f"{', '.join(rel['unaccounted'])} (section 15).")
     if sec["empirical_audit"] == NR:
         issues.append("No empirical privacy audit was run (section 11; privfed audit --empirical).")
     verified = rep is not None
@@ -756,6 +819,7 @@ def build_report(run_dir: str | Path, *, pdf: bool = False, allow_unverified: bo
         "environment": _environment(rep, records),
         "limitations": _limitations(rep, records),
     }
+    sections["releases"] = _releases(run_dir, records)
     sections["crosswalk"] = {"rows": text.crosswalk_rows(_facts(sections, records, rep)),
                              "disclaimer": text.DISCLAIMER}
     sections = {"verdict": _verdict(rep, err, records, sections, key_pinned=expected_key_fingerprint is not None,

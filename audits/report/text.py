@@ -23,7 +23,31 @@ SECTIONS: tuple[tuple[str, str], ...] = (
     ("environment", "12. Environment"),
     ("limitations", "13. Known limitations"),
     ("crosswalk", "14. Regulatory crosswalk"),
+    ("releases", "15. Releases: what the run published and what covers it"),
 )
+
+RELEASE_CLASSES = (
+    ("accounted", "covered by the recorded ε"),
+    ("public", "independent of the sites' data"),
+    ("declared", "depends on private data (or the declared evaluation split), released by a documented choice"),
+    ("unaccounted", "depends on private data with no such choice: must not exist in a default run"),
+)
+
+ADJACENCY_COUNTS = ("Adjacency: add/remove one image, with each site's number of images n treated as public (n = "
+                    "batch/q is readable from every DP event, so ε is not claimed to hide it).")
+
+
+def epsilon_covers(units) -> str:
+    """The sentences of the privacy statement that say exactly what ε covers and what it does not (section 15)."""
+    sizes = ("" if "client" in units else "site sizes n (public by the adjacency: add/remove one image with every "
+             "site's n known, as n = batch/q is in every DP event); ")
+    txt = ("ε covers exactly the checkpoints after round 0 and what is computed from them alone (samples, their class "
+           f"histogram). Not covered, declared in section 15: {sizes}label counts (section 8; suppressed, not DP); "
+           "participation (who took part in each round); FID, eval loss and accuracy (functions of the model and "
+           "of the declared evaluation split, never a site's training images); timings; the dataset's SHA-256; any "
+           "empirical audit (it retrains on the sites' data, outside the ledger); hyper-parameter tuning. The "
+           "sites' training loss is not released.")
+    return txt
 
 ADJACENCY_IMAGE = ("one training image held by a site: neighbouring datasets differ by adding or removing one "
                    "image (the add/remove-one relation the accountant computed)")
@@ -101,7 +125,8 @@ STATIC_LIMITATIONS = [
     "The DP guarantee holds for the mechanism as recorded (σ, q, steps, clipping). Whether the code actually "
     "implemented Poisson sampling, per-example clipping and secure noise is evidenced only by the versions and "
     "configuration recorded, not proven by this report.",
-    "Counts in the data summary are suppressed below k but are not differentially private.",
+    "Releases outside ε (site sizes, label counts, participation, evaluation metrics, timings) are declared in "
+    "section 15; they are not differentially private.",
     "Secure aggregation protects individual updates against an honest-but-curious server only (section 4).",
     "The empirical audit (section 11, when run) attacks helper runs retrained with the audited configuration and "
     "canaries, not the audited checkpoints themselves (except the natural-image attack); its ε values are lower "

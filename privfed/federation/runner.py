@@ -32,8 +32,9 @@ from privfed.parties.identity import Roster, load_identity, load_or_init
 from privfed.parties.policy import SitePolicy
 from privfed.parties.server import Server
 from privfed.parties.site import Site
-from privfed.metrics import domain_fid, load_or_train_classifier, save_grid
-from privfed.metrics.classifier import accuracy
+from privfed.metrics import domain_fid, save_grid
+from privfed.metrics.classifier import accuracy, evaluation_classifier
+from privfed.metrics.eval_loss import eval_loss
 from privfed.metrics.fid import class_histogram
 from privfed.models import build_scheduler, build_unet, load_unet, sample_images
 from privfed.pins import write_pins
@@ -257,8 +258,10 @@ class FederatedRun:
         ledger_path = self.dir.root / LEDGER_FILENAME
         new_ledger = not ledger_path.exists()
         self.scheduler = build_scheduler(cfg.model)
-        self.classifier = load_or_train_classifier(self.dir.cache / "domain_classifier.safetensors",
-                                                   self.splits.train, seed=derive_seed(cfg.seed, "classifier"))
+        # the FID feature extractor: public data (digits) or the declared evaluation split, never the sites' data
+        self.classifier, self.evaluation = evaluation_classifier(
+            self.dir.cache / "domain_classifier.safetensors", cfg.data.dataset, self.splits.test,
+            seed=derive_seed(cfg.seed, "classifier"))
         run_id = hashlib.sha256(self.dir.config.read_bytes()).hexdigest()[:32]
         config_hash = hashlib.sha256(self.dir.config.read_bytes()).hexdigest()
         with LedgerWriter.open(self.dir.root, create=new_ledger) as self.ledger:
@@ -270,7 +273,8 @@ class FederatedRun:
             self._build_parties(run_id, server_key)
             if new_ledger:
                 self.ledger.append("run_start", ledger_payloads.run_start(
-                    cfg, self.dir.config, dp_noise_rng=self.privacy.noise_rng))
+                    cfg, self.dir.config, dp_noise_rng=self.privacy.noise_rng,
+                    evaluation=ledger_payloads.evaluation_provenance(self.evaluation, self.splits.test)))
                 self.ledger.append("roster", {"fingerprint": self.roster.fingerprint,
                                               "sites": {str(c): k.hex() for c, k in self.roster.raw().items()},
                                               "server_key": self.ledger.key_fingerprint})
@@ -390,6 +394,8 @@ class FederatedRun:
         grid = save_grid(fake[:100], self.dir.samples / f"round_{r:04d}.png")
         out = {"fid": round(domain_fid(self.classifier, self.splits.test.images, fake), 4),
                "class_histogram": class_histogram(self.classifier, fake),
+               "eval_loss": round(eval_loss(self.model, self.scheduler, self.splits.test.images,
+                                            seed=derive_seed(self.cfg.seed, "eval-loss")), 5),
                "sample_grid": str(grid.relative_to(self.dir.root)), "eval_seconds": round(time.perf_counter() - t0, 3)}
         if r == 0:
             out["classifier_test_accuracy"] = round(accuracy(self.classifier, self.splits.test), 4)

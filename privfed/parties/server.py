@@ -2,9 +2,10 @@
 protocol, applies the aggregate and writes the run ledger.
 
 What it receives is only what the sites send back through the engine: offer replies, training summaries (the DP
-event, the number of examples, the mean loss), protocol messages and — only when secure aggregation is off, a
-round labelled plaintext in the ledger — plaintext updates. It never imports the site role, the data loaders or
-the local trainers (an import-linter contract in ``pyproject.toml`` keeps it so).
+event, the number of examples; the sites' mean training loss is received but recorded nowhere), protocol messages
+and — only when secure aggregation is off, a round labelled plaintext in the ledger — plaintext updates. It never
+imports the site role, the data loaders or the local trainers (an import-linter contract in ``pyproject.toml``
+keeps it so).
 """
 
 from __future__ import annotations
@@ -164,10 +165,10 @@ class Server:
             vector_to_parameters(vec + cfg.fed.server_lr * step.to(vec.device), self.model.parameters())
         train_time = time.perf_counter() - t0
         contrib = [trained[c] for c in agg.contributors if c in trained]
+        # no training loss: the sites' mean loss on their private batches is no accounted release (issue 15); the
+        # runner evaluates the model's loss on the declared evaluation split instead (eval_loss)
         record = {
             "round": r, "selected": accepted, "contributors": agg.contributors,
-            "loss": (float(np.average([m.fields["loss"] for m in contrib],
-                                      weights=[m.fields["num_examples"] for m in contrib])) if contrib else None),
             "examples": int(sum(m.fields["num_examples"] for m in contrib)), "train_seconds": round(train_time, 3),
         }
         record.update(self.privacy.round_summary())

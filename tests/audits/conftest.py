@@ -138,7 +138,7 @@ def write_run(run: Path, *, misreport: float = 1.0, sites: bool = False, start_e
             ck.mkdir(parents=True)
             (ck / "config.json").write_text(json.dumps({"round": rnd}))
             (ck / "model.safetensors").write_bytes(bytes([rnd]) * 64)
-            m = {"round": rnd, "fid": 120.0 / rnd, "loss": 0.5 / rnd}
+            m = {"round": rnd, "fid": 120.0 / rnd, "eval_loss": 0.5 / rnd}
             metrics.append(m)
             led.append("round_end", {"round": rnd, "checkpoint": {
                 "path": ck.relative_to(run).as_posix(), "sha256": sha256_path(ck)}, "metrics": m})

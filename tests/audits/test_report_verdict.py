@@ -291,7 +291,7 @@ def test_pdf_is_rendered_and_its_pages_counted(pinned, tmp_path):
 
 def test_an_unsigned_metric_that_disagrees_with_the_ledger_is_an_open_issue_on_page_1(run_copy):
     lines = [json.loads(x) for x in (run_copy / "metrics.jsonl").read_text().splitlines()]
-    lines[0]["loss"] = 0.001
+    lines[0]["eval_loss"] = 0.001
     (run_copy / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in lines))
     paths = build_report(run_copy)
     v = json.loads(paths.json.read_text())["sections"]["verdict"]

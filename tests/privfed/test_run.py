@@ -21,8 +21,12 @@ def test_two_round_federated_run(tmp_path, tiny_config):
     assert RunConfig.from_dict(tomllib.loads((run / "config.toml").read_text())) == tiny_config
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["round"] for m in metrics] == [0, 1, 2]
-    assert all(m["loss"] > 0 for m in metrics[1:])
-    assert "fid" in metrics[0] and "fid" in metrics[2] and metrics[0]["classifier_test_accuracy"] > 0.8
+    # no training loss of private batches anywhere (issue 15): the loss is the model's, on the evaluation split
+    assert not any("loss" in m for m in metrics)
+    assert metrics[0]["eval_loss"] > 0 and metrics[2]["eval_loss"] > 0 and "eval_loss" not in metrics[1]
+    # the FID feature extractor is trained on public typeset digits only; on real handwritten digits it is well
+    # above chance (0.1), not as good as one trained on the sites' pooled images (0.97) was
+    assert "fid" in metrics[0] and "fid" in metrics[2] and metrics[0]["classifier_test_accuracy"] > 0.4
     assert sum(metrics[2]["class_histogram"]) == tiny_config.eval_samples
     assert (run / "samples" / "round_0002.png").is_file()
     w0 = _weights(run / "checkpoints" / "round_0000" / "unet")
@@ -57,7 +61,8 @@ def test_resume_after_interrupted_round_matches_uninterrupted(tmp_path, tiny_con
     metrics = [json.loads(line) for line in (crashed / "metrics.jsonl").read_text().splitlines()]
     assert [m["round"] for m in metrics] == [0, 1, 2, 3]
     ref = [json.loads(line) for line in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()]
-    assert [m["loss"] for m in metrics[1:]] == pytest.approx([m["loss"] for m in ref[1:]], rel=1e-5)
+    assert [m.get("eval_loss") for m in metrics[1:]] == pytest.approx([m.get("eval_loss") for m in ref[1:]], rel=1e-5)
+    assert [m["eval_loss"] for m in metrics if "eval_loss" in m] and metrics[3]["eval_loss"] > 0
     from audits.verify import verify_run
     assert verify_run(crashed).kinds["resume"] == 1
     assert torch.allclose(_weights(crashed / "checkpoints" / "round_0003" / "unet"),
