@@ -213,6 +213,23 @@ MESSAGES: tuple[Release, ...] = tuple(
          "error.*")
 )
 
+# one line per table row for the printed report (the full ``reveals`` is in report.json and on screen)
+SHORT: dict[str, str] = {
+    "site sizes": "n per site: public by the adjacency (n = batch/q in every DP event)",
+    "label counts": "label counts per site, cells of 1–4 and complements suppressed; not DP",
+    "participation": "who took part, dropped out or was refused per round (no site-sampling amplification)",
+    "FID, class histogram, eval loss": "model × declared evaluation (test) split, never a site's training images",
+    "FID feature extractor": "trained on public data or the declared test split; provenance in run_start",
+    "run_start: evaluation provenance": "which data the FID extractor and metrics use: count and SHA-256",
+    "run_start: dataset fingerprint": "SHA-256 of the dataset's files: confirms a guessed copy of all of it",
+    "timings": "wall-clock seconds: depend on Poisson batch sizes and n",
+    "signed ledger, metrics, receipts": "containers: each field classified in its own table",
+    "audit report": "derived from the ledger, metrics and empirical.json (fields classified there)",
+    "empirical audit results": "attacks on helper runs retrained on the sites' data; not in the ledger",
+    "empirical audit helper runs": "helper runs on the sites' data incl. a non-private control (--empirical)",
+    "engine logs (Flower)": "the console's lines (values as in the ledger)",
+}
+
 INVENTORY: dict[str, tuple[Release, ...]] = {"file": FILES, "ledger": LEDGER, "metrics": METRICS,
                                              "receipt": RECEIPTS, "report": REPORT, "message": MESSAGES}
 
@@ -300,7 +317,8 @@ def release_rows(run_dir: str | Path, *, dp_mode: str | None = None) -> list[dic
             if rel is None:
                 rel = Release(where, path, UNACCOUNTED, "not in the release inventory", f"unlisted: {path}")
             row = rows.setdefault((rel.group, rel.status), {"release": rel.group, "class": rel.status,
-                                                            "where": [], "items": 0, "reveals": rel.reveals})
+                                                            "where": [], "items": 0, "reveals": rel.reveals,
+                                                            "short": SHORT.get(rel.group, rel.reveals)})
             row["items"] += 1
             if where not in row["where"]:
                 row["where"].append(where)
