@@ -221,6 +221,18 @@ class ServerClientDP(ServerPrivacy):
                          one_round_event=self._event(0), allow_large_delta=dpc.allow_large_delta)
         self.noise_rng = "torch generator seeded from the OS CSPRNG per round (server-side aggregate noise)"
 
+    def restore(self, records: Iterable[Mapping[str, Any]]) -> None:
+        """Also the ε without amplification: from the signed round_start records (the sites selected, a superset of
+        those whose update entered: conservative)."""
+        records = list(records)
+        super().restore(records)
+        self.unamplified = [PrivacyAccountant(kind=self.kind) for _ in self.unamplified]
+        for rec in records:
+            if rec["kind"] == "round_start":
+                for c in rec["payload"]["selected"]:
+                    self.unamplified[int(c)].add_event(GaussianEvent(noise_multiplier=self.sigma, sample_rate=1.0,
+                                                                     steps=1))
+
     def participants(self, round_index: int, sites: Sequence[int]) -> None:
         """Without amplification (who took part is known, so a noise-only round reveals nothing about a site's data):
         a site is charged N(0, σ²C²) at sensitivity C for each round its update entered."""

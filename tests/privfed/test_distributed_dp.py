@@ -230,6 +230,12 @@ def test_too_few_sites_round_no_longer_understates_epsilon():
     line = sp.statement_lines()[-1]
     assert line.startswith("Without site-sampling amplification")
     assert f"0: ε = {ref.epsilon(delta=sp.delta):.2f}" in line
+    # a resumed server rebuilds it from the signed round_start records
+    again = P.server_privacy(cfg, [100] * 10)
+    again.restore([{"kind": "round_start", "payload": {"round": 1, "selected": ["0", "1"]}},
+                   {"kind": "round_start", "payload": {"round": 2, "selected": ["0"]}}])
+    again.charges(1, {})
+    assert again.statement_lines()[-1] == sp.statement_lines()[-1]
     # every site every round: no noise-only rounds, factor 1
     assert P.too_few_sites_factor(cfg.replace(fed={"fraction": 1.0})) == 1
     # with secure aggregation the smallest round is its min_clients; with dropouts, an abort below t
