@@ -147,7 +147,8 @@ LEDGER: tuple[Release, ...] = tuple(
          "secure_agg.transcript.params", "secure_agg.transcript.params.*", "secure_agg.transcript.key_holder",
          "secure_agg.transcript.context_sha256", "secure_agg.transcript.min_contributors",
          "secure_agg.transcript.dim", "secure_agg.transcript.trust", "secure_agg.transcript.flood_sigma",
-         "secure_agg.transcript.grid_bits", "secure_agg.transcript.noise", "secure_agg.transcript.noise.*",
+         "secure_agg.transcript.grid_bits", "secure_agg.transcript.summed_ciphertext_sha256",
+         "secure_agg.transcript.noise", "secure_agg.transcript.noise.*",
          "he_decryption.*")
     + _r("ledger", "checkpoint hashes", ACCOUNTED, "SHA-256 of each (accounted or public) checkpoint",
          "round_end.round", "round_end.checkpoint", "round_end.checkpoint.*")
