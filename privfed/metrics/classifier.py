@@ -134,6 +134,11 @@ def evaluation_classifier(path: Path, dataset: str, test: ImageDataset, *,
     split, declared as the evaluation split (the FID reference statistics and the accuracy use it too), with
     ``seed``. Provenance: which data (``class`` public or declared), how many images and their SHA-256."""
     prov_path = path.with_name(path.stem + ".provenance.json")
+    if path.is_file() and path.with_suffix(".json").is_file() and not prov_path.is_file():
+        # a run resumed from before issue 15: keep its feature space (FID stays comparable within the run), say so
+        return load_or_train_classifier(path, test, seed=seed), {
+            "class": "unaccounted", "source": "cached by a run started before issue 15: trained on the sites' "
+                                              "pooled training images"}
     if dataset == "digits":
         from privfed.data.typeset import typeset_digits
 

@@ -53,3 +53,13 @@ def test_other_datasets_use_the_declared_test_split_never_the_training_split(tra
     assert prov["class"] == "declared" and prov["image_count"] == len(splits.test)
     assert prov["sha256"] == C.dataset_sha256(splits.test) != C.dataset_sha256(splits.train)
     assert "test split" in prov["source"]
+
+
+def test_a_resumed_run_from_before_keeps_its_extractor_and_says_how_it_was_trained(trained_on, tmp_path):
+    splits = load_dataset(DataConfig(dataset="digits"), seed=3)
+    path = tmp_path / "cache" / "domain_classifier.safetensors"
+    old = C.load_or_train_classifier(path, splits.train, seed=1)     # what runs before issue 15 cached
+    assert trained_on[0][0] is splits.train
+    clf, prov = C.evaluation_classifier(path, "digits", splits.test, seed=1)
+    assert len(trained_on) == 1 and prov["class"] == "unaccounted" and "pooled" in prov["source"]
+    assert all(torch.equal(a, b) for a, b in zip(clf.state_dict().values(), old.state_dict().values()))
