@@ -212,6 +212,18 @@ MESSAGES: tuple[Release, ...] = tuple(
          "train_reply.loss")
     + _r("message", "participation", DECLARED, _PARTICIPATION, "offer_reply.error", "offer_reply.reason",
          "error.*")
+    + _r("message", "masked or encrypted update", ACCOUNTED,
+         "the site's update masked (uniformly random alone) or CKKS-encrypted: only the sum of the survivors is "
+         "revealed, and the DP covers it (server placement: the server sees the clean sum and is trusted)",
+         "secagg_reply.array:sa.masked", "ckks_reply.array:*")
+    + _r("message", "plaintext update", DECLARED,
+         "secure aggregation off: the site's own update in the clear (DP-SGD noise on it under --dp sample, none "
+         "under --dp client); the round is labelled plaintext in the ledger and the report",
+         "plain_update.weight", "plain_update.array:delta")
+    + _r("message", "secure-aggregation protocol", PUBLIC,
+         "the protocol's public keys, commitments, encrypted Shamir shares, signatures and headers: independent of "
+         "the data (the shares reveal nothing below the threshold)",
+         "secagg_reply.sa.*", "ckks_reply.context_sha256", "hello_reply.*", "close_reply.*")
 )
 
 # one line per table row for the printed report (the full ``reveals`` is in report.json and on screen)
@@ -327,6 +339,12 @@ def release_rows(run_dir: str | Path, *, dp_mode: str | None = None) -> list[dic
     return sorted(rows.values(), key=lambda r: (order[r["class"]], r["release"]))
 
 
+def message_paths(kind: str, fields: Iterable[str], arrays: Iterable[str] = ()) -> set[str]:
+    """Dotted paths of one site-to-server message's fields (``<kind>.<field>``) and arrays (``<kind>.array:<name>``),
+    as :func:`classify` (``where="message"``) matches them."""
+    return {f"{kind}.{f}" for f in fields} | {f"{kind}.array:{a}" for a in arrays}
+
+
 def message_rows() -> list[dict[str, Any]]:
     """What sites send the server that is written nowhere (so not in :func:`release_rows`)."""
     return [{"field": r.pattern, "class": r.status, "reveals": r.reveals} for r in MESSAGES
@@ -334,4 +352,5 @@ def message_rows() -> list[dict[str, Any]]:
 
 
 __all__ = ["ACCOUNTED", "PUBLIC", "DECLARED", "UNACCOUNTED", "CLASSES", "Release", "INVENTORY", "classify",
-           "field_paths", "record_paths", "walk_run", "unlisted", "release_rows", "message_rows", "dp_mode_of"]
+           "field_paths", "record_paths", "message_paths", "walk_run", "unlisted", "release_rows", "message_rows",
+           "dp_mode_of"]
