@@ -153,8 +153,11 @@ LEDGER: tuple[Release, ...] = tuple(
     + _r("ledger", "checkpoint hashes", ACCOUNTED, "SHA-256 of each (accounted or public) checkpoint",
          "round_end.round", "round_end.checkpoint", "round_end.checkpoint.*")
     + _r("ledger", "ε per round", ACCOUNTED, "the largest ε so far (the accounting)", "round_end.metrics.epsilon_max")
-    + _r("ledger", "FID, class histogram, eval loss", DECLARED, _EVAL,
+    + _r("ledger", "FID, eval loss, classifier accuracy", DECLARED, _EVAL,
          "round_end.metrics.fid", "round_end.metrics.eval_loss", "round_end.metrics.classifier_test_accuracy")
+    + _r("ledger", "training loss (ledgers before issue 15)", UNACCOUNTED,
+         "the sites' mean diffusion loss over their private batches: no ε covers it; privfed no longer writes it",
+         "round_end.metrics.loss")
     + _r("ledger", "class histogram of samples", ACCOUNTED,
          "the feature extractor's labels of generated samples: post-processing of the DP model (and of the "
          "declared feature extractor)", "round_end.metrics.class_histogram")
@@ -170,8 +173,11 @@ METRICS: tuple[Release, ...] = tuple(
          "epsilon", "epsilon.*", "epsilon_max", "delta", "report_lines", "noise", "noise.*")
     + _r("metrics", "participation", DECLARED, _PARTICIPATION, "selected", "contributors")
     + _r("metrics", "site sizes", DECLARED, _N, "examples")
-    + _r("metrics", "FID, class histogram, eval loss", DECLARED, _EVAL,
+    + _r("metrics", "FID, eval loss, classifier accuracy", DECLARED, _EVAL,
          "fid", "eval_loss", "classifier_test_accuracy")
+    + _r("metrics", "training loss (ledgers before issue 15)", UNACCOUNTED,
+         "the sites' mean diffusion loss over their private batches: no ε covers it; privfed no longer writes it",
+         "loss")
     + _r("metrics", "class histogram of samples", ACCOUNTED, "post-processing of the DP model", "class_histogram")
     + _r("metrics", "timings", DECLARED, _TIMING, "train_seconds", "eval_seconds", "seconds")
 )
@@ -231,7 +237,7 @@ SHORT: dict[str, str] = {
     "site sizes": "n per site: public by the adjacency (n = batch/q in every DP event)",
     "label counts": "label counts per site, cells of 1–4 and complements suppressed; not DP",
     "participation": "who took part, dropped out or was refused per round (no site-sampling amplification)",
-    "FID, class histogram, eval loss": "model × declared evaluation (test) split, never a site's training images",
+    "FID, eval loss, classifier accuracy": "model × declared evaluation (test) split, never a site's training images",
     "FID feature extractor": "trained on public data or the declared test split; provenance in run_start",
     "run_start: evaluation provenance": "which data the FID extractor and metrics use: count and SHA-256",
     "run_start: dataset fingerprint": "SHA-256 of the dataset's files: confirms a guessed copy of all of it",

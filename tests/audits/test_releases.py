@@ -46,11 +46,11 @@ def test_fields_are_classified(where, path, status):
     assert R.classify(where, path).status == status
 
 
-def test_the_sites_training_loss_and_unknown_values_are_not_in_the_inventory():
-    # the plain training loss of private batches is no release any more: a ledger or metrics line carrying it is
-    # reported as unlisted by the walker (and so fails the run-level test and shows as unaccounted in the report)
-    assert R.classify("ledger", "round_end.metrics.loss") is None
-    assert R.classify("metrics", "loss") is None
+def test_the_sites_training_loss_is_unaccounted_and_unknown_values_are_not_in_the_inventory():
+    # the plain training loss of private batches is no release any more: a ledger written before issue 15 that
+    # carries it shows it as unaccounted (report section 15 and page 1); unknown values are unlisted
+    assert R.classify("ledger", "round_end.metrics.loss").status == R.UNACCOUNTED
+    assert R.classify("metrics", "loss").status == R.UNACCOUNTED
     assert R.classify("ledger", "run_start.some_new_field") is None
     assert R.classify("file", "dump.npy") is None
 
@@ -80,9 +80,9 @@ def test_walk_finds_unlisted_files_and_fields(tmp_path):
     rec = {"seq": 0, "utc": "t", "prev_hash": "0", "signature": "s", "schema_version": 1, "kind": "round_end",
            "payload": {"round": 1, "metrics": {"fid": 3.0, "loss": 0.2}, "checkpoint": None}}
     (run / "ledger.jsonl").write_text(json.dumps(rec) + "\n")
-    assert R.unlisted(run) == [("file", "per_site_losses.npy"), ("ledger", "round_end.metrics.loss"),
-                               ("metrics", "loss")]
+    assert R.unlisted(run) == [("file", "per_site_losses.npy")]
     rows = R.release_rows(run)
-    assert [r["release"] for r in rows if r["class"] == R.UNACCOUNTED] == [
-        "unlisted: loss", "unlisted: per_site_losses.npy", "unlisted: round_end.metrics.loss"]
+    assert [(r["release"], r["where"]) for r in rows if r["class"] == R.UNACCOUNTED] == [
+        ("training loss (ledgers before issue 15)", ["ledger", "metrics"]),
+        ("unlisted: per_site_losses.npy", ["file"])]
     assert rows[0]["class"] == R.UNACCOUNTED   # unaccounted rows first
