@@ -219,8 +219,9 @@ def _privacy_statement(rep, records) -> dict[str, Any]:
     if no_amp:
         txt += (" Site sampling: this ε uses amplification by sampling of sites (rate q < 1), which holds only "
                 "against those who see the model alone; the participant lists in this ledger and report (section 9) "
-                "cancel it for their readers, against whom ε is at most, per site (every round counted as taken "
-                "part, q = 1): " + "; ".join(f"{c}: ε = {e:.3g}" for c, e in no_amp.items()) + ".")
+                "cancel it for their readers, against whom ε is at most, per site (an upper bound: every recorded "
+                "event at q = 1, at its accounted sensitivity; the run's own closing line counts only the rounds "
+                "each site took part in): " + "; ".join(f"{c}: ε = {e:.3g}" for c, e in no_amp.items()) + ".")
     if any(u in ("example", "image") for u in units):
         txt += " " + text.UNIT_NOT_PATIENT
     txt += " " + text.EPSILON_MEANING
