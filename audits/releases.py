@@ -79,8 +79,13 @@ FILES: tuple[Release, ...] = tuple(
     + _r("file", "signed ledger, metrics, receipts", DECLARED, _CONTAINER,
          "ledger.jsonl", "metrics.jsonl", "sites/*/receipt.jsonl")
     + _r("file", "engine logs (Flower)", DECLARED,
-         "process logs of the Flower engine's parties: the console's lines (the same values as the ledger)",
-         "flower/*")
+         "process logs of the Flower engine's parties and the ServerApp's final status: the console's lines, the "
+         "closing statement and per-exchange timings (the same values as the ledger; no site data)",
+         "flower/logs/*", "flower/status.json")
+    + _r("file", "configuration, keys, roster, pins", PUBLIC,
+         "the Flower engine's transport credentials (one-run CA and SuperLink certificate, node keys; private keys "
+         "mode 0600, never published) and the flwr CLI's connection file; independent of the sites' data",
+         "flower/tls/*", "flower/nodes/*", "flower/home/*")
     + _r("file", "audit report", DECLARED,
          "derived from the ledger, metrics.jsonl and empirical.json (fields classified there)",
          "report/report.html", "report/report.json", "report/report.pdf", "report/figures/*.png",
@@ -212,10 +217,6 @@ MESSAGES: tuple[Release, ...] = tuple(
     + _r("message", "ε and DP events", ACCOUNTED, "the round's DP event",
          "train_reply.steps", "train_reply.event_type", "train_reply.noise_multiplier", "train_reply.event_steps",
          "offer_reply.projected_epsilon", "offer_reply.max_epsilon", "offer_reply.accepted")
-    + _r("message", "training loss (server only)", UNACCOUNTED,
-         "the mean diffusion loss of the site's private batches: the server receives it but, since issue 15, "
-         "writes it nowhere (not in the ledger, metrics.jsonl or the report); to be removed from train_reply",
-         "train_reply.loss")
     + _r("message", "participation", DECLARED, _PARTICIPATION, "offer_reply.error", "offer_reply.reason",
          "error.*")
     + _r("message", "masked or encrypted update", ACCOUNTED,

@@ -9,4 +9,4 @@ python benchmarks/bench_round.py --rounds 3
 python benchmarks/bench_dp.py --quick
 python benchmarks/bench_secure_agg.py --quick 
 python benchmarks/bench_he.py --quick
-python benchmarks/bench_flower.py --sites 3 10 --rounds 2
+python benchmarks/bench_flower.py --sites 3 10 --rounds 3

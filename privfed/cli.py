@@ -84,8 +84,8 @@ class RichReporter:
 
     def round_end(self, round_index: int, record: dict[str, Any]) -> None:
         parts = [f"round {round_index:>3}"]
-        if record.get("loss") is not None:
-            parts.append(f"loss {record['loss']:.4f}")
+        if record.get("eval_loss") is not None:
+            parts.append(f"eval loss {record['eval_loss']:.4f}")
         if "fid" in record:
             parts.append(f"FID {record['fid']:.1f}")
         if "epsilon_max" in record:
@@ -325,6 +325,9 @@ def flower_prepare(
     site_key: list[str] = typer.Option([], "--site-key", metavar="ID=PUBFILE",
                                        help="A site's identity.pub (from privfed site init), once per site; "
                                             "without any, all sites are enrolled locally under RUN_DIR/sites/."),
+    loopback_credentials: bool = typer.Option(False, "--loopback-credentials", help="Also write a one-run CA and a "
+                                              "SuperLink certificate for 127.0.0.1 (RUN_DIR/flower/tls/) and a Flower "
+                                              "node key per site (RUN_DIR/flower/nodes/), for one-machine trials."),
 ) -> None:
     """Create a run directory for a Flower deployment: config, ledger key, roster. Prints what to send to the
     sites (config.toml, roster.json, keys/ledger.pub) and the fingerprints to compare out of band."""
@@ -347,6 +350,15 @@ def flower_prepare(
     typer.echo(f"roster: {roster.fingerprint} ({len(roster.raw())} sites)")
     typer.echo(f"send to every site: {fr.dir.config}, {fr.dir.root / 'roster.json'}, "
                f"{fr.dir.root / 'keys' / 'ledger.pub'}")
+    if loopback_credentials:
+        from privfed.flower.tls import make_loopback_tls, make_node_key
+
+        tls = make_loopback_tls(fr.dir.root / "flower" / "tls")
+        typer.echo(f"loopback TLS: CA {tls.ca_cert}, SuperLink certificate {tls.cert}, key {tls.key} (0600)")
+        for sid in sorted(roster.raw()):
+            make_node_key(fr.dir.root / "flower" / "nodes", str(sid))
+        typer.echo(f"Flower node keys: {fr.dir.root / 'flower' / 'nodes'}/<site>.key (0600) and .pub "
+                   "(register each with flwr supernode register)")
 
 
 @flower_app.command("app-dir")

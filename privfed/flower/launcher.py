@@ -1,7 +1,8 @@
-"""``privfed run --engine flower`` on one machine: a SuperLink on loopback, and per site a SuperNode (its own
-``--port``) and the site's own process, all separate OS processes started with the same commands a real deployment
-uses (README, "Deploying across sites"); then ``flwr run`` submits the run. Every process it started is stopped at
-the end, whatever happened.
+"""``privfed run --engine flower`` on one machine: a SuperLink on loopback (TLS with a one-run CA, SuperNode
+authentication with a registered key per node), and per site a
+SuperNode (its own ``--port``) and the site's own process, all separate OS processes started with the same commands
+a real deployment uses (README, "Deploying across sites"); then ``flwr run`` submits the run. Every process it
+started is stopped at the end, whatever happened.
 
 Offline by construction: ``FLWR_DISABLE_UPDATE_CHECK=1``, ``--disable-runtime-dependency-installation``, no Ray.
 Site processes run torch with one thread each (they train at the same time; see the README's note on 2 cores).
@@ -16,12 +17,14 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable
 
 from privfed.errors import RunDirError
 from privfed.flower import APP_DIR, SOCKET_NAME
+from privfed.flower.tls import make_loopback_tls, make_node_key
 from privfed.parties.policy import SitePolicy
 
 CONNECTION = "privfed-loopback"
@@ -99,13 +102,19 @@ class LoopbackFederation:
     def start(self) -> None:
         self.port = free_port()
         self.home.mkdir(parents=True, exist_ok=True)
+        # TLS even on loopback: a one-run CA and a SuperLink certificate for 127.0.0.1 (RUN_DIR/flower/tls)
+        self.tls = make_loopback_tls(self.run_dir / "flower" / "tls")
         (self.home / "config.toml").write_text(
             f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-            f'address = "127.0.0.1:{self.port}"\ninsecure = true\n')
-        link = self._spawn("superlink", [_exe("flower-superlink"), "--insecure",
-                                         "--disable-runtime-dependency-installation", "--port", str(self.port)],
+            f'address = "127.0.0.1:{self.port}"\nroot-certificates = "{self.tls.ca_cert}"\n')
+        link = self._spawn("superlink", [_exe("flower-superlink"), "--ssl-ca-certfile", str(self.tls.ca_cert),
+                                         "--ssl-certfile", str(self.tls.cert), "--ssl-keyfile", str(self.tls.key),
+                                         "--enable-supernode-auth", "--disable-runtime-dependency-installation",
+                                         "--port", str(self.port)],
                            self.env(**self.server_env))
         _wait_port(self.port, 60, link, self.logs / "superlink.log")
+        for name in [*self.extra_nodes, *(str(c) for c in self.sites)]:
+            self._register_node(name)            # only registered SuperNodes may connect (Flower node auth)
         for name, sdir in self.extra_nodes.items():
             self.start_supernode(name, sdir)         # a node whose site process the caller runs itself
         nodes = {str(c): (d, self.run_dir) for c, d in self.sites.items()}
@@ -118,9 +127,23 @@ class LoopbackFederation:
                                          "--run-dir", str(run_dir), "--site-id", str(site_id)], self.env(**extra))
         self._wait_sites(nodes)
 
+    def _register_node(self, name: str) -> None:
+        _, pub = make_node_key(self.run_dir / "flower" / "nodes", name)
+        deadline = time.monotonic() + 60
+        while True:
+            out = subprocess.run([_exe("flwr"), "supernode", "register", str(pub), CONNECTION, "--format", "json"],
+                                 capture_output=True, text=True, env=self.env(), timeout=60)
+            if out.returncode == 0:
+                return
+            if time.monotonic() > deadline:
+                raise FlowerError(f"flwr supernode register {pub} failed: {(out.stdout + out.stderr)[-500:]}")
+            time.sleep(1)                        # the SuperLink's control API may still be starting
+
     def start_supernode(self, name: str, site_dir: Path) -> subprocess.Popen:
+        key, _ = make_node_key(self.run_dir / "flower" / "nodes", name)
         return self._spawn(f"supernode-{name}", [
-            _exe("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{self.port}",
+            _exe("flower-supernode"), "--root-certificates", str(self.tls.ca_cert),
+            "--auth-supernode-private-key", str(key), "--superlink", f"127.0.0.1:{self.port}",
             "--port", str(free_port()), "--node-config", f'site-dir="{site_dir}"'], self.env())
 
     def _wait_sites(self, nodes: dict[str, tuple[Path, Path]], timeout_s: float = 600) -> None:
@@ -211,10 +234,22 @@ class LoopbackFederation:
             (sdir / SOCKET_NAME).unlink(missing_ok=True)
 
     def __enter__(self) -> "LoopbackFederation":
+        # a SIGTERM to this process must still stop the federation's processes (they run in their own sessions)
+        self._old_term = None
+        if threading.current_thread() is threading.main_thread():
+            self._old_term = signal.signal(signal.SIGTERM, _terminate)
         return self
 
     def __exit__(self, *exc) -> None:
-        self.stop()
+        try:
+            self.stop()
+        finally:
+            if self._old_term is not None:
+                signal.signal(signal.SIGTERM, self._old_term)
+
+
+def _terminate(signum, frame):
+    raise SystemExit(128 + signum)
 
 
 def _tail(path: Path, n: int = 600) -> str:

@@ -40,7 +40,7 @@ class LogReporter:
         pass
 
     def round_end(self, round_index, record):
-        keys = ("loss", "fid", "epsilon_max", "seconds")
+        keys = ("eval_loss", "fid", "epsilon_max", "seconds")
         print(f"privfed: round {round_index} done: " + ", ".join(f"{k} {record[k]}" for k in keys if k in record),
               flush=True)
 

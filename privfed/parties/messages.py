@@ -47,7 +47,7 @@ KINDS: dict[str, dict[str, Any]] = {
     # server -> site: global weights; the site trains and keeps its update (it never leaves in the clear
     # unless the round is a plaintext one)
     "train": {},
-    "train_reply": {"num_examples": int, "weight": float, "loss": float, "steps": int, "event_type": str,
+    "train_reply": {"num_examples": int, "weight": float, "steps": int, "event_type": str,
                     "noise_multiplier": float, "sample_rate": float, "event_steps": int},
     # plaintext aggregation (secure aggregation off): labelled as such in the ledger and the report
     "upload": {"weight_total": float},

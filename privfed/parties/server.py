@@ -2,7 +2,7 @@
 protocol, applies the aggregate and writes the run ledger.
 
 What it receives is only what the sites send back through the engine: offer replies, training summaries (the DP
-event, the number of examples; the sites' mean training loss is received but recorded nowhere), protocol messages
+event, the number of examples; never a training loss), protocol messages
 and — only when secure aggregation is off, a round labelled plaintext in the ledger — plaintext updates. It never
 imports the site role, the data loaders or the local trainers (an import-linter contract in ``pyproject.toml``
 keeps it so).

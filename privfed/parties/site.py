@@ -183,8 +183,8 @@ class Site:
                                  generator=torch_generator(self.cfg.seed, "client", msg.round, self.id))
         self._round.update(stage="trained", update=upd)
         ev = upd.dp or {"type": "none", "noise_multiplier": 0.0, "sample_rate": 0.0, "steps": 0}
+        # no training loss: the mean loss of private batches is no accounted release (it stays at the site)
         return "train_reply", {"num_examples": int(upd.num_examples), "weight": self._update_weight(upd),
-                               "loss": float(upd.loss),
                                "steps": int(upd.steps), "event_type": ev["type"],
                                "noise_multiplier": float(ev["noise_multiplier"]),
                                "sample_rate": float(ev["sample_rate"]), "event_steps": int(ev["steps"])}, {}

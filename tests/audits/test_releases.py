@@ -40,7 +40,6 @@ def test_files_are_classified_specific_entries_first(path, status):
     ("ledger", "round_end.metrics.fid", R.DECLARED),
     ("ledger", "round_end.metrics.epsilon_max", R.ACCOUNTED),
     ("metrics", "eval_loss", R.DECLARED),
-    ("message", "train_reply.loss", R.UNACCOUNTED),
 ])
 def test_fields_are_classified(where, path, status):
     assert R.classify(where, path).status == status

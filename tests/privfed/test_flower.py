@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from audits.releases import unlisted
 from audits.verify import verify_run
 from privfed.federation.runner import FederatedRun
 from privfed.flower.launcher import FlowerError, free_port, run_loopback
@@ -139,6 +140,7 @@ def test_supernodes_killed_mid_protocol_and_a_rogue_node(tmp_path, tiny_config):
     refused = [e for e in _records(run_dir, "site_event") if "SuperNode" in e["reason"]]
     assert refused and all(e["event"] == "refused" and e["client"] == "1" for e in refused)
     assert verify_run(run_dir).complete
+    assert unlisted(run_dir) == []        # every file the Flower engine wrote is in the release inventory
 
 
 def test_server_killed_mid_run_resumes_from_the_last_complete_round(tmp_path, tiny_config):
