@@ -92,11 +92,12 @@ FILES: tuple[Release, ...] = tuple(
          "report/*.stale")
     + _r("file", "empirical audit results", DECLARED,
          "results of attacks on helper runs retrained on the sites' data (non-private control included): AUC, TPR "
-         "and ε lower bounds; their training is not in the ledger and no ε covers it",
+         "and ε lower bounds, and what the audit cost (its helper runs and their ε, in audit_cost); their training "
+         "is not in the ledger and no ε covers it",
          "report/empirical.json")
     + _r("file", "empirical audit helper runs", UNACCOUNTED,
-         "the audit's helper runs (a non-private control trained on the sites' data, and DP runs); only with "
-         "privfed audit --empirical, never in a default run",
+         "the audit's helper runs (a non-private control trained on the sites' data, and DP runs); deleted once "
+         "scored, kept only with privfed audit --empirical --keep-audit-runs, never in a default run",
          "report/empirical_runs/*")
 )
 

@@ -254,6 +254,9 @@ def audit(
     empirical: bool = typer.Option(False, "--empirical", help="Also run the empirical privacy audits (membership "
                                    "inference, one-run canary ε lower bounds; trains 4 helper runs, about 2.5× "
                                    "the run's time)."),
+    keep_audit_runs: bool = typer.Option(False, "--keep-audit-runs", help="With --empirical: keep the helper runs' "
+                                         "checkpoints (trained on the sites' data, a non-private control among them) "
+                                         "in report/empirical_runs/; deleted once scored by default."),
     pdf: bool = typer.Option(False, "--pdf",
                              help="Also write report/report.pdf (headless Chromium, or weasyprint)."),
     site: list[Path] = typer.Option([], "--site", metavar="SITE_DIR",
@@ -270,7 +273,7 @@ def audit(
         raise PrivfedError("usage: privfed audit [verify] RUN_DIR")
     from privfed.audit_command import run_audit
     raise typer.Exit(run_audit(Path(target[0]), empirical=empirical, pdf=pdf, pin_key=pin_key, head=head,
-                               console=console, site_dirs=tuple(site)))
+                               console=console, site_dirs=tuple(site), keep_audit_runs=keep_audit_runs))
 
 
 site_app = typer.Typer(no_args_is_help=True, help="A site's own setup: its long-term identity.")

@@ -157,8 +157,12 @@ def _canary_audit(scores: np.ndarray, included: np.ndarray, *, kind: str, delta:
 
 
 def run_empirical(run_dir: Path, *, console, canaries: int | None = None,
-                  gradient_canaries: int | None = None) -> dict[str, Any]:
-    """Run both audits for `run_dir`, write report/empirical.json, and fail if a lower bound exceeds ε."""
+                  gradient_canaries: int | None = None, keep_runs: bool = False) -> dict[str, Any]:
+    """Run both audits for `run_dir`, write report/empirical.json, and fail if a lower bound exceeds ε.
+
+    The helper runs retrain on the sites' data (a non-private control among them): they are deleted once scored
+    unless `keep_runs` (their directories are then an unaccounted release, see audits.releases), and what the audit
+    itself cost is written into empirical.json (``audit_cost``) for the report."""
     canaries = CANARIES if canaries is None else canaries
     n_grad = GRADIENT_CANARIES if gradient_canaries is None else gradient_canaries
     cfg = RunConfig.from_toml(run_dir / "config.toml")
@@ -214,6 +218,7 @@ def run_empirical(run_dir: Path, *, console, canaries: int | None = None,
         helpers.append(("dp_model", cfg, "DP model with canaries"))
     bounds: dict[str, Any] = {}
     violations = []
+    cost: list[dict[str, Any]] = []
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=False) as progress:
         for name, hcfg, label in helpers:
@@ -225,6 +230,11 @@ def run_empirical(run_dir: Path, *, console, canaries: int | None = None,
             eps = run.privacy.epsilons()
             claimed = max(eps.values()) if eps else None
             delta = run.privacy.delta or 1e-5
+            for trained in (name, f"{name}_replay"):
+                cost.append({"run": trained, "dp_mode": hcfg.dp.mode, "rounds": hcfg.fed.rounds,
+                             "sites": hcfg.fed.clients,
+                             "epsilon_max": (claimed if trained == name else None) if hcfg.dp.mode != "off" else None,
+                             "trained_on": "the sites' training images plus canaries"})
             if name == "non_private_control":
                 mias[name] = mia(run.model)
             scores = {
@@ -244,8 +254,18 @@ def run_empirical(run_dir: Path, *, console, canaries: int | None = None,
                                                          for m in ("non_private_control", "dp_model")]
     result["membership_inference"] = {k: mias[k] for k in order if k in mias}
     result["canary"] = {k: bounds[k] for k in order if k in bounds}
+    result["audit_cost"] = {
+        "helper_runs": cost, "runs_kept": bool(keep_runs),
+        "statement": "The audit retrained the helper runs above on the sites' training data. None of them is in the "
+                     "signed ledger and no ε of the audited run covers them; the non-private control's results "
+                     "(AUC, TPR, ε lower bounds) are a declared non-private release about the sites' data. "
+                     + ("Their checkpoints are kept in report/empirical_runs/ (an unaccounted release: delete it "
+                        "before sharing the run directory)." if keep_runs else
+                        "Their checkpoints were deleted once scored (privfed audit --keep-audit-runs keeps them).")}
     out = run_dir / "report" / "empirical.json"
     atomic_write_text(out, json.dumps(result, indent=1, default=float))
+    if not keep_runs:
+        shutil.rmtree(work, ignore_errors=True)
     _print(console, result)
     for lower, claimed in violations:
         try:

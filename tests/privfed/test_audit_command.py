@@ -68,8 +68,14 @@ def test_empirical_audit_tiny_run(dp_run, capsys, monkeypatch):
         assert res["canary"][f"non_private_control_{kind}"]["claimed_epsilon"] is None
     # the control's gradient canaries refute any ε below a clearly positive bound: the audit has power
     assert res["canary"]["non_private_control_gradient_canaries"]["epsilon_lower_bound"] > 1.0
+    cost = res["audit_cost"]
+    assert [r["run"] for r in cost["helper_runs"]] == ["non_private_control", "non_private_control_replay",
+                                                      "dp_model", "dp_model_replay"]
+    assert cost["helper_runs"][0]["epsilon_max"] is None and cost["helper_runs"][2]["epsilon_max"] <= 4.0 + 1e-9
+    assert not cost["runs_kept"] and not (dp_run / "report" / "empirical_runs").exists()   # deleted once scored
     html = (dp_run / "report" / "report.html").read_text()
     assert "Membership inference" in html and "One-run canary audit" in html and "gradient canaries" in html
+    assert "What the audit itself cost" in html
     assert 'alt="membership inference ROC curves, log-log"' in html
 
 
