@@ -59,30 +59,12 @@ def in_process(sites: int, rounds: int, root: Path) -> dict:
 
 
 def flower(sites: int, rounds: int, root: Path) -> dict:
-    from privfed.flower.launcher import LoopbackFederation, run_loopback
+    from privfed.flower.launcher import run_loopback
 
     t0 = time.perf_counter()
     fr = FederatedRun.create(config(sites, rounds), root / f"flower-{sites}")
-    traffic = {}
-    orig_stop = LoopbackFederation.stop
-
-    def stop_with_traffic(self):          # Flower's own count of the run's bytes, read before it goes away
-        try:
-            import subprocess
-
-            from privfed.flower.launcher import CONNECTION, _exe
-            out = subprocess.run([_exe("flwr"), "ls", CONNECTION, "--format", "json"], capture_output=True,
-                                 text=True, env=self.env(), timeout=60).stdout
-            traffic.update(json.loads(out[out.index("{"):])["runs"][-1].get("network-traffic", {}))
-        except (ValueError, KeyError, IndexError, OSError):
-            pass
-        orig_stop(self)
-
-    LoopbackFederation.stop = stop_with_traffic
-    try:
-        status = run_loopback(fr, note=lambda s: None)
-    finally:
-        LoopbackFederation.stop = orig_stop
+    status = run_loopback(fr, note=lambda s: None)
+    traffic = status.get("flower_traffic", {})
     metrics = fr.dir.read_metrics()
     rounds_s = [m["train_seconds"] for m in metrics if m["round"] > 0]
     # the ServerApp's clock is not ours: start-up = wall time until round 1 started, from its round-1 record

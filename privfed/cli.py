@@ -183,9 +183,10 @@ def run(
         raise PrivfedError(f"--engine must be in-process or flower, not {engine!r}")
     if engine == "flower" and (stage_timeout <= 0 or stage_timeout != stage_timeout):
         raise PrivfedError("--stage-timeout must be a positive number of seconds")
-    if engine == "flower" and cfg is not None and cfg.secure_agg.mode == "ckks":
-        raise PrivfedError("--engine flower does not run CKKS yet (its key holder must be a deployed party of its "
-                           "own); use --secure-agg secagg+ or the in-process engine")
+    if engine == "flower" and cfg is not None:
+        from privfed.flower.launcher import check_supported
+
+        check_supported(cfg)
     from privfed.federation.runner import FederatedRun
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -220,7 +221,7 @@ def _run_flower(fr, reporter: RichReporter, progress: Progress, stage_timeout: f
     done = {m["round"] for m in fr.dir.read_metrics()} if fr.dir.metrics.exists() else set()
     with progress:
         reporter.rounds = progress.add_task("rounds (Flower engine)", total=fr.cfg.fed.rounds,
-                                            completed=max((r for r in done), default=0))
+                                            completed=max(done, default=0))
         reporter.pretrain = progress.add_task("public pretraining and round 0 evaluation", total=None)
 
         def on_round(record: dict[str, Any]) -> None:

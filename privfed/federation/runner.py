@@ -153,6 +153,11 @@ class FederatedRun:
                           require_secure_aggregation=sa.mode != "off",
                           server_key=server_fp)
 
+    @property
+    def run_id(self) -> str:
+        """The run's id: the first 32 hex digits of SHA-256 of its config.toml (every party derives the same)."""
+        return hashlib.sha256(self.dir.config.read_bytes()).hexdigest()[:32]
+
     def server_key(self):
         """The server's (ledger's) signing key, generated on first use (mode 0600; the sites pin its public half)."""
         from audits.keys import PUBLIC_KEY_RELPATH, generate_private_key, write_public_key
@@ -262,7 +267,7 @@ class FederatedRun:
         self.classifier, self.evaluation = evaluation_classifier(
             self.dir.cache / "domain_classifier.safetensors", cfg.data.dataset, self.splits.test,
             seed=derive_seed(cfg.seed, "classifier"))
-        run_id = hashlib.sha256(self.dir.config.read_bytes()).hexdigest()[:32]
+        run_id = self.run_id
         config_hash = hashlib.sha256(self.dir.config.read_bytes()).hexdigest()
         with LedgerWriter.open(self.dir.root, create=new_ledger) as self.ledger:
             # resume reads only verified records: opening the writer checked the chain and every signature

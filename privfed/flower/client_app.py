@@ -10,30 +10,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from privfed.flower import MESSAGE_TYPES, SOCKET_NAME
+from privfed.flower.records import from_record, to_record
 from privfed.flower.wire import call
 
 app = ClientApp()
 
 RELAY_TIMEOUT_S = 3600.0     # local training can be long; the server's own timeout decides a dropout
-
-
-def to_record(config, arrays) -> RecordDict:
-    """A privfed message's (config, arrays) as Flower content."""
-    content = RecordDict({"privfed": ConfigRecord(dict(config))})
-    if arrays:
-        content["arrays"] = ArrayRecord({k: Array(v) for k, v in arrays.items()})
-    return content
-
-
-def from_record(content: RecordDict):
-    """Inverse of :func:`to_record` (values are checked strictly by the privfed codec afterwards)."""
-    config = dict(content["privfed"]) if "privfed" in content else {}
-    arrays = {k: a.numpy() for k, a in content["arrays"].items()} if "arrays" in content else {}
-    return config, arrays
 
 
 def _relay(msg: Message, context: Context) -> Message:

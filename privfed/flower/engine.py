@@ -20,7 +20,7 @@ from flwr.app import Message
 
 from privfed.errors import SiteError
 from privfed.flower import message_type
-from privfed.flower.client_app import from_record, to_record
+from privfed.flower.records import from_record, to_record
 from privfed.parties import messages as M
 from secure_agg.errors import SecAggError
 

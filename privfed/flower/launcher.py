@@ -117,14 +117,15 @@ class LoopbackFederation:
             self._register_node(name)            # only registered SuperNodes may connect (Flower node auth)
         for name, sdir in self.extra_nodes.items():
             self.start_supernode(name, sdir)         # a node whose site process the caller runs itself
-        nodes = {str(c): (d, self.run_dir) for c, d in self.sites.items()}
-        for name, (sdir, run_dir) in nodes.items():
+        nodes = {str(c): d for c, d in self.sites.items()}
+        for name, sdir in nodes.items():
             node = self.start_supernode(name, sdir)
             site_id = SitePolicy.load(sdir).site_id
             extra = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PRIVFED_FLOWER_NODE_PID": str(node.pid),
                      **self.site_env.get(name, {})}
             self._spawn(f"site-{name}", [sys.executable, "-m", "privfed", "site", "serve", str(sdir),
-                                         "--run-dir", str(run_dir), "--site-id", str(site_id)], self.env(**extra))
+                                         "--run-dir", str(self.run_dir), "--site-id", str(site_id)],
+                        self.env(**extra))
         self._wait_sites(nodes)
 
     def _register_node(self, name: str) -> None:
@@ -146,11 +147,11 @@ class LoopbackFederation:
             "--auth-supernode-private-key", str(key), "--superlink", f"127.0.0.1:{self.port}",
             "--port", str(free_port()), "--node-config", f'site-dir="{site_dir}"'], self.env())
 
-    def _wait_sites(self, nodes: dict[str, tuple[Path, Path]], timeout_s: float = 600) -> None:
+    def _wait_sites(self, nodes: dict[str, Path], timeout_s: float = 600) -> None:
         deadline = time.monotonic() + timeout_s
         waiting = dict(nodes)
         while waiting and time.monotonic() < deadline:
-            for name, (sdir, _) in list(waiting.items()):
+            for name, sdir in list(waiting.items()):
                 proc = self.procs[f"site-{name}"]
                 if proc.poll() is not None:
                     raise FlowerError(f"site process {name} exited ({proc.returncode}): "
@@ -175,15 +176,19 @@ class LoopbackFederation:
             raise FlowerError(f"flwr run failed: {(out.stdout + out.stderr).strip()[-800:]}")
         return str(reply.get("run-id"))
 
-    def status(self) -> str:
-        """Flower's status of the (single) run on this SuperLink, e.g. ``running`` or ``finished:failed``."""
+    def run_info(self) -> dict:
+        """Flower's record of the (single) run on this SuperLink (``flwr ls``): status, network traffic, …"""
         out = subprocess.run([_exe("flwr"), "ls", CONNECTION, "--format", "json"], capture_output=True, text=True,
                              env=self.env(), timeout=60)
         try:
             runs = json.loads(out.stdout[out.stdout.index("{"):]).get("runs", [])
         except ValueError:
-            return "unknown"
-        return runs[-1]["status"] if runs else "unknown"
+            return {}
+        return runs[-1] if runs else {}
+
+    def status(self) -> str:
+        """Flower's status of the run, e.g. ``running`` or ``finished:failed`` (``unknown`` if unreadable)."""
+        return self.run_info().get("status", "unknown")
 
     def wait(self, *, on_round: Callable[[dict], None] | None = None, poll_s: float = 1.0,
              liveness_every_s: float = 20.0) -> dict:
@@ -259,15 +264,20 @@ def _tail(path: Path, n: int = 600) -> str:
         return "(no log)"
 
 
+def check_supported(cfg) -> None:
+    """FlowerError for a configuration the Flower engine does not run (checked before anything is written)."""
+    if cfg.secure_agg.mode == "ckks":
+        raise FlowerError("--engine flower does not run CKKS yet: its key holder must be a deployed party of its "
+                          "own; use --secure-agg secagg+ (or the in-process engine)")
+
+
 def run_loopback(fr, *, on_round: Callable[[dict], None] | None = None, note: Callable[[str], None] = print,
                  stage_timeout_s: float = 60.0, train_timeout_s: float = 1800.0,
                  site_env: dict[str, dict[str, str]] | None = None, server_env: dict[str, str] | None = None,
                  extra_nodes: dict[str, Path] | None = None) -> dict:
     """Run (or resume) the federation of `fr` (a created or resumed :class:`FederatedRun`) on a loopback Flower
     deployment; returns the ServerApp's final status. Raises FlowerError if the run did not finish."""
-    if fr.cfg.secure_agg.mode == "ckks":
-        raise FlowerError("--engine flower does not run CKKS yet: its key holder must be a deployed party of its "
-                          "own; use --secure-agg secagg+ (or the in-process engine)")
+    check_supported(fr.cfg)
     fr.server_key()
     fr.enroll_sites()
     root = fr.dir.root
@@ -282,6 +292,7 @@ def run_loopback(fr, *, on_round: Callable[[dict], None] | None = None, note: Ca
         note(f"Flower federation up: SuperLink 127.0.0.1:{fed.port}, {len(sites)} SuperNode(s); logs in {fed.logs}")
         fed.submit()
         status = fed.wait(on_round=on_round)
+        status["flower_traffic"] = fed.run_info().get("network-traffic", {})   # Flower's own byte count
     if status.get("state") != "finished":
         raise FlowerError(f"the Flower run did not finish ({status.get('error')}: {status.get('reason')}); logs in "
                           f"{root / 'flower' / 'logs'}; continue with privfed run --resume {root} --engine flower")

@@ -60,15 +60,13 @@ def main(grid: Grid, context: Context) -> None:
     cfg = context.run_config
     run_dir = Path(str(cfg["run-dir"]))
     try:
-        import hashlib
-
         from privfed.federation.runner import FederatedRun
         from privfed.flower.engine import FlowerEngine
 
         reporter = LogReporter()
         fr = FederatedRun.resume(run_dir, reporter=reporter)
         fr.remote_sites = True
-        run_id = hashlib.sha256(fr.dir.config.read_bytes()).hexdigest()[:32]
+        run_id = fr.run_id
 
         made: list[FlowerEngine] = []
 

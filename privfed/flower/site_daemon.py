@@ -8,7 +8,6 @@ and never pass through Flower's node state.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import socket
@@ -36,9 +35,8 @@ def build_site(run_dir: str | Path, site_id: int, *, site_dir: str | Path | None
     fr = FederatedRun.resume(run_dir)
     if not 0 <= site_id < len(fr.client_data):
         raise UnknownSiteError(f"site {site_id} is not one of the run's {len(fr.client_data)} sites")
-    run_id = hashlib.sha256(fr.dir.config.read_bytes()).hexdigest()[:32]
     site = Site(site_id, site_dir=Path(site_dir) if site_dir else run_dir / "sites" / str(site_id),
-                data=fr.client_data[site_id], cfg=fr.cfg, run_id=run_id, delta=fr.privacy.delta,
+                data=fr.client_data[site_id], cfg=fr.cfg, run_id=fr.run_id, delta=fr.privacy.delta,
                 roster=Roster.load(run_dir / "roster.json"),
                 server_key=load_public_key(run_dir / PUBLIC_KEY_RELPATH), device=device,
                 privacy=fr.site_privacy[site_id])

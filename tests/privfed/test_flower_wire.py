@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from privfed.flower import MESSAGE_TYPES, SOCKET_NAME, message_type, wire
-from privfed.flower.client_app import from_record, to_record
+from privfed.flower.records import from_record, to_record
 from privfed.parties import messages as M
 
 
@@ -102,3 +102,11 @@ def test_site_process_answers_hello_over_a_private_socket(tmp_path, tiny_config)
         s.sendall(b"\x00\x00\x00\x00\x00\x00\x00\x05hello")
     again = M.decode(*wire.call(sdir / SOCKET_NAME, *M.encode(hello), timeout_s=30))
     assert again.kind == "hello_reply"
+
+
+def test_flower_engine_refuses_ckks_before_writing_anything(tmp_path, capsys):
+    from privfed.cli import main
+
+    out = tmp_path / "run"
+    assert main(["run", "--engine", "flower", "--secure-agg", "ckks", "--out", str(out)]) == 2
+    assert "CKKS" in capsys.readouterr().err and not out.exists()
