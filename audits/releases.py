@@ -158,9 +158,13 @@ LEDGER: tuple[Release, ...] = tuple(
          "he_decryption.*")
     + _r("ledger", "checkpoint hashes", ACCOUNTED, "SHA-256 of each (accounted or public) checkpoint",
          "round_end.round", "round_end.checkpoint", "round_end.checkpoint.*")
+    + _r("ledger", "public pretraining", PUBLIC, "the configuration hash and weight hash of the public-pretrained "
+         "initial model (privfed.cache): no site data", "round_end.metrics.pretrain_key",
+         "round_end.metrics.pretrain_sha256")
     + _r("ledger", "ε per round", ACCOUNTED, "the largest ε so far (the accounting)", "round_end.metrics.epsilon_max")
     + _r("ledger", "FID, eval loss, classifier accuracy", DECLARED, _EVAL,
-         "round_end.metrics.fid", "round_end.metrics.eval_loss", "round_end.metrics.classifier_test_accuracy")
+         "round_end.metrics.fid", "round_end.metrics.fid_interval", "round_end.metrics.eval_loss",
+         "round_end.metrics.classifier_test_accuracy")
     + _r("ledger", "training loss (ledgers before issue 15)", UNACCOUNTED,
          "the sites' mean diffusion loss over their private batches: no ε covers it; privfed no longer writes it",
          "round_end.metrics.loss")
@@ -174,13 +178,14 @@ LEDGER: tuple[Release, ...] = tuple(
 METRICS: tuple[Release, ...] = tuple(
     _r("metrics", "run_start, roster, run_end, resume", PUBLIC,
        "round index, public pretraining (its loss is on public data), the sample grid's file name",
-       "round", "public_pretrain", "pretrain_loss", "pretrain_seconds", "sample_grid")
+       "round", "public_pretrain", "pretrain_loss", "pretrain_seconds", "sample_grid", "pretrain_key",
+       "pretrain_sha256", "pretrain_cache")
     + _r("metrics", "ε and DP events", ACCOUNTED, "ε per site, δ and the console line that prints them",
          "epsilon", "epsilon.*", "epsilon_max", "delta", "report_lines", "noise", "noise.*")
     + _r("metrics", "participation", DECLARED, _PARTICIPATION, "selected", "contributors")
     + _r("metrics", "site sizes", DECLARED, _N, "examples")
     + _r("metrics", "FID, eval loss, classifier accuracy", DECLARED, _EVAL,
-         "fid", "eval_loss", "classifier_test_accuracy")
+         "fid", "fid_interval", "eval_loss", "classifier_test_accuracy")
     + _r("metrics", "training loss (ledgers before issue 15)", UNACCOUNTED,
          "the sites' mean diffusion loss over their private batches: no ε covers it; privfed no longer writes it",
          "loss")

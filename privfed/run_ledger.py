@@ -186,7 +186,7 @@ def evaluation_provenance(feature_extractor: Mapping[str, Any], test) -> dict[st
 # no "loss": the sites' training loss on private batches is not a release (issue 15); eval_loss is on the declared
 # evaluation split
 _LEDGER_METRICS = ("eval_loss", "fid", "examples", "train_seconds", "eval_seconds", "classifier_test_accuracy",
-                   "class_histogram", "epsilon_max")
+                   "class_histogram", "epsilon_max", "pretrain_key", "pretrain_sha256", "fid_interval")
 
 
 def round_metrics(record: Mapping[str, Any]) -> dict[str, Any]:

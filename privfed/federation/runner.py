@@ -35,7 +35,7 @@ from privfed.parties.site import Site
 from privfed.metrics import domain_fid, save_grid
 from privfed.metrics.classifier import accuracy, evaluation_classifier
 from privfed.metrics.eval_loss import eval_loss
-from privfed.metrics.fid import class_histogram
+from privfed.metrics.fid import class_histogram, fid_interval
 from privfed.models import build_scheduler, build_unet, load_unet, sample_images
 from privfed.pins import write_pins
 from privfed.rundir import RunDir, atomic_write_text
@@ -381,14 +381,27 @@ class FederatedRun:
         from privfed.data.typeset import typeset_digits
         from privfed.models.pretrain import public_pretrain
 
+        from privfed.cache import pretrained_initial_model
+
         t0 = time.perf_counter()
-        public = typeset_digits(cfg.model.pretrain_set_size, image_size=tr.size, channels=tr.channels,
-                                seed=derive_seed(cfg.seed, "public-data"))
-        progress = getattr(self.reporter, "pretrain_progress", None)
-        loss = public_pretrain(self.model, self.scheduler, public, steps=cfg.model.pretrain_steps,
-                               lr=cfg.model.pretrain_lr, batch_size=cfg.fed.batch_size,
-                               generator=torch_generator(cfg.seed, "pretrain"), progress=progress)
-        return {"public_pretrain": cfg.public_pretrain, "pretrain_loss": round(loss, 5),
+
+        def compute() -> float:
+            public = typeset_digits(cfg.model.pretrain_set_size, image_size=tr.size, channels=tr.channels,
+                                    seed=derive_seed(cfg.seed, "public-data"))
+            progress = getattr(self.reporter, "pretrain_progress", None)
+            return public_pretrain(self.model, self.scheduler, public, steps=cfg.model.pretrain_steps,
+                                   lr=cfg.model.pretrain_lr, batch_size=cfg.fed.batch_size,
+                                   generator=torch_generator(cfg.seed, "pretrain"), progress=progress)
+
+        # a public artefact: everything that determines the pretrained weights, and nothing about the sites
+        m = cfg.model
+        material = {"source": cfg.public_pretrain, "seed": cfg.seed, "channels": tr.channels, "image_size": tr.size,
+                    "model": {k: getattr(m, k) for k in ("base_channels", "layers_per_block", "attention",
+                                                         "num_train_timesteps", "beta_schedule")},
+                    "steps": m.pretrain_steps, "lr": m.pretrain_lr, "set_size": m.pretrain_set_size,
+                    "batch_size": cfg.fed.batch_size, "device": self.device.type, "torch": torch.__version__}
+        out = pretrained_initial_model(self.model, material, compute)
+        return {"public_pretrain": cfg.public_pretrain, **out, "pretrain_loss": round(out["pretrain_loss"], 5),
                 "pretrain_seconds": round(time.perf_counter() - t0, 3)}
 
     def _evaluate(self, r: int) -> dict[str, Any]:
@@ -397,7 +410,10 @@ class FederatedRun:
                              sampler=self.cfg.model.sampler, steps=self.cfg.model.sampling_steps,
                              generator=torch_generator(self.cfg.seed, "eval"))
         grid = save_grid(fake[:100], self.dir.samples / f"round_{r:04d}.png")
+        lo, hi = fid_interval(self.classifier, self.splits.test.images, fake,
+                              seed=derive_seed(self.cfg.seed, "fid-bootstrap", r))
         out = {"fid": round(domain_fid(self.classifier, self.splits.test.images, fake), 4),
+               "fid_interval": [round(lo, 4), round(hi, 4)],
                "class_histogram": class_histogram(self.classifier, fake),
                "eval_loss": round(eval_loss(self.model, self.scheduler, self.splits.test.images,
                                             seed=derive_seed(self.cfg.seed, "eval-loss")), 5),

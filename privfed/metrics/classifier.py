@@ -101,10 +101,11 @@ def accuracy(clf: DomainClassifier, ds: ImageDataset) -> float:
     return float((pred == ds.labels).float().mean())
 
 
-def _shared_cache() -> Path:
-    base = os.environ.get("PRIVFED_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME")
-                                                           or os.path.expanduser("~/.cache"), "privfed")
-    return Path(base) / "classifiers"
+def _shared_cache() -> Path | None:
+    from privfed.cache import user_cache_dir
+
+    root = user_cache_dir()
+    return root / "classifiers" if root is not None else None
 
 
 def load_or_train_classifier(path: Path, train: ImageDataset, *, seed: int, augment: bool = False) -> DomainClassifier:
@@ -129,7 +130,7 @@ def evaluation_classifier(path: Path, dataset: str, test: ImageDataset, *,
     """The run's FID feature extractor (cached at ``path``) and its provenance (``<path>.provenance.json``).
 
     Never trained on the sites' training images: for ``digits``, on :data:`PUBLIC_CLASSIFIER_IMAGES` public typeset
-    digits (fixed seed, augmented; kept in a per-user cache, ``$PRIVFED_CACHE`` or ``~/.cache/privfed``, keyed by
+    digits (fixed seed, augmented; kept in the per-user cache of :mod:`privfed.cache`, keyed by
     the generator's parameters, so runs share one feature space and train it once); otherwise on the dataset's test
     split, declared as the evaluation split (the FID reference statistics and the accuracy use it too), with
     ``seed``. Provenance: which data (``class`` public or declared), how many images and their SHA-256."""
@@ -144,7 +145,8 @@ def evaluation_classifier(path: Path, dataset: str, test: ImageDataset, *,
 
         key = (f"typeset-digits-{PUBLIC_CLASSIFIER_IMAGES}-{test.size}px-{test.channels}ch-seed"
                f"{PUBLIC_CLASSIFIER_SEED}-augment-v1")
-        src = _shared_cache() / key / path.name
+        # PRIVFED_CACHE=off: train it inside the run directory instead of the per-user cache
+        src = (_shared_cache() or path.parent / "public") / key / path.name
         src_prov = src.with_name(prov_path.name)
         if not (path.is_file() and prov_path.is_file()):
             if not (src.is_file() and src.with_suffix(".json").is_file() and src_prov.is_file()):
