@@ -14,7 +14,9 @@ Usage (privfed)::
 
 Every append validates the payload against the schema of its kind, refuses denylisted keys
 (:mod:`audits.payload_guard`), DP events without a known ``type`` and unsuppressed small counts, then writes one line
-and fsyncs it. A ``roster`` record may only come right after ``run_start``, once. A crash mid-write leaves a torn
+and fsyncs it. A ``roster`` record may only come right after ``run_start``, once. Nothing follows ``run_end`` but
+``audit_spend`` records (what ``privfed audit --empirical`` spent on the finished run, :mod:`audits.audit_spend`),
+which only come after it. A crash mid-write leaves a torn
 final line; the next ``open(create=False)`` truncates it and appends a ``ledger_repair`` record with the size and
 SHA-256 of the discarded bytes. Any other damage makes ``open`` raise: nothing is silently corrected. The writing
 discipline is shared with site receipts (:mod:`audits.signed_log`, :mod:`audits.receipt`).

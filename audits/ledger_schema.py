@@ -14,17 +14,20 @@ SCHEMA_VERSION = 1
 KNOWN_SCHEMA_VERSIONS = frozenset({1})
 SIGNING_CONTEXT = b"privfed-ledger/v1\n"   # domain separation prefix of every signed message
 KINDS = ("run_start", "roster", "data_summary", "round_start", "site_event", "secure_agg", "he_decryption", "dp_event",
-         "budget_check", "round_end", "abort", "resume", "run_end", "ledger_repair")
+         "budget_check", "round_end", "abort", "resume", "run_end", "ledger_repair", "audit_spend")
+#: written after run_end, and only then: what an audit of the finished run spent on the sites' data
+AFTER_END_KINDS = ("audit_spend",)
 ENVELOPE_FIELDS = ("schema_version", "seq", "kind", "utc", "payload", "prev_hash", "signature")
 
 LEDGER = LogSpec(name="ledger", filename="ledger.jsonl", signing_context=SIGNING_CONTEXT, schema_name="ledger-v1",
                  kinds=KINDS, start_kind="run_start", end_kind="run_end", resume_kind="resume",
-                 repair_kind="ledger_repair", event_kinds=("dp_event",), schema_version=SCHEMA_VERSION,
+                 repair_kind="ledger_repair", event_kinds=("dp_event",), after_end_kinds=AFTER_END_KINDS,
+                 schema_version=SCHEMA_VERSION,
                  known_schema_versions=KNOWN_SCHEMA_VERSIONS)
 
 __all__ = ["SCHEMA_VERSION", "KNOWN_SCHEMA_VERSIONS", "GENESIS_PREV_HASH", "SIGNING_CONTEXT", "KINDS",
-           "ENVELOPE_FIELDS", "EVENT_TYPES", "LEDGER", "load_schema", "envelope_error", "payload_error",
-           "small_cell_error"]
+           "AFTER_END_KINDS", "ENVELOPE_FIELDS", "EVENT_TYPES", "LEDGER", "load_schema", "envelope_error",
+           "payload_error", "small_cell_error"]
 
 
 def envelope_error(record: Mapping[str, Any]) -> str | None:

@@ -52,7 +52,8 @@ def _first_error(validator: jsonschema.protocols.Validator, value: Any) -> str |
 @dataclass(frozen=True)
 class LogSpec:
     """One kind of signed log. ``start_kind`` must be the first record (a repair record may precede it) and occur
-    once; nothing may follow ``end_kind`` (None: the log has no end record)."""
+    once; nothing may follow ``end_kind`` (None: the log has no end record) but the kinds in ``after_end_kinds``
+    (and a repair record); those may only come after it."""
 
     name: str                       # "ledger" | "receipt"
     filename: str                   # "ledger.jsonl" | "receipt.jsonl"
@@ -64,6 +65,7 @@ class LogSpec:
     resume_kind: str
     repair_kind: str
     event_kinds: tuple[str, ...]    # kinds whose payload carries a typed DP "event"
+    after_end_kinds: tuple[str, ...] = ()   # kinds written after end_kind (and only then): e.g. an audit's spending
     schema_version: int = 1
     known_schema_versions: frozenset[int] = frozenset({1})
 

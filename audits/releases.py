@@ -91,9 +91,10 @@ FILES: tuple[Release, ...] = tuple(
          "report/report.html", "report/report.json", "report/report.pdf", "report/figures/*.png",
          "report/*.stale")
     + _r("file", "empirical audit results", DECLARED,
-         "results of attacks on helper runs retrained on the sites' data (non-private control included): AUC, TPR "
-         "and ε lower bounds, and what the audit cost (its helper runs and their ε, in audit_cost); their training "
-         "is not in the ledger and no ε covers it",
+         "results of attacks on helper runs retrained on the sites' data (non-private control included) or, with "
+         "--synthetic-only, on synthetic data: AUC, TPR and ε lower bounds, and what the audit cost (audit_cost, "
+         "unsigned). The spending is in the signed ledger (audit_spend): the DP helper runs' ε adds to the run's; "
+         "results from the non-private control trained on the sites' data are a release with ε = ∞",
          "report/empirical.json")
     + _r("file", "empirical audit helper runs", UNACCOUNTED,
          "the audit's helper runs (a non-private control trained on the sites' data, and DP runs); deleted once "
@@ -126,6 +127,15 @@ LEDGER: tuple[Release, ...] = tuple(
          "run_end.final_epsilon", "run_end.final_epsilon.*", "run_end.delta", "dp_event.round", "dp_event.client",
          "dp_event.unit", "dp_event.delta", "dp_event.max_grad_norm", "dp_event.accountant", "dp_event.epsilon",
          "dp_event.event.type", "dp_event.event.noise_multiplier", "dp_event.event.steps", "dp_event.event.*")
+    + _r("ledger", "audit spending", DECLARED,
+         "what privfed audit --empirical spent, after run_end: each helper run's configuration hash, rounds, data "
+         "(sites or synthetic), its ε per site, δ, accountant and typed DP events (their sample rates reveal n, as "
+         "in dp_event); a non-private helper run on the sites' data is recorded as such (ε = ∞)",
+         "audit_spend.helper_runs", "audit_spend.helper_runs.*")
+    + _r("ledger", "audit spending", PUBLIC,
+         "which audit ran, when, on which data, what it released and its statement (no value of the sites' data)",
+         "audit_spend.audit", "audit_spend.data", "audit_spend.started_utc", "audit_spend.synthetic_source",
+         "audit_spend.released", "audit_spend.statement")
     + _r("ledger", "budget checks", PUBLIC, "a site's cap, and whether the projected ε allowed the round",
          "budget_check.round", "budget_check.client", "budget_check.max_epsilon", "budget_check.allowed")
     + _r("ledger", "label counts", DECLARED,
@@ -251,7 +261,8 @@ SHORT: dict[str, str] = {
     "timings": "wall-clock seconds: depend on Poisson batch sizes and n",
     "signed ledger, metrics, receipts": "containers: each field classified in its own table",
     "audit report": "derived from the ledger, metrics and empirical.json (fields classified there)",
-    "empirical audit results": "attacks on helper runs retrained on the sites' data; not in the ledger",
+    "empirical audit results": "attacks on helper runs (sites' or synthetic data); spending in the ledger",
+    "audit spending": "the empirical audit's helper runs: ε, δ, DP events (signed, after run_end)",
     "empirical audit helper runs": "helper runs on the sites' data incl. a non-private control (--empirical)",
     "engine logs (Flower)": "the console's lines (values as in the ledger)",
 }

@@ -151,9 +151,13 @@ class SignedLogWriter:
         if err:
             raise RecordSchemaError(self._seq, f"payload: {err}", kind=kind, source=src)
         self._check_extra(kind, payload)
-        if self._ended:
-            raise RecordSchemaError(self._seq, f"the {spec.name} has ended ({spec.end_kind} recorded); nothing may "
-                                               "follow", kind=kind, source=src)
+        if self._ended and kind not in spec.after_end_kinds + (spec.repair_kind,):
+            after = f" but {', '.join(spec.after_end_kinds)}" if spec.after_end_kinds else ""
+            raise RecordSchemaError(self._seq, f"the {spec.name} has ended ({spec.end_kind} recorded); nothing{after} "
+                                               "may follow", kind=kind, source=src)
+        if kind in spec.after_end_kinds and not self._ended:
+            raise RecordSchemaError(self._seq, f"{kind} may only follow {spec.end_kind} (a finished run)", kind=kind,
+                                    source=src)
         if kind == spec.start_kind and self._started:
             raise RecordSchemaError(self._seq, f"{spec.start_kind} already recorded; use '{spec.resume_kind}'",
                                     kind=kind, source=src)

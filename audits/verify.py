@@ -6,7 +6,8 @@ Checks, in order (the first failure raises; nothing returns False):
 2. the public key matches ``expected_key_fingerprint`` when one is pinned (it should be: see :mod:`audits.keys`;
    ``[sha256:]<hex>``, any case; a mismatch is PinnedKeyMismatch, a VerificationError);
 3. every record: canonical JSON, seq, hash chain, Ed25519 signature, known schema version, envelope and payload
-   schemas (:mod:`audits.chain`); run order (run_start first, nothing after run_end); small-cell suppression;
+   schemas (:mod:`audits.chain`); run order (run_start first, nothing after run_end but ``audit_spend`` records,
+   which only come after it); small-cell suppression;
 4. config.toml hashes to run_start.config_hash; every checkpoint that is present hashes to its recorded sha256
    (:func:`audits.artifact_hash.sha256_path`); a missing earlier checkpoint is a warning (it may have been pruned),
    a missing final one (the last round_end's) an ArtifactMismatchError;
@@ -14,16 +15,18 @@ Checks, in order (the first failure raises; nothing returns False):
    recorded kind (:mod:`audits.accounting`, never the project's ``dp/``); every dp_event's reported cumulative ε
    and run_end.final_epsilon must match the recomputation: ``|reported − recomputed| ≤ tolerance·recomputed +
    2e-3`` (``tolerance`` relative, default 1 %; 2e-3 absolute covers the PLD grid); budget checks must be consistent
-   and obeyed;
+   and obeyed; each ``audit_spend`` record's DP helper runs: their reported ε per site must match the
+   recomputation from their recorded events (:mod:`audits.audit_spend`);
 6. roster and receipts: when the ledger has a ``roster`` record it must hash to its fingerprint and name the ledger
    key as server key, every dp_event client must be on it, and every ``RUN_DIR/sites/<id>/receipt.jsonl`` is
    verified under the roster's key for ``<id>`` (:func:`audits.receipt.verify_receipt`) and cross-checked against
    the ledger (:func:`audits.cross_check.cross_check`): any disagreement in DP events, rounds, key or roster raises
    ReceiptMismatch (a refusal recorded by one side only is a warning);
-7. optionally: the ledger ends with run_end (``require_complete``).
+7. optionally: the ledger has a run_end record (``require_complete``).
 
 The pinned ``expected_head_hash`` is checked right after the chain (3), before any semantic check: the ledger
-must contain it.
+must contain it. A head pinned before records were appended (an audit's ``audit_spend`` after the run's pins were
+sent) still verifies as a prefix: the records after it are counted (``records_after_pin``) and named in a warning.
 
 A ledger cut at a record boundary is only detectable through (6) or a missing run_end: pin the head hash.
 """
@@ -38,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from audits.artifact_hash import sha256_path
+from audits.audit_spend import check_audit_spend, spending
 from audits.chain import verify_chain
 from audits.accounting import IndependentAccountant, backend_description, parse_event, within_tolerance
 from audits.cross_check import SiteCrossCheck, cross_check
@@ -46,7 +50,7 @@ from audits.errors import (ArtifactMismatchError, AuditError, BudgetViolationErr
                            ReceiptMismatch, RecordSchemaError, RosterError, SmallCellError, VerificationError)
 from audits.keys import PUBLIC_KEY_RELPATH, key_fingerprint, load_public_key, normalize_pin
 from audits.ledger import LEDGER_FILENAME
-from audits.ledger_schema import small_cell_error
+from audits.ledger_schema import LEDGER, small_cell_error
 from audits.receipt import RECEIPT_FILENAME, VerifiedReceipt, verify_receipt
 from audits.roster import roster_from_records
 
@@ -99,6 +103,7 @@ class VerificationReport:
     receipts: tuple[SiteCrossCheck, ...] = ()          # one row per roster site (cross-checked or not)
     key_pinned: bool = False                           # keys/ledger.pub matched a fingerprint given by the caller
     head_pinned: bool = False                          # the ledger contains a head hash given by the caller
+    records_after_pin: int = 0                         # records appended after the pinned head (e.g. audit_spend)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -126,8 +131,12 @@ def _check_order(records: tuple[dict[str, Any], ...]) -> None:
     started = ended = False
     for i, r in enumerate(records):
         kind = r["kind"]
-        if ended:
-            raise RecordSchemaError(i, "record after run_end", kind=kind)
+        if ended and kind not in LEDGER.after_end_kinds + (LEDGER.repair_kind,):
+            raise RecordSchemaError(i, f"record after run_end (only {', '.join(LEDGER.after_end_kinds)} may follow "
+                                       "it)", kind=kind)
+        if kind in LEDGER.after_end_kinds and not ended:
+            raise RecordSchemaError(i, f"{kind} before run_end (an audit's spending follows the finished run)",
+                                    kind=kind)
         if kind == "run_start":
             if started:
                 raise RecordSchemaError(i, "second run_start", kind=kind)
@@ -223,6 +232,8 @@ def _check_epsilon(records: tuple[dict[str, Any], ...], tolerance: float
             if cap is not None and eps > cap * (1 + tolerance):
                 raise BudgetViolationError(i, f"client {client}: recomputed ε={eps:.6g} exceeds the cap "
                                               f"max_epsilon={cap:g}", kind=kind)
+        elif kind == "audit_spend":
+            check_audit_spend(i, p, tolerance=tolerance)
         elif kind == "run_end":
             reported = p["final_epsilon"]
             if set(reported) != set(accountants):
@@ -316,7 +327,17 @@ def verify_run(run_dir: str | Path, *, expected_key_fingerprint: str | None = No
     if check_receipts:
         roster_fp, receipts, w = _check_receipts(run_dir, records, fp, tolerance, tuple(Path(d) for d in site_dirs))
         warnings += w
-    complete = records[-1]["kind"] == "run_end"
+    complete = any(r["kind"] == "run_end" for r in records)   # only after-end kinds may follow it (_check_order)
+    after_pin = 0
+    if expected_head_hash is not None:
+        after_pin = len(records) - 1 - state.line_hashes.index(expected_head_hash)
+        if after_pin:
+            later = Counter(r["kind"] for r in records[len(records) - after_pin:])
+            kinds = ", ".join(f"{n} {k}" for k, n in later.items())
+            warnings.append(f"the pinned head hash is record {len(records) - 1 - after_pin} of {len(records)}: "
+                            f"{after_pin} record(s) appended after it ({kinds}) are signed with the run's key but "
+                            "not covered by the pin; pin the new head (pins.txt is rewritten when privfed audit "
+                            "--empirical appends its audit_spend record)")
     if not complete:
         msg = "no run_end record: the run is in progress, aborted, or the ledger was truncated"
         if require_complete:
@@ -334,7 +355,7 @@ def verify_run(run_dir: str | Path, *, expected_key_fingerprint: str | None = No
         epsilon_checks=tuple(eps_checks), final_epsilon=final, final_delta=final_delta, artifacts=tuple(artifacts),
         repairs=repairs, warnings=tuple(warnings), records=records, roster_fingerprint=roster_fp,
         receipts=tuple(receipts), key_pinned=expected_key_fingerprint is not None,
-        head_pinned=expected_head_hash is not None)
+        head_pinned=expected_head_hash is not None, records_after_pin=after_pin)
 
 
 def pinning_verdict(*, key_pinned: bool, head_pinned: bool, receipts_checked: int) -> str:
@@ -385,6 +406,13 @@ def cli_verify(run_dir: str | Path, *, expected_key_fingerprint: str | None = No
         print(f"ε recomputed from the ledger's DP events with {rep.accountant_backend}:")
     for c in sorted(rep.final_epsilon):
         print(f"client {c}: ε={rep.final_epsilon[c]:.4g} at δ={rep.final_delta[c]:g}")
+    spend = spending(rep.records, rep.final_epsilon, rep.final_delta)
+    if spend is not None:
+        print(f"audit spending (signed audit_spend records {spend['records']}): {spend['statement']}")
+        for x in spend["per_site"]:
+            total = x["total_epsilon"]
+            print(f"client {x['site']}: total ε={total if isinstance(total, str) else format(total, '.4g')} "
+                  f"(run + audit) at δ={x['total_delta']:g}")
     if rep.roster_fingerprint is not None:
         print(f"roster {rep.roster_fingerprint}")
     for r in rep.receipts:

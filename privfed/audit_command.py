@@ -10,9 +10,13 @@ from privfed.errors import PrivfedError
 
 
 def run_audit(run_dir: Path, *, empirical: bool, pdf: bool, pin_key: str | None, console: Console,
-              site_dirs: tuple[Path, ...] = (), head: str | None = None, keep_audit_runs: bool = False) -> int:
+              site_dirs: tuple[Path, ...] = (), head: str | None = None, keep_audit_runs: bool = False,
+              synthetic_only: bool = False) -> int:
     """Return the exit code: 0 when the report was written from a verified ledger (and every site receipt found in
-    RUN_DIR/sites/*/ or given in ``site_dirs`` verified and agreed with it)."""
+    RUN_DIR/sites/*/ or given in ``site_dirs`` verified and agreed with it).
+
+    ``empirical`` appends an ``audit_spend`` record to the run's signed ledger (see :mod:`privfed.empirical`) and
+    rewrites pins.txt; a ``head`` pinned before that still verifies (the report names the records after it)."""
     from audits.empirical import EmpiricalBoundViolation
     from audits.errors import AuditError, VerificationError
     from audits.report.build import build_report
@@ -22,7 +26,7 @@ def run_audit(run_dir: Path, *, empirical: bool, pdf: bool, pin_key: str | None,
     try:
         if empirical:
             from privfed.empirical import run_empirical
-            run_empirical(run_dir, console=console, keep_runs=keep_audit_runs)
+            run_empirical(run_dir, console=console, keep_runs=keep_audit_runs, synthetic_only=synthetic_only)
         paths = build_report(run_dir, pdf=pdf, expected_key_fingerprint=pin_key, expected_head_hash=head,
                              site_dirs=site_dirs)
     except VerificationError as e:

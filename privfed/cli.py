@@ -254,10 +254,14 @@ def audit(
                                        help="A ledger head hash obtained earlier (detects truncation)."),
     empirical: bool = typer.Option(False, "--empirical", help="Also run the empirical privacy audits (membership "
                                    "inference, one-run canary ε lower bounds; trains 4 helper runs, about 2.5× "
-                                   "the run's time)."),
+                                   "the run's time, on the sites' data unless --synthetic-only; their ε is appended "
+                                   "to the signed ledger as an audit_spend record and pins.txt is rewritten)."),
     keep_audit_runs: bool = typer.Option(False, "--keep-audit-runs", help="With --empirical: keep the helper runs' "
                                          "checkpoints (trained on the sites' data, a non-private control among them) "
                                          "in report/empirical_runs/; deleted once scored by default."),
+    synthetic_only: bool = typer.Option(False, "--synthetic-only", help="With --empirical: train the helper runs "
+                                        "on synthetic data (typeset digits) plus the canaries, never on the sites' "
+                                        "data, so the audit spends nothing (recorded in the ledger as such)."),
     pdf: bool = typer.Option(False, "--pdf",
                              help="Also write report/report.pdf (headless Chromium, or weasyprint)."),
     site: list[Path] = typer.Option([], "--site", metavar="SITE_DIR",
@@ -274,7 +278,8 @@ def audit(
         raise PrivfedError("usage: privfed audit [verify] RUN_DIR")
     from privfed.audit_command import run_audit
     raise typer.Exit(run_audit(Path(target[0]), empirical=empirical, pdf=pdf, pin_key=pin_key, head=head,
-                               console=console, site_dirs=tuple(site), keep_audit_runs=keep_audit_runs))
+                               console=console, site_dirs=tuple(site), keep_audit_runs=keep_audit_runs,
+                               synthetic_only=synthetic_only))
 
 
 site_app = typer.Typer(no_args_is_help=True, help="A site's own setup: its long-term identity.")

@@ -24,11 +24,20 @@ Reported:
    command fails loudly (:class:`audits.empirical.EmpiricalBoundViolation`, exit 3).
 
 Results go to RUN_DIR/report/empirical.json (not signed; the report says so) and the helper runs to
-RUN_DIR/report/empirical_runs/.
+RUN_DIR/report/empirical_runs/ (deleted once scored unless ``keep_runs``).
+
+What the audit spends goes into the audited run's signed ledger: once the helper runs are trained (before any result
+is written) one ``audit_spend`` record is appended after ``run_end`` with the run's own key (RUN_DIR/keys/ledger.key;
+without it the audit refuses to start), listing each helper run, its config hash, its ε per site, δ, accountant and
+typed DP events as its own verified ledger recorded them (:mod:`audits.audit_spend`); RUN_DIR/pins.txt is rewritten
+with the new head. With ``synthetic_only`` the helper runs train on synthetic data (typeset digits from public
+fonts, :mod:`privfed.data.typeset`, at the sites' image size and counts) plus the canaries, never on the sites' data:
+nothing is spent, the record says ``data: synthetic``, and the natural-image attack runs on the audited model only.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -42,13 +51,19 @@ from torch.nn.utils import parameters_to_vector
 
 from audits.empirical import (EmpiricalBoundViolation, assert_consistent, best_lower_bound, canary_inclusion,
                               membership_inference)
+from audits.errors import LedgerBusyError, LedgerKeyError
+from audits.ledger import LedgerWriter, utc_now
+from audits.verify import verify_run
 from privfed.config import RunConfig
 from privfed.data import load_dataset
 from privfed.data.dataset import ImageDataset
+from privfed.data.typeset import typeset_digits
+from privfed.errors import PrivfedError
 from privfed.federation.canaries import GradientCanaries
 from privfed.federation.runner import FederatedRun, SilentReporter
 from privfed.federation.seeding import derive_seed, numpy_generator, torch_generator
 from privfed.models import build_scheduler, load_unet
+from privfed.pins import PINS_FILENAME, read_pins, write_pins
 from privfed.rundir import RunDir, atomic_write_text
 
 CONFIDENCE = 0.95
@@ -97,10 +112,32 @@ def make_canaries(m: int, *, channels: int, size: int, seed: int) -> torch.Tenso
     return torch.from_numpy(rng.choice([-1.0, 1.0], size=(m, channels, size, size)).astype(np.float32))
 
 
-def _with_canaries(canaries: torch.Tensor, included: np.ndarray, seed: int):
+SYNTHETIC_SOURCE = ("typeset digits (privfed.data.typeset: glyphs of the fonts matplotlib ships, no person's data), "
+                    "as many per helper site as the site has images, at the sites' image size, plus the canaries")
+
+
+def _synthetic_sites(seed: int):
+    """Replace each site's images by as many typeset digits (public fonts; labels -1: no class), drawn once."""
+    def replace(client_data: list[ImageDataset]) -> list[ImageDataset]:
+        sizes = [len(d) for d in client_data]
+        ref = client_data[0]
+        pool = typeset_digits(sum(sizes), image_size=ref.size, channels=ref.channels,
+                              seed=derive_seed(seed, "synthetic-helper-data"))
+        out, start = [], 0
+        for ds, n in zip(client_data, sizes):
+            out.append(ImageDataset(pool.images[start:start + n], torch.full((n,), -1, dtype=torch.int64),
+                                    ds.class_names, "synthetic typeset digits"))
+            start += n
+        return out
+    return replace
+
+
+def _with_canaries(canaries: torch.Tensor, included: np.ndarray, seed: int, *, synthetic: bool = False):
     rng = numpy_generator(seed, "canary-clients")
+    base = _synthetic_sites(seed) if synthetic else (lambda data: data)
 
     def augment(client_data: list[ImageDataset]) -> list[ImageDataset]:
+        client_data = base(client_data)
         owners = rng.integers(0, len(client_data), size=len(canaries))
         out = []
         for c, ds in enumerate(client_data):
@@ -156,13 +193,94 @@ def _canary_audit(scores: np.ndarray, included: np.ndarray, *, kind: str, delta:
     return mia, bound
 
 
-def run_empirical(run_dir: Path, *, console, canaries: int | None = None,
-                  gradient_canaries: int | None = None, keep_runs: bool = False) -> dict[str, Any]:
-    """Run both audits for `run_dir`, write report/empirical.json, and fail if a lower bound exceeds ε.
+def _open_ledger(run_dir: Path) -> LedgerWriter:
+    """The audited run's ledger, opened for the audit_spend record before anything is spent: it must verify, be
+    finished (run_end) and its signing key must be here."""
+    try:
+        ledger = LedgerWriter.open(run_dir, create=False)
+    except (LedgerKeyError, LedgerBusyError) as e:
+        raise PrivfedError(f"privfed audit --empirical records what it spends in the run's signed ledger and needs "
+                           f"the run's signing key and sole write access: {e}") from None
+    if not any(r["kind"] == "run_end" for r in ledger.records):
+        ledger.close()
+        raise PrivfedError(f"{run_dir}: the ledger has no run_end record; the empirical audit audits a finished run")
+    return ledger
 
-    The helper runs retrain on the sites' data (a non-private control among them): they are deleted once scored
-    unless `keep_runs` (their directories are then an unaccounted release, see audits.releases), and what the audit
-    itself cost is written into empirical.json (``audit_cost``) for the report."""
+
+def _helper_spend(label: str, role: str, run: FederatedRun, *, data: str) -> dict[str, Any]:
+    """One helper run's entry of the audit_spend record, read from its own verified ledger (its ε as its accountant
+    reported it, and the typed DP events a verifier recomputes it from)."""
+    rep = verify_run(run.dir.root, require_complete=True)
+    start = next(r["payload"] for r in rep.records if r["kind"] == "run_start")
+    end = next(r["payload"] for r in rep.records if r["kind"] == "run_end")
+    events: dict[str, list[dict[str, Any]]] = {}
+    for r in rep.records:
+        if r["kind"] == "dp_event":
+            events.setdefault(r["payload"]["client"], []).append(r["payload"]["event"])
+    private = bool(run.privacy.enabled)
+    return {"label": label, "role": role, "dp_mode": run.cfg.dp.mode, "rounds": end["rounds_completed"],
+            "sites": run.cfg.fed.clients, "config_hash": start["config_hash"], "data": data, "private": private,
+            "epsilon": run.privacy.epsilons() if private else None,
+            "delta": run.privacy.delta if private else None, "accountant": run.privacy.kind if private else None,
+            "unit": run.privacy.unit if private else None, "dp_events": events, "ledger_head": rep.head_hash}
+
+
+RELEASED = ("report/empirical.json: membership-inference AUC and TPR (with intervals and ROC curves) and one-run ε "
+            "lower bounds computed from the helper runs' models, and the audited model's membership-inference "
+            "scores on the sites' training images")
+
+
+def _spend_statement(data: str, helpers: list[dict[str, Any]]) -> str:
+    if data == "synthetic":
+        return ("The helper runs trained on synthetic data only (no site's image): they spent nothing of the sites' "
+                "privacy. Their ε is that of the synthetic data, shown for the audit's calibration.")
+    control = [h["label"] for h in helpers if not h["private"]]
+    return ("The helper runs trained on the sites' training images. The DP helper runs' ε adds to the run's. "
+            + (f"{', '.join(control)} trained without differential privacy: the results published from them "
+               "(membership-inference AUC/TPR, ε lower bounds in report/empirical.json) are a non-private release "
+               "of aggregate statistics of the sites' data (ε = ∞)." if control else ""))
+
+
+def _record_spend(ledger: LedgerWriter, run_dir: Path, payload: dict[str, Any], console) -> dict[str, Any]:
+    """Append the audit_spend record, close the ledger and rewrite pins.txt with the new head (as the run does at
+    run_end)."""
+    try:
+        rec = ledger.append("audit_spend", payload)
+        head, fp = ledger.head_hash, ledger.key_fingerprint
+    finally:
+        ledger.close()
+    old = read_pins(run_dir / PINS_FILENAME) if (run_dir / PINS_FILENAME).is_file() else {}
+    run_id = old.get("run_id") or hashlib.sha256((run_dir / "config.toml").read_bytes()).hexdigest()[:32]
+    write_pins(run_dir, run_id=run_id, key_fingerprint=fp, head_hash=head)
+    console.print(f"audit spending recorded in the signed ledger (record {rec['seq']}, audit_spend); ledger head is "
+                  f"now {head}: {PINS_FILENAME} rewritten, send the new head out of band (a head pinned before the "
+                  f"audit still verifies, as a prefix that does not cover this record)")
+    return rec
+
+
+def run_empirical(run_dir: Path, *, console, canaries: int | None = None,
+                  gradient_canaries: int | None = None, keep_runs: bool = False,
+                  synthetic_only: bool = False) -> dict[str, Any]:
+    """Run both audits for `run_dir`, record their spending in its signed ledger, write report/empirical.json, and
+    fail if a lower bound exceeds ε.
+
+    The helper runs retrain on the sites' data (a non-private control among them), or with `synthetic_only` on
+    synthetic data only: they are deleted once scored unless `keep_runs` (their directories are then an
+    unaccounted release, see audits.releases). What they spent (each one's ε, δ and DP events) is appended to the
+    run's ledger as an ``audit_spend`` record after run_end (module docstring); empirical.json repeats it
+    (``audit_cost``, unsigned)."""
+    ledger = _open_ledger(run_dir)
+    try:
+        return _run_empirical(run_dir, ledger, console=console, canaries=canaries,
+                              gradient_canaries=gradient_canaries, keep_runs=keep_runs, synthetic_only=synthetic_only)
+    finally:
+        ledger.close()
+
+
+def _run_empirical(run_dir: Path, ledger: LedgerWriter, *, console, canaries: int | None,
+                   gradient_canaries: int | None, keep_runs: bool, synthetic_only: bool) -> dict[str, Any]:
+    started = utc_now()
+    data = "synthetic" if synthetic_only else "sites"
     canaries = CANARIES if canaries is None else canaries
     n_grad = GRADIENT_CANARIES if gradient_canaries is None else gradient_canaries
     cfg = RunConfig.from_toml(run_dir / "config.toml")
@@ -219,23 +337,31 @@ def run_empirical(run_dir: Path, *, console, canaries: int | None = None,
     bounds: dict[str, Any] = {}
     violations = []
     cost: list[dict[str, Any]] = []
+    spend: list[dict[str, Any]] = []
+    trained_on = ("synthetic typeset digits plus canaries (no site data)" if synthetic_only else
+                  "the sites' training images plus canaries")
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=False) as progress:
         for name, hcfg, label in helpers:
-            run = _train(hcfg, work / name, progress, _with_canaries(canary_imgs, included, seed), grad, label)
+            run = _train(hcfg, work / name, progress,
+                         _with_canaries(canary_imgs, included, seed, synthetic=synthetic_only), grad, label)
             # the attacker's reference: the published configuration and seed replayed without the gradient canaries
             # (same image canaries). Without DP the replay is exact; under DP its noise is fresh (OS CSPRNG).
-            replay = _train(hcfg, work / f"{name}_replay", progress, _with_canaries(canary_imgs, included, seed), None,
+            replay = _train(hcfg, work / f"{name}_replay", progress,
+                            _with_canaries(canary_imgs, included, seed, synthetic=synthetic_only), None,
                             f"{label}: attacker's replay without gradient canaries")
+            spend.append(_helper_spend(name, label, run, data=data))
+            spend.append(_helper_spend(f"{name}_replay", f"{label}: attacker's replay without gradient canaries",
+                                       replay, data=data))
             eps = run.privacy.epsilons()
             claimed = max(eps.values()) if eps else None
             delta = run.privacy.delta or 1e-5
-            for trained in (name, f"{name}_replay"):
-                cost.append({"run": trained, "dp_mode": hcfg.dp.mode, "rounds": hcfg.fed.rounds,
-                             "sites": hcfg.fed.clients,
-                             "epsilon_max": (claimed if trained == name else None) if hcfg.dp.mode != "off" else None,
-                             "trained_on": "the sites' training images plus canaries"})
-            if name == "non_private_control":
+            for h in spend[-2:]:
+                cost.append({"run": h["label"], "dp_mode": h["dp_mode"], "rounds": h["rounds"], "sites": h["sites"],
+                             "epsilon_max": max(h["epsilon"].values()) if h["epsilon"] else None,
+                             "trained_on": trained_on})
+            if name == "non_private_control" and not synthetic_only:   # a control that never saw the sites' data
+                                                                        # says nothing about their membership
                 mias[name] = mia(run.model)
             scores = {
                 "gradient_canaries": grad.scores(_flat(replay.model), _flat(run.model)),
@@ -254,11 +380,15 @@ def run_empirical(run_dir: Path, *, console, canaries: int | None = None,
                                                          for m in ("non_private_control", "dp_model")]
     result["membership_inference"] = {k: mias[k] for k in order if k in mias}
     result["canary"] = {k: bounds[k] for k in order if k in bounds}
+    payload = {"audit": "empirical", "data": data, "started_utc": started, "helper_runs": spend,
+               "released": RELEASED, "statement": _spend_statement(data, spend)}
+    if synthetic_only:
+        payload["synthetic_source"] = SYNTHETIC_SOURCE
+    rec = _record_spend(ledger, run_dir, payload, console)
     result["audit_cost"] = {
-        "helper_runs": cost, "runs_kept": bool(keep_runs),
-        "statement": "The audit retrained the helper runs above on the sites' training data. None of them is in the "
-                     "signed ledger and no ε of the audited run covers them; the non-private control's results "
-                     "(AUC, TPR, ε lower bounds) are a declared non-private release about the sites' data. "
+        "helper_runs": cost, "runs_kept": bool(keep_runs), "data": data, "ledger_record": rec["seq"],
+        "statement": _spend_statement(data, spend) + f" Recorded, signed, in the ledger (record {rec['seq']}, "
+                     "audit_spend): the report's totals are taken from there, not from this file. "
                      + ("Their checkpoints are kept in report/empirical_runs/ (an unaccounted release: delete it "
                         "before sharing the run directory)." if keep_runs else
                         "Their checkpoints were deleted once scored (privfed audit --keep-audit-runs keeps them).")}

@@ -21,6 +21,7 @@ from typing import Any
 import jsonschema
 
 from audits.accounting import ABS_TOLERANCE, parse_event, replace_one_epsilon
+from audits.audit_spend import INFINITE, spending
 from audits.chain import verify_chain
 from audits.errors import AuditError, VerificationError
 from audits.keys import PUBLIC_KEY_RELPATH, load_public_key
@@ -187,7 +188,8 @@ def _privacy_statement(rep, records) -> dict[str, Any]:
     if dp_mode == "off" or not events:
         txt = (f"This run recorded no differential-privacy events (dp_mode: {dp_mode}), so it carries no formal "
                f"guarantee about what its checkpoints and samples reveal about the training data. Secure "
-               f"aggregation mode '{sa_mode}' only keeps individual site updates from the server (section 4).")
+               f"aggregation mode '{sa_mode}' only keeps individual site updates from the server (section 4)."
+               + _audit_spend_sentence(rep).replace(" This ε covers the run only.", ""))
         return {"text": txt, "dp_mode": dp_mode, "unit": NR, "per_site": NR, "accountant": NR}
     units = sorted({p["unit"] for p in events})
     accs = sorted({p["accountant"] for p in events})
@@ -243,12 +245,33 @@ def _privacy_statement(rep, records) -> dict[str, Any]:
         n = sum(r.receipt_verified for r in rep.receipts)
         txt += (f" {n} site(s) hold their own signed receipt of these events, which this audit cross-checked "
                 "against the ledger (section 5).")
+    txt += _audit_spend_sentence(rep)
     return {"text": txt, "dp_mode": dp_mode, "unit": units, "per_site": per_site, "accountant": accs,
             "adjacency": "add/remove one unit",
             "site_sizes": ("public: the unit is a whole site" if "client" in units else
                            "public (treated as known by the adjacency; n = batch/q is in every DP event)"),
             "without_site_sampling": no_amp or NR,
             "replace_one": {c: {"epsilon": e, "delta": rep.final_delta[c]} for c, e in replace_one.items()}}
+
+
+def _spending(rep) -> dict[str, Any] | None:
+    """The run's ε plus what its audits spent, from the verified ledger's signed audit_spend records."""
+    return None if rep is None else spending(rep.records, rep.final_epsilon, rep.final_delta)
+
+
+def _eps_txt(e: Any) -> str:
+    return "∞" if e == INFINITE else f"{e:.3g}"
+
+
+def _audit_spend_sentence(rep) -> str:
+    sp = _spending(rep)
+    if sp is None:
+        return ""
+    totals = "; ".join(f"{x['site']}: ε = {_eps_txt(x['total_epsilon'])} at δ = {x['total_delta']:g}"
+                       for x in sp["per_site"])
+    return (f" This ε covers the run only. An empirical privacy audit of it is recorded in the signed ledger "
+            f"(audit_spend, section 11): {sp['statement']} Run and audit together, per site ({sp['composition']}): "
+            f"{totals}.")
 
 
 def _without_site_sampling(events, rep) -> dict[str, float]:
@@ -579,20 +602,25 @@ def _releases(run_dir: Path, records) -> dict[str, Any]:
             "adjacency": text.ADJACENCY_COUNTS, "evaluation": _evaluation(records)}
 
 
-def _empirical(run_dir: Path, figs: dict[str, bytes]) -> Any:
+def _empirical(run_dir: Path, figs: dict[str, bytes], rep) -> Any:
+    """Section 11: the attack results (report/empirical.json, unsigned) and what the audit spent (the signed ledger's
+    audit_spend records, never empirical.json's copy)."""
     p = run_dir / "report" / "empirical.json"
+    sp = _spending(rep)
+    spend = {"spending": sp} if sp is not None else {}
     if not p.is_file():
-        return NR
+        return NR if sp is None else {"source": "signed ledger (audit_spend); report/empirical.json is missing",
+                                      "results": NR, **spend}
     try:
         results = json.loads(p.read_text("utf-8"))
     except ValueError as e:
-        return {"source": "report/empirical.json (not signed)", "results": NR, "error": f"unreadable: {e}"}
+        return {"source": "report/empirical.json (not signed)", "results": NR, "error": f"unreadable: {e}", **spend}
     mia = results.get("membership_inference") if isinstance(results, dict) else None
     curves = {k.replace("_", " "): r["roc"] for k, r in (mia or {}).items()
               if isinstance(r, dict) and isinstance(r.get("roc"), dict) and r["roc"].get("fpr")}
     if curves:
         figs["mia_roc.png"] = figures.roc_figure(curves)
-    return {"source": "report/empirical.json (not signed)", "results": results}
+    return {"source": "report/empirical.json (not signed)", "results": results, **spend}
 
 
 def _environment(rep, records) -> dict[str, Any]:
@@ -737,6 +765,12 @@ def _verdict(rep, err, records, sec: dict[str, Any], *, key_pinned: bool, head_p
                       f"{', '.join(rel['unaccounted'])} (section 15).")
     if sec["empirical_audit"] == NR:
         issues.append("No empirical privacy audit was run (section 11; privfed audit --empirical).")
+    sp = _spending(rep)
+    if sp is not None and sp["infinite"]:
+        issues.append(f"The empirical audit trained {', '.join(sorted(set(sp['non_private_release'])))} on the "
+                      "sites' data without DP: its published results are an unaccounted (ε = ∞) release of aggregate "
+                      "statistics of the sites' data (section 11; privfed audit --empirical --synthetic-only spends "
+                      "nothing).")
     verified = rep is not None
     return {
         "verdict": sec["integrity"]["verdict"],
@@ -770,6 +804,10 @@ def _verdict(rep, err, records, sec: dict[str, Any], *, key_pinned: bool, head_p
         "epsilon_meaning": text.EPSILON_MEANING_SHORT if sites else text.NO_DP_MEANING,
         "secure_aggregation": {"mode": sa_mode, "on": sa_on, "plaintext_rounds": plain},
         "receipts_cross_checked": sum(r.receipt_verified for r in rep.receipts) if rep else 0,
+        "total_spending": NR if sp is None else {
+            "source": sp["source"], "per_site": sp["per_site"], "infinite": sp["infinite"],
+            "synthetic_only": sp["synthetic_only"], "total_epsilon_max": sp["total_epsilon_max"],
+            "composition": sp["composition"], "statement": sp["statement"]},
         "open_issues": issues,
         "sign_off": text.SIGN_OFF,
     }
@@ -816,7 +854,7 @@ def build_report(run_dir: str | Path, *, pdf: bool = False, allow_unverified: bo
         "data_governance": _data_gov(records),
         "training": _training(rep, records),
         "utility": _utility(run_dir, records, figs),
-        "empirical_audit": _empirical(run_dir, figs),
+        "empirical_audit": _empirical(run_dir, figs, rep),
         "environment": _environment(rep, records),
         "limitations": _limitations(rep, records),
     }
