@@ -282,6 +282,22 @@ def audit(
                                synthetic_only=synthetic_only))
 
 
+@app.command(context_settings={"help_option_names": ["-h", "--help"]})
+def sweep(
+    sweep_file: Path = typer.Argument(..., metavar="SWEEP.toml", help="The sweep file: [base], [grid], [[variant]] "
+                                      "(examples in examples/sweeps/)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Sweep directory (default sweeps/<name> beside the "
+                                       "sweep file); run again with the same --out to resume."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate every point and list them; run nothing."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Run points that failed before again."),
+) -> None:
+    """Run a grid of ordinary runs (each with its own signed ledger), skipping finished points and resuming
+    interrupted ones; writes results.csv, results.json and summary.html (figures, intervals over seeds)."""
+    from privfed.sweep.command import sweep_command
+
+    raise typer.Exit(sweep_command(sweep_file, out, dry_run=dry_run, retry_failed=retry_failed, console=console))
+
+
 site_app = typer.Typer(no_args_is_help=True, help="A site's own setup: its long-term identity.")
 app.add_typer(site_app, name="site")
 

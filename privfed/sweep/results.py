@@ -1,0 +1,157 @@
+"""What a sweep found: one row per point read from its run directory, and per-group statistics across seeds.
+
+Each point's figures come from its own run directory (``metrics.jsonl`` and the ledger's ``run_end``); the ledger's
+signatures are not checked here (``privfed audit RUN_DIR`` does that for any point).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from privfed.sweep.spec import Point
+
+#: sections that say what a run is about, apart from who adds which noise (and the seed): points that share these
+#: compare with each other (the non-private reference, the public-only start)
+_NOT_CONTEXT = ("seed", "dp", "secure_agg", "operator", "eval_every", "eval_samples", "device")
+
+
+def read_ledger_end(run_dir: Path) -> dict[str, Any] | None:
+    """The payload of the ledger's run_end record, or None while the run has not finished."""
+    path = run_dir / "ledger.jsonl"
+    if not path.is_file():
+        return None
+    end = None
+    for line in path.read_text().splitlines():
+        if line.strip():
+            rec = json.loads(line)
+            if rec.get("kind") == "run_end":
+                end = rec["payload"]
+    return end
+
+
+def context(point: Point) -> str:
+    """The point's comparison context: its configuration without the DP and aggregation choices and the seed."""
+    d = {k: v for k, v in point.config.to_dict().items() if k not in _NOT_CONTEXT}
+    return json.dumps(d, sort_keys=True)
+
+
+def point_row(point: Point, run_dir: Path, *, status: str, error: str | None = None) -> dict[str, Any]:
+    """One results row (CSV-friendly scalars, plus curves kept for results.json and the plots)."""
+    cfg = point.config
+    metrics = []
+    if (run_dir / "metrics.jsonl").is_file():
+        metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    end = read_ledger_end(run_dir) if status == "done" else None
+    evals = [m for m in metrics if "fid" in m]
+    final = evals[-1] if evals and evals[-1]["round"] > 0 else None
+    r0 = next((m for m in metrics if m.get("round") == 0 and "fid" in m), None)
+    eps = None
+    if end is not None and end.get("final_epsilon"):
+        vals = [v for v in end["final_epsilon"].values() if v is not None]
+        eps = max(vals) if vals else None
+    row = {
+        "point": point.slug, "label": point.label, "group_label": point.group_label, "variant": point.variant,
+        "status": status, "error": error,
+        **{f"set:{k}": (("inf" if isinstance(v, float) and math.isinf(v) else v)) for k, v in point.settings.items()},
+        "seed": cfg.seed, "dataset": cfg.data.dataset if cfg.data.dataset != "npz" else Path(cfg.data.path).stem,
+        "clients": cfg.fed.clients, "alpha": cfg.data.alpha, "local_epochs": cfg.fed.local_epochs,
+        "dp_mode": cfg.dp.mode, "placement": cfg.dp.effective_placement, "secure_agg": cfg.secure_agg.mode,
+        "target_epsilon": cfg.dp.target_epsilon if cfg.dp.mode != "off" else math.inf,
+        "rounds_planned": cfg.fed.rounds, "rounds_completed": end["rounds_completed"] if end else None,
+        "epsilon": eps, "delta": end.get("delta") if end else None,
+        "fid_public_only": r0["fid"] if r0 else None,
+        "fid": final["fid"] if final else None,
+        "fid_lo": final.get("fid_interval", [None, None])[0] if final else None,
+        "fid_hi": final.get("fid_interval", [None, None])[1] if final else None,
+        "eval_loss": final.get("eval_loss") if final else None,
+        "seconds": round(sum(m.get("seconds", 0.0) + m.get("pretrain_seconds", 0.0) + m.get("eval_seconds", 0.0)
+                             * (m.get("round") == 0) for m in metrics), 1),
+        "run_dir": str(run_dir), "config_hash": point.config_hash[:16], "also": "; ".join(point.also),
+        "sample_grid": str(run_dir / final["sample_grid"]) if final and final.get("sample_grid") else None,
+        "_curve_fid": [[m["round"], m["fid"]] for m in evals],
+        "_curve_epsilon": [[m["round"], m["epsilon_max"]] for m in metrics if m.get("epsilon_max") is not None],
+        "_context": context(point), "_group": repr(point.group),
+    }
+    return row
+
+
+def mean_interval(values: list[float], level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high): Student-t interval of the mean across seeds; (x, nan, nan) for a single value."""
+    a = np.asarray(values, dtype=float)
+    m = float(a.mean())
+    if len(a) < 2:
+        return m, math.nan, math.nan
+    half = float(stats.t.ppf((1 + level) / 2, len(a) - 1) * a.std(ddof=1) / math.sqrt(len(a)))
+    return m, m - half, m + half
+
+
+def group_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per group of repeats (same point apart from the seed): FID mean and interval across seeds (or the
+    single run's bootstrap interval), the public-only start, ε, and — where the context has a non-private group —
+    the share of the non-private gain the group recovers, (FID_public − FID) / (FID_public − FID_nonprivate), with
+    its interval over seeds paired by seed."""
+    done = [r for r in rows if r["status"] == "done" and r["fid"] is not None]
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in done:
+        groups.setdefault(r["_group"], []).append(r)
+    nonpriv: dict[str, list[dict[str, Any]]] = {}
+    for r in done:
+        if r["dp_mode"] == "off":
+            nonpriv.setdefault(r["_context"], []).append(r)
+    out = []
+    for key, rs in groups.items():
+        first = rs[0]
+        fids = [r["fid"] for r in rs]
+        m, lo, hi = mean_interval(fids)
+        how = f"t-interval over {len(rs)} seeds"
+        if len(rs) == 1 and first["fid_lo"] is not None:
+            lo, hi, how = first["fid_lo"], first["fid_hi"], "bootstrap over samples (1 seed)"
+        pub = [r["fid_public_only"] for r in rs if r["fid_public_only"] is not None]
+        pm, plo, phi = mean_interval(pub) if pub else (None, None, None)
+        eps = [r["epsilon"] for r in rs if r["epsilon"] is not None]
+        g = {"label": first["group_label"], "variant": first["variant"],
+             "seeds": len(rs), "fid": m, "fid_lo": lo, "fid_hi": hi, "interval": how,
+             "fid_public_only": pm, "fid_public_only_lo": plo, "fid_public_only_hi": phi,
+             "epsilon": max(eps) if eps else None, "dp_mode": first["dp_mode"], "placement": first["placement"],
+             "target_epsilon": first["target_epsilon"], "dataset": first["dataset"],
+             "seconds": float(np.mean([r["seconds"] for r in rs])), "_context": first["_context"],
+             "_rows": rs, "share": None, "share_lo": None, "share_hi": None}
+        ref = nonpriv.get(first["_context"])
+        if ref and first["dp_mode"] != "off":
+            by_seed = {r["seed"]: r["fid"] for r in ref}
+            shares = [(r["fid_public_only"] - r["fid"]) / (r["fid_public_only"] - by_seed[r["seed"]])
+                      for r in rs if r["seed"] in by_seed and r["fid_public_only"] is not None
+                      and r["fid_public_only"] != by_seed[r["seed"]]]
+            if shares:
+                g["share"], g["share_lo"], g["share_hi"] = mean_interval(shares)
+        out.append(g)
+    for g in out:
+        peers = [h for h in out if h["_context"] == g["_context"]]
+        best = min(peers, key=lambda h: h["fid"])
+        g["best_in_context"] = g is best
+        g["within_noise_of_best"] = g is not best and _overlap(g, best)
+    return out
+
+
+def _overlap(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    if any(x is None or (isinstance(x, float) and math.isnan(x)) for x in (a["fid_lo"], a["fid_hi"], b["fid_lo"],
+                                                                          b["fid_hi"])):
+        return True            # no interval: nothing shows the difference is real
+    return a["fid_lo"] <= b["fid_hi"] and b["fid_lo"] <= a["fid_hi"]
+
+
+PUBLIC_COLUMNS = ("point", "variant", "status", "error", "seed", "dataset", "clients", "alpha", "local_epochs",
+                  "dp_mode", "placement", "secure_agg", "target_epsilon", "rounds_planned", "rounds_completed",
+                  "epsilon", "delta", "fid_public_only", "fid", "fid_lo", "fid_hi", "eval_loss", "seconds",
+                  "config_hash", "also", "run_dir")
+
+
+def csv_columns(rows: list[dict[str, Any]]) -> list[str]:
+    settings = sorted({k for r in rows for k in r if k.startswith("set:")})
+    return list(PUBLIC_COLUMNS[:4]) + settings + list(PUBLIC_COLUMNS[4:])

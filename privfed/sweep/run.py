@@ -1,0 +1,137 @@
+"""Run a sweep: each point an ordinary run directory under ``SWEEP_DIR/runs/<point>/`` (signed ledger and all),
+finished points skipped, interrupted ones resumed, results and summary rewritten after every point.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from privfed.errors import ConfigError, PrivfedError
+from privfed.rundir import atomic_write_text
+from privfed.sweep.results import csv_columns, group_rows, point_row, read_ledger_end
+from privfed.sweep.spec import Point, Sweep
+
+
+#: points that failed with a privfed error (slug -> error, config hash), so a rerun skips them unless asked
+FAILED_FILE = "failed.json"
+
+
+@dataclass
+class PointState:
+    point: Point
+    run_dir: Path
+    status: str                 # new | partial | done | failed
+    error: str | None = None
+
+
+def point_state(point: Point, run_dir: Path) -> PointState:
+    """Where a point stands. A run directory that holds another configuration (the sweep file was edited) is an
+    error, never silently reused or overwritten."""
+    cfg_path = run_dir / "config.toml"
+    failed = _failures(run_dir.parent.parent).get(point.slug)
+    if failed is not None and failed["config_hash"] == point.config_hash:
+        return PointState(point, run_dir, "failed", failed["error"])
+    if not cfg_path.is_file():
+        return PointState(point, run_dir, "new")
+    if cfg_path.read_text() != point.config.to_toml():
+        raise ConfigError(f"{run_dir} holds a run with another configuration than point {point.label!r} of the sweep "
+                          f"file (was the file edited?); move that folder away or restore the sweep file")
+    return PointState(point, run_dir, "done" if read_ledger_end(run_dir) is not None else "partial")
+
+
+def _failures(out: Path) -> dict[str, Any]:
+    path = out / FAILED_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _record_failure(out: Path, st: PointState) -> None:
+    failed = _failures(out)
+    if st.status == "failed":
+        failed[st.point.slug] = {"error": st.error, "config_hash": st.point.config_hash}
+    else:
+        failed.pop(st.point.slug, None)
+    atomic_write_text(out / FAILED_FILE, json.dumps(failed, indent=1, sort_keys=True))
+
+
+def plan(sweep: Sweep, out: Path) -> list[PointState]:
+    return [point_state(p, out / "runs" / p.slug) for p in sweep.points]
+
+
+def write_results(sweep: Sweep, out: Path, states: list[PointState]) -> list[dict[str, Any]]:
+    """results.csv, results.json and summary.html (with figures/) from the points' run directories."""
+    from privfed.sweep.summary import write_summary
+
+    rows = [point_row(s.point, s.run_dir, status=s.status, error=s.error) for s in states]
+    groups = group_rows(rows)
+    cols = csv_columns(rows)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("inf" if isinstance(r.get(k), float) and math.isinf(r[k]) else r.get(k)) for k in cols})
+    atomic_write_text(out / "results.csv", buf.getvalue())
+    public_groups = [{k: v for k, v in g.items() if not k.startswith("_")} for g in groups]
+    atomic_write_text(out / "results.json", json.dumps(
+        {"sweep": sweep.name, "source": str(sweep.source), "points": [_jsonable(r) for r in rows],
+         "groups": [_jsonable(g) for g in public_groups]}, indent=1, sort_keys=True, allow_nan=False))
+    write_summary(sweep, out, rows, groups)
+    return rows
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k.lstrip("_"): _jsonable(v) for k, v in obj.items() if k not in ("_context", "_group", "_rows")}
+    if isinstance(obj, list):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, float) and (math.isnan(obj) or math.isinf(obj)):
+        return None if math.isnan(obj) else "inf"
+    return obj
+
+
+def run_sweep(sweep: Sweep, out: Path, *, reporter_factory: Callable[[PointState], Any] | None = None,
+              on_point: Callable[[PointState, float], None] | None = None, retry_failed: bool = False
+              ) -> list[PointState]:
+    """Run every point that is not done, one after the other, in this process (points compete for the same cores:
+    running them in parallel on a small machine is slower, not faster). A point that fails with a privfed error
+    (a refused round, an exhausted budget) is recorded as failed and the sweep goes on; ``retry_failed`` runs it again.
+    """
+    from privfed.federation.runner import FederatedRun
+
+    out.mkdir(parents=True, exist_ok=True)
+    states = plan(sweep, out)
+    src_copy = out / "sweep.toml"
+    if src_copy.is_file() and src_copy.read_text() != sweep.source.read_text():
+        atomic_write_text(out / f"sweep.{time.strftime('%Y%m%d-%H%M%S')}.toml", src_copy.read_text())
+    atomic_write_text(src_copy, sweep.source.read_text())
+    write_results(sweep, out, states)
+    for st in states:
+        if st.status == "done" or (st.status == "failed" and not retry_failed):
+            continue
+        if st.status == "failed":
+            st.status = "partial" if (st.run_dir / "config.toml").is_file() else "new"
+        t0 = time.perf_counter()
+        reporter = reporter_factory(st) if reporter_factory else None
+        try:
+            if st.status == "new":
+                if st.run_dir.exists() and not (st.run_dir / "config.toml").exists():
+                    shutil.rmtree(st.run_dir)        # a crash before config.toml: nothing of the run exists yet
+                run = FederatedRun.create(st.point.config, st.run_dir, reporter=reporter)
+            else:
+                run = FederatedRun.resume(st.run_dir, reporter=reporter)
+            run.run()
+            st.status, st.error = "done", None
+        except PrivfedError as e:
+            st.status, st.error = "failed", f"{type(e).__name__}: {e}"
+        _record_failure(out, st)
+        if on_point:
+            on_point(st, time.perf_counter() - t0)
+        write_results(sweep, out, states)
+    return states

@@ -1,0 +1,199 @@
+"""``SWEEP_DIR/summary.html``: the sweep's figures and tables, self-contained (figures inlined as PNG; copies in
+``SWEEP_DIR/figures/``)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from privfed.rundir import atomic_write_bytes, atomic_write_text  # noqa: E402
+from privfed.sweep.spec import SEED_KEY, Sweep  # noqa: E402
+
+_NUMERIC_AXES = {"fed.clients": "sites N", "data.alpha": "Dirichlet α (label skew; larger = closer to IID)",
+                 "fed.local_epochs": "local epochs E", "fed.per_round": "sites per round",
+                 "fed.rounds": "rounds", "dp.noise_multiplicity": "noise multiplicity K"}
+
+
+def _fmt(x: Any, nd: int = 1) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    if isinstance(x, float) and math.isinf(x):
+        return "∞"
+    if isinstance(x, float):
+        return f"{x:.{nd}f}"
+    return html.escape(str(x))
+
+
+def _save(fig, out: Path, name: str) -> str:
+    path = out / "figures" / f"{name}.png"
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _err(g: dict[str, Any]) -> tuple[float, float]:
+    lo, hi = g["fid_lo"], g["fid_hi"]
+    if lo is None or hi is None or (isinstance(lo, float) and math.isnan(lo)):
+        return 0.0, 0.0
+    return max(g["fid"] - lo, 0.0), max(hi - g["fid"], 0.0)
+
+
+def _groups_bar(groups: list[dict[str, Any]], out: Path) -> str:
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(groups) + 2), 3.8))
+    xs = range(len(groups))
+    errs = list(zip(*[_err(g) for g in groups])) if groups else [[], []]
+    colors = ["#888" if g["dp_mode"] == "off" else "#3465a4" for g in groups]
+    ax.bar(xs, [g["fid"] for g in groups], yerr=errs, capsize=4, color=colors)
+    pubs = [g["fid_public_only"] for g in groups if g["fid_public_only"] is not None]
+    if pubs:
+        ax.axhline(sum(pubs) / len(pubs), color="#c00", ls="--", lw=1, label="public pretraining only (round 0)")
+        ax.legend(loc="best", fontsize=8)
+    ax.set_xticks(list(xs), [g["label"] for g in groups], rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("domain-FID (lower is better)")
+    ax.set_title("Final FID per group (bars: 95 % interval; grey: non-private)")
+    return _save(fig, out, "fid_by_group")
+
+
+def _series_key(g: dict[str, Any], axis: str) -> str:
+    """The series a group belongs to on a plot along `axis`: its label without the axis' own setting."""
+    short = axis.split(".")[-1]
+    return ",".join(x for x in g["label"].split(",") if not x.startswith(f"{short}=")) or "all"
+
+
+def _along(groups: list[dict[str, Any]], axis: str, out: Path, *, log: bool = False) -> str | None:
+    key = f"set:{axis}"
+    pts = [g for g in groups if key in g["_rows"][0]]
+    values = {g["_rows"][0][key] for g in pts}
+    if len(values) < 2:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    series: dict[str, list[dict[str, Any]]] = {}
+    finite = [v for v in values if v != "inf"]
+    for g in pts:
+        if g["_rows"][0][key] == "inf":
+            lo, hi = g["fid_lo"], g["fid_hi"]
+            ax.axhline(g["fid"], color="#555", ls="--", lw=1, label=f"non-private ({_series_key(g, axis)})")
+            if lo is not None and not (isinstance(lo, float) and math.isnan(lo)):
+                ax.axhspan(lo, hi, color="#999", alpha=0.15)
+            continue
+        series.setdefault(_series_key(g, axis), []).append(g)
+    for name, gs in series.items():
+        gs.sort(key=lambda g: g["_rows"][0][key])
+        xs = [g["_rows"][0][key] for g in gs]
+        ax.errorbar(xs, [g["fid"] for g in gs], yerr=list(zip(*[_err(g) for g in gs])), marker="o", capsize=3,
+                    label=name)
+    pubs = [g["fid_public_only"] for g in pts if g["fid_public_only"] is not None]
+    if pubs:
+        ax.axhline(sum(pubs) / len(pubs), color="#c00", ls=":", lw=1, label="public pretraining only")
+    if log and finite and min(finite) > 0:
+        ax.set_xscale("log")
+    ax.set_xlabel("ε (per example, target)" if axis == "dp.target_epsilon" else _NUMERIC_AXES.get(axis, axis))
+    ax.set_ylabel("domain-FID (lower is better)")
+    ax.legend(fontsize=7, loc="best")
+    ax.set_title(f"FID vs {axis} (95 % intervals)")
+    return _save(fig, out, f"fid_vs_{axis.replace('.', '_')}")
+
+
+def _curves(groups: list[dict[str, Any]], out: Path, which: str, ylabel: str, name: str) -> str | None:
+    lines = [(g["label"], g["_rows"][0][which]) for g in groups if g["_rows"][0][which]]
+    if not lines:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for label, pts in lines:
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=label)
+    ax.set_xlabel("round")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7, loc="best")
+    ax.set_title(f"{ylabel} per round (first seed of each group)")
+    return _save(fig, out, name)
+
+
+def write_summary(sweep: Sweep, out: Path, rows: list[dict[str, Any]], groups: list[dict[str, Any]]) -> Path:
+    """Write summary.html; returns its path."""
+    figs: list[tuple[str, str]] = []
+    if groups:
+        figs.append(("Final FID per group", _groups_bar(groups, out)))
+        for axis in [k for k in sweep.grid_keys if k != SEED_KEY]:
+            numeric = all(isinstance(r.get(f"set:{axis}"), (int, float)) or r.get(f"set:{axis}") == "inf"
+                          for r in rows if f"set:{axis}" in r)
+            if numeric:
+                b64 = _along(groups, axis, out, log=axis == "dp.target_epsilon")
+                if b64:
+                    figs.append((f"FID vs {axis}", b64))
+        for which, ylabel, name in (("_curve_fid", "domain-FID", "fid_per_round"),
+                                    ("_curve_epsilon", "ε (largest over sites)", "epsilon_per_round")):
+            b64 = _curves(groups, out, which, ylabel, name)
+            if b64:
+                figs.append((f"{ylabel} per round", b64))
+    done = sum(r["status"] == "done" for r in rows)
+    parts = [f"<h1>Sweep {html.escape(sweep.name)}</h1>",
+             f"<p>{done} of {len(rows)} points done; source <code>{html.escape(str(sweep.source))}</code>. Every "
+             "point is a run directory under <code>runs/</code> with its own signed ledger: verify any of them with "
+             "<code>privfed audit RUN_DIR</code>.</p>",
+             "<h2>Groups (repeats over seeds)</h2>",
+             "<p>FID: mean over seeds with a 95 % Student-t interval (one seed: the bootstrap interval over the "
+             "generated samples). <b>≈</b> marks a group whose interval overlaps the best group's of the same context "
+             "(same data and federation): the difference is inside the noise. <i>Gain recovered</i> = (FID<sub>public"
+             "</sub> − FID) / (FID<sub>public</sub> − FID<sub>non-private</sub>), paired by seed.</p>",
+             _group_table(groups), "<h2>Figures</h2>"]
+    for title, b64 in figs:
+        parts.append(f"<figure><img alt='{html.escape(title)}' src='data:image/png;base64,{b64}'>"
+                     f"<figcaption>{html.escape(title)}</figcaption></figure>")
+    parts.append("<h2>Samples (final round, first seed of each group)</h2><div class='grids'>")
+    for g in groups:
+        grid = g["_rows"][0].get("sample_grid")
+        if grid and Path(grid).is_file():
+            b64 = base64.b64encode(Path(grid).read_bytes()).decode()
+            parts.append(f"<figure><img class='grid' alt='samples' src='data:image/png;base64,{b64}'>"
+                         f"<figcaption>{html.escape(g['label'])}<br>FID {_fmt(g['fid'])}</figcaption></figure>")
+    parts.append("</div><h2>Points</h2>" + _point_table(rows))
+    page = ("<!doctype html><html><head><meta charset='utf-8'><title>privfed sweep "
+            f"{html.escape(sweep.name)}</title><style>{_CSS}</style></head><body>" + "\n".join(parts)
+            + "</body></html>")
+    path = out / "summary.html"
+    atomic_write_text(path, page)
+    return path
+
+
+def _group_table(groups: list[dict[str, Any]]) -> str:
+    head = ("<table><tr><th>group</th><th>seeds</th><th>FID</th><th>95 % interval</th><th>public only</th>"
+            "<th>gain recovered</th><th>ε</th><th>placement</th><th>s / run</th></tr>")
+    body = []
+    for g in sorted(groups, key=lambda g: (g["_context"], g["fid"])):
+        peers = sum(h["_context"] == g["_context"] for h in groups)
+        mark = " <b>best</b>" if g["best_in_context"] and peers > 1 else (" <b>≈</b>" if g["within_noise_of_best"]
+                                                                          else "")
+        share = "–" if g["share"] is None else (f"{100 * g['share']:.0f} %" + (
+            "" if g["share_lo"] is None or math.isnan(g["share_lo"])
+            else f" [{100 * g['share_lo']:.0f}, {100 * g['share_hi']:.0f}]"))
+        body.append(f"<tr><td>{_fmt(g['label'])}</td><td>{g['seeds']}</td><td>{_fmt(g['fid'])}{mark}</td>"
+                    f"<td>[{_fmt(g['fid_lo'])}, {_fmt(g['fid_hi'])}]</td><td>{_fmt(g['fid_public_only'])}</td>"
+                    f"<td>{share}</td><td>{_fmt(g['epsilon'], 2)}</td><td>{_fmt(g['placement'])}</td>"
+                    f"<td>{_fmt(g['seconds'], 0)}</td></tr>")
+    return head + "".join(body) + "</table>"
+
+
+def _point_table(rows: list[dict[str, Any]]) -> str:
+    cols = ("label", "status", "seed", "rounds_completed", "epsilon", "fid_public_only", "fid", "fid_lo", "fid_hi",
+            "eval_loss", "seconds", "error")
+    head = "<table><tr>" + "".join(f"<th>{c}</th>" for c in cols) + "</tr>"
+    return head + "".join("<tr>" + "".join(f"<td>{_fmt(r.get(c), 2 if c in ('epsilon',) else 1)}</td>" for c in cols)
+                          + "</tr>" for r in rows) + "</table>"
+
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}
+td:first-child,th:first-child{text-align:left}figure{display:inline-block;margin:.5em}img{max-width:100%}
+img.grid{width:220px;image-rendering:pixelated}figcaption{font-size:12px;color:#555;text-align:center}"""

@@ -1,0 +1,178 @@
+"""privfed sweep: the grid and variants resolve to validated run configurations, every point is an ordinary run
+directory, finished points are skipped, interrupted ones resumed, failures recorded, and the summary is drawn."""
+
+import csv
+import json
+import math
+import textwrap
+
+import pytest
+from PIL import Image
+
+from privfed.cli import main
+from privfed.errors import ConfigError
+from privfed.sweep.run import plan, run_sweep
+from privfed.sweep.spec import load_sweep
+
+TINY_BASE = """
+[base]
+eval_every = 1
+eval_samples = 16
+[base.model]
+base_channels = 8
+num_train_timesteps = 50
+sampling_steps = 2
+pretrain_steps = 5
+pretrain_set_size = 64
+[base.fed]
+clients = 3
+rounds = 1
+batch_size = 16
+local_epochs = 1
+[base.data]
+partition = "iid"
+[base.secure_agg]
+mode = "off"
+"""
+
+
+def _write(tmp_path, body, name="s.toml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+def test_grid_and_variants_resolve_to_configs(tmp_path):
+    path = _write(tmp_path, TINY_BASE + """
+    [grid]
+    seed = [0, 1]
+    "dp.target_epsilon" = [2, 8, "inf"]
+    [[variant]]
+    name = "federated"
+    [[variant]]
+    name = "centralized"
+    centralized = true
+    [[variant]]
+    name = "non-private"
+    "dp.mode" = "off"
+    """)
+    sw = load_sweep(path)
+    labels = [p.label for p in sw.points]
+    # 2 seeds × 3 ε × 3 variants = 18 combinations; every non-private combination of a seed is one configuration
+    assert len(sw.points) == 2 * 3 + 2 * 3 - 0 and len(set(p.config_hash for p in sw.points)) == len(sw.points)
+    inf = next(p for p in sw.points if p.label == "federated,seed=0,target_epsilon=inf")
+    assert inf.config.dp.mode == "off" and "non-private,seed=0,target_epsilon=2" in inf.also
+    central = next(p for p in sw.points if p.label == "centralized,seed=1,target_epsilon=2")
+    assert (central.config.fed.clients, central.config.secure_agg.mode, central.config.dp.target_epsilon) == \
+        (1, "off", 2.0)
+    assert central.config.seed == 1 and central.group_label == "centralized,target_epsilon=2"
+    assert "federated,seed=1,target_epsilon=8" in labels
+
+
+def test_per_round_sets_the_fraction(tmp_path):
+    path = _write(tmp_path, TINY_BASE.replace("clients = 3", "clients = 4") + """
+    [grid]
+    "fed.clients" = [4, 8]
+    [[variant]]
+    name = "two per round"
+    "fed.per_round" = 2
+    "dp.mode" = "off"
+    """)
+    assert [p.config.fed.fraction for p in load_sweep(path).points] == [0.5, 0.25]
+
+
+@pytest.mark.parametrize("body, match", [
+    ("[grid]\nseed = 3\n", "non-empty list"),
+    ("[grid]\n\"fed.clientz\" = [1, 2]\n", "fed.clientz"),
+    ("[grid]\n\"fed.rounds\" = [\"inf\"]\n", "only meaningful for dp.target_epsilon"),
+    ("[grid]\n\"fed.clients\" = [3, 0]\n", "clients must be >= 1"),
+    ("[grids]\nseed = [1]\n", "unknown table"),
+    ("[[variant]]\nname = \"a\"\n[[variant]]\nname = \"a\"\n", "two variants"),
+])
+def test_bad_sweep_files_fail_before_anything_is_written(tmp_path, capsys, body, match):
+    path = _write(tmp_path, TINY_BASE + body)
+    with pytest.raises(ConfigError, match=match):
+        load_sweep(path)
+    assert main(["sweep", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("privfed: error:")
+    assert not (tmp_path / "out").exists()
+
+
+def test_sweep_runs_skips_resumes_and_summarises(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRIVFED_CACHE", str(tmp_path / "cache"))
+    path = _write(tmp_path, TINY_BASE.replace("rounds = 1", "rounds = 2") + """
+    [grid]
+    seed = [0, 1]
+    "dp.target_epsilon" = [4, "inf"]
+    [[variant]]
+    name = "local"
+    [[variant]]
+    name = "broken"
+    "data.dataset" = "npz"
+    "data.path" = "no-such-file.npz"
+    "dp.mode" = "off"
+    """)
+    sw = load_sweep(path)
+    out = tmp_path / "out"
+    assert len(sw.points) == 6            # broken is non-private: its two ε crossings are one point per seed
+    # interrupt the first point after its first round, as a crash would
+    first = sw.points[0]
+
+    class Crash:
+        def __init__(self, st):
+            self.st = st
+
+        def __getattr__(self, name):
+            return lambda *a, **k: None
+
+        def round_end(self, r, record):
+            if self.st.point is first and r == 1:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(sw, out, reporter_factory=Crash)
+    assert [s.status for s in plan(sw, out)][0] == "partial"
+
+    seen = []
+    states = run_sweep(sw, out, on_point=lambda st, s: seen.append(st.point.label))
+    assert [s.status for s in states] == ["done"] * 4 + ["failed"] * 2
+    assert "DataError" in states[4].error and "no-such-file.npz" in states[4].error
+    ledger = [json.loads(x) for x in (out / "runs" / first.slug / "ledger.jsonl").read_text().splitlines()]
+    assert [r["payload"]["from_round"] for r in ledger if r["kind"] == "resume"] == [1]
+
+    # a second run touches nothing that is done and does not retry the failure
+    before = {p: (out / "runs" / p / "ledger.jsonl").stat().st_mtime_ns for p in (s.point.slug for s in states[:4])}
+    seen.clear()
+    run_sweep(sw, out, on_point=lambda st, s: seen.append(st.point.label))
+    assert seen == []
+    assert before == {p: (out / "runs" / p / "ledger.jsonl").stat().st_mtime_ns for p in before}
+
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [r["status"] for r in rows] == ["done"] * 4 + ["failed"] * 2
+    for r, st in zip(rows[:4], states[:4]):
+        end = next(x for x in (json.loads(y) for y in (st.run_dir / "ledger.jsonl").read_text().splitlines())
+                   if x["kind"] == "run_end")["payload"]
+        if st.point.config.dp.mode == "off":
+            assert r["epsilon"] == "" and r["target_epsilon"] == "inf"
+        else:
+            assert math.isclose(float(r["epsilon"]), max(end["final_epsilon"].values()))
+        metrics = [json.loads(x) for x in (st.run_dir / "metrics.jsonl").read_text().splitlines()]
+        assert float(r["fid"]) == metrics[-1]["fid"] and float(r["fid_public_only"]) == metrics[0]["fid"]
+        assert float(r["fid_lo"]) <= float(r["fid_hi"])
+    res = json.loads((out / "results.json").read_text())
+    groups = {g["label"]: g for g in res["groups"]}
+    dp = groups["local,target_epsilon=4"]
+    assert dp["seeds"] == 2 and dp["interval"].startswith("t-interval over 2 seeds")
+    fids = [float(r["fid"]) for r in rows if r["variant"] == "local" and r["target_epsilon"] == "4.0"]
+    assert math.isclose(dp["fid"], sum(fids) / 2, rel_tol=1e-9)
+    assert dp["share"] is not None            # the non-private group of the same context exists
+    html = (out / "summary.html").read_text()
+    assert html.count("data:image/png;base64,") >= 5 and "failed" in html
+    for png in ("fid_by_group", "fid_vs_dp_target_epsilon", "fid_per_round", "epsilon_per_round"):
+        with Image.open(out / "figures" / f"{png}.png") as im:
+            assert im.size[0] > 300
+
+    # an edited sweep file whose point now means another configuration is refused, naming the folder
+    path.write_text(path.read_text().replace("batch_size = 16", "batch_size = 8"))
+    assert main(["sweep", str(path), "--out", str(out)]) == 2
