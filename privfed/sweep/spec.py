@@ -11,8 +11,8 @@
     [base.fed]
     rounds = 15
 
-    [grid]                             # every combination of these dotted config keys
-    seed = [0, 1, 2]
+    [grid]                             # every combination of these dotted config keys; several [[grid]] tables
+    seed = [0, 1, 2]                   # give the union of their points (one axis at a time)
     "dp.target_epsilon" = [1, 4, 16, "inf"]     # "inf": DP off (the non-private point of a privacy–utility curve)
 
     [[variant]]                        # each grid point runs once per variant; a variant's keys win over the grid's
@@ -106,9 +106,11 @@ def _apply(raw: dict[str, Any], settings: Mapping[str, Any], where: str) -> dict
         if key in DERIVED_KEYS:
             continue
         if key == "dp.target_epsilon" and isinstance(value, float) and math.isinf(value):
-            _set_key(out, "dp.mode", "off", where)      # ε = ∞: the non-private point
             continue
         _set_key(out, key, value, where)
+    eps = settings.get("dp.target_epsilon")
+    if isinstance(eps, float) and math.isinf(eps):
+        _set_key(out, "dp.mode", "off", where)          # ε = ∞: the non-private point, whatever else is set
     if out.get("dp", {}).get("mode") == "off":
         # non-private: ε keys cannot matter; dropping them makes every non-private point one configuration
         for k in ("target_epsilon", "placement", "noise_multiplier", "max_epsilon", "noise_multiplicity", "delta"):
@@ -177,12 +179,13 @@ def load_sweep(path: str | Path) -> Sweep:
         else:
             base[k] = v
     RunConfig.from_dict(base)              # the base alone must be a valid configuration
-    grid = raw.get("grid", {})
-    for k, vs in grid.items():
-        if not isinstance(vs, list) or not vs:
-            raise ConfigError(f"{p}: grid key {k!r} needs a non-empty list of values; got {vs!r}")
-    grid_keys = list(grid)
-    grid_values = [[_value(v, k, f"{p} [grid]") for v in grid[k]] for k in grid_keys]
+    grids = raw.get("grid", {})
+    grids = grids if isinstance(grids, list) else [grids]
+    for grid in grids:
+        for k, vs in grid.items():
+            if not isinstance(vs, list) or not vs:
+                raise ConfigError(f"{p}: grid key {k!r} needs a non-empty list of values; got {vs!r}")
+    grid_keys = list(dict.fromkeys(k for grid in grids for k in grid))
     variants = raw.get("variant", [{}])
     if not isinstance(variants, list):
         raise ConfigError(f"{p}: write variants as [[variant]] tables")
@@ -198,9 +201,11 @@ def load_sweep(path: str | Path) -> Sweep:
     by_hash: dict[str, Point] = {}
     for var, vname in zip(variants, names):
         vset = {k: _value(v, k, f"{p} variant {vname!r}") for k, v in var.items() if k != "name"}
-        for combo in itertools.product(*grid_values):
-            settings = {**dict(zip(grid_keys, combo)), **vset}
-            label = _label(vname, {**settings, **dict(zip(grid_keys, combo))}, grid_keys)
+        for grid, combo in ((g, c) for g in grids
+                            for c in itertools.product(*[[_value(v, k, f"{p} [grid]") for v in g[k]] for k in g])):
+            keys = list(grid)
+            settings = {**dict(zip(keys, combo)), **vset}
+            label = _label(vname, {**settings, **dict(zip(keys, combo))}, keys)
             where = f"{p}: point {label!r}"
             try:
                 cfg = RunConfig.from_dict(_apply(base, settings, where))
@@ -209,7 +214,10 @@ def load_sweep(path: str | Path) -> Sweep:
             point = Point(slug=_slug(label), label=label, variant=vname, settings=settings, config=cfg)
             twin = by_hash.get(point.config_hash)
             if twin is not None:
+                # the same run reached from another grid: it is a point on that grid's axes too
                 twin.also.append(label)
+                for k, v in settings.items():
+                    twin.settings.setdefault(k, v)
                 continue
             by_hash[point.config_hash] = point
             points.append(point)

@@ -176,3 +176,46 @@ def test_sweep_runs_skips_resumes_and_summarises(tmp_path, monkeypatch):
     # an edited sweep file whose point now means another configuration is refused, naming the folder
     path.write_text(path.read_text().replace("batch_size = 16", "batch_size = 8"))
     assert main(["sweep", str(path), "--out", str(out)]) == 2
+
+
+def test_infinite_epsilon_wins_over_a_variants_dp_mode(tmp_path):
+    path = _write(tmp_path, TINY_BASE + """
+    [grid]
+    "dp.target_epsilon" = [4, "inf"]
+    [[variant]]
+    name = "dp-fedavg"
+    "dp.mode" = "client"
+    """)
+    modes = {p.label: p.config.dp.mode for p in load_sweep(path).points}
+    assert modes == {"dp-fedavg,target_epsilon=4": "client", "dp-fedavg,target_epsilon=inf": "off"}
+
+
+def test_several_grids_share_their_common_point(tmp_path):
+    path = _write(tmp_path, TINY_BASE + """
+    [[grid]]
+    "fed.clients" = [3, 4]
+    [[grid]]
+    "data.alpha" = [0.5, 5.0]
+    """)
+    points = load_sweep(path).points
+    # (clients 3, α 0.5) is the base configuration reached from both grids: one run, on both axes
+    assert len(points) == 3
+    shared = points[0]
+    assert shared.also == ["alpha=0.5"] and shared.settings == {"fed.clients": 3, "data.alpha": 0.5}
+
+
+def test_shipped_example_files_are_valid():
+    from pathlib import Path
+
+    from privfed.config import RunConfig
+
+    root = Path(__file__).resolve().parents[2] / "examples"
+    files = sorted((root / "sweeps").glob("*.toml"))
+    assert len(files) >= 5
+    for f in files:
+        assert load_sweep(f).points, f
+    gpu = RunConfig.from_toml(root / "gpu_preset.toml")
+    from privfed.models.unet import build_unet
+
+    params = sum(p.numel() for p in build_unet(gpu.model, channels=1, image_size=28).parameters())
+    assert 20e6 <= params <= 25e6 and gpu.fed.rounds == 300 and gpu.fed.local_epochs == 5
