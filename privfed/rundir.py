@@ -63,12 +63,16 @@ class RunDir:
     def checkpoint_dir(self, round_index: int) -> Path:
         return self.checkpoints / f"{CHECKPOINT_PREFIX}{round_index:04d}"
 
-    def save_checkpoint(self, round_index: int, model, state: dict[str, Any]) -> Path:
-        """Save a diffusers `save_pretrained` folder plus `privfed_state.json`, published by one rename."""
+    def save_checkpoint(self, round_index: int, model, state: dict[str, Any],
+                        extra: dict[str, bytes] | None = None) -> Path:
+        """Save a diffusers `save_pretrained` folder plus `privfed_state.json` (and `extra` files, name -> bytes),
+        published by one rename."""
         final = self.checkpoint_dir(round_index)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=self.checkpoints))
         try:
             model.save_pretrained(tmp / "unet", safe_serialization=True)
+            for name, data in (extra or {}).items():
+                atomic_write_bytes(tmp / name, data)
             atomic_write_text(tmp / "privfed_state.json", json.dumps(state, sort_keys=True, indent=1))
             if final.exists():
                 shutil.rmtree(final)

@@ -111,6 +111,14 @@ class ServerPrivacy:
         """dp_event payloads for this round. ``released``: site -> the typed event it reported for its release."""
         return []
 
+    def optimizer_state(self) -> dict[str, torch.Tensor] | None:
+        """The server optimizer's state, saved with each checkpoint so a resumed run continues it (None: no state).
+        It is computed from released aggregates only (post-processing)."""
+        return None
+
+    def load_optimizer_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Restore what :meth:`optimizer_state` saved (resume)."""
+
     def _payload(self, r: int, cid: int, event: GaussianEvent, eps: float) -> dict[str, Any]:
         return {"round": r, "client": str(cid), "unit": self.unit, "event": event_payload(event),
                 "delta": self.delta, "max_grad_norm": self.cfg.dp.max_grad_norm, "accountant": self.kind,
@@ -378,6 +386,18 @@ class ServerDistributedDP(ServerPrivacy):
         a["v"].mul_(b2).addcmul_(g, g, value=1 - b2)
         mhat, vhat = a["m"] / (1 - b1 ** a["t"]), a["v"] / (1 - b2 ** a["t"])
         return (-self.cfg.fed.lr * mhat / (vhat.sqrt() + eps)).float()
+
+    def optimizer_state(self) -> dict[str, torch.Tensor] | None:
+        a = getattr(self, "_adam", None)
+        if not a:
+            return None
+        return {"adam_m": a["m"].contiguous(), "adam_v": a["v"].contiguous(),
+                "adam_t": torch.tensor([a["t"]], dtype=torch.int64)}
+
+    def load_optimizer_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        if self.mode != "sample":
+            return
+        self._adam = {"m": state["adam_m"].clone(), "v": state["adam_v"].clone(), "t": int(state["adam_t"][0])}
 
     def charges(self, round_index: int, released: Mapping[int, Mapping[str, Any] | None]) -> list[dict[str, Any]]:
         out = []

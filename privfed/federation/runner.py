@@ -44,6 +44,10 @@ from audits.keys import PRIVATE_KEY_RELPATH, load_private_key
 from audits.ledger import LEDGER_FILENAME, LedgerWriter
 
 
+#: the server optimizer's state inside a checkpoint folder (only where the server keeps one)
+SERVER_OPTIMIZER = "server_optimizer.safetensors"
+
+
 class Reporter(Protocol):
     """What the runner tells a user interface (the CLI renders it with rich)."""
 
@@ -304,6 +308,11 @@ class FederatedRun:
                     self.reporter.note(f"site {cid} cannot take part: {why}")
                 self.reporter.note(f"resuming {self.dir.root} after round {start}")
                 self.privacy.restore(records)
+                if (path / SERVER_OPTIMIZER).is_file():
+                    # the server's optimizer state at that checkpoint (distributed DP-SGD's Adam moments)
+                    from safetensors.torch import load_file
+
+                    self.privacy.load_optimizer_state(load_file(str(path / SERVER_OPTIMIZER)))
             self._participants: dict[int, list[int]] = {}
             if self.engine_factory is not None:
                 engine = self.engine_factory(drop_plan=self._dropouts, releases=releases_update,
@@ -366,7 +375,13 @@ class FederatedRun:
 
     def _finish_round(self, r: int, record: dict[str, Any]) -> None:
         """Checkpoint, then the signed round_end (with the checkpoint hash), then metrics: in that order."""
-        ckpt = self.dir.save_checkpoint(r, self.model, {"round": r})
+        extra = None
+        opt = self.privacy.optimizer_state()
+        if opt is not None:
+            from safetensors.torch import save
+
+            extra = {SERVER_OPTIMIZER: save({k: v.detach().cpu().contiguous() for k, v in opt.items()})}
+        ckpt = self.dir.save_checkpoint(r, self.model, {"round": r}, extra=extra)
         self.ledger.append("round_end", {"round": r,
                                          "checkpoint": ledger_payloads.checkpoint_entry(self.dir.root, ckpt),
                                          "metrics": ledger_payloads.round_metrics(record)})

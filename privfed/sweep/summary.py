@@ -80,20 +80,25 @@ def _along(groups: list[dict[str, Any]], axis: str, out: Path, *, log: bool = Fa
         return None
     fig, ax = plt.subplots(figsize=(6, 3.8))
     series: dict[str, list[dict[str, Any]]] = {}
+    flat = []
     finite = [v for v in values if v != "inf"]
     for g in pts:
-        if g["_rows"][0][key] == "inf":
-            lo, hi = g["fid_lo"], g["fid_hi"]
-            ax.axhline(g["fid"], color="#555", ls="--", lw=1, label=f"non-private ({_series_key(g, axis)})")
-            if lo is not None and not (isinstance(lo, float) and math.isnan(lo)):
-                ax.axhspan(lo, hi, color="#999", alpha=0.15)
-            continue
-        series.setdefault(_series_key(g, axis), []).append(g)
+        (flat if g["_rows"][0][key] == "inf" else series.setdefault(_series_key(g, axis), [])).append(g)
+    colors = {}
     for name, gs in series.items():
         gs.sort(key=lambda g: g["_rows"][0][key])
         xs = [g["_rows"][0][key] for g in gs]
-        ax.errorbar(xs, [g["fid"] for g in gs], yerr=list(zip(*[_err(g) for g in gs])), marker="o", capsize=3,
-                    label=name)
+        line = ax.errorbar(xs, [g["fid"] for g in gs], yerr=list(zip(*[_err(g) for g in gs])), marker="o",
+                           capsize=3, label=name)
+        colors[name] = line[0].get_color()
+    for g in flat:
+        # the level a series reaches without DP (ε = ∞), in the series' colour, with its interval as a band
+        name = _series_key(g, axis)
+        color = colors.get(name, "#555")
+        ax.axhline(g["fid"], color=color, ls="--", lw=1, label=f"{name}: non-private")
+        lo, hi = g["fid_lo"], g["fid_hi"]
+        if lo is not None and not (isinstance(lo, float) and math.isnan(lo)):
+            ax.axhspan(lo, hi, color=color, alpha=0.08)
     pubs = [g["fid_public_only"] for g in pts if g["fid_public_only"] is not None]
     if pubs:
         ax.axhline(sum(pubs) / len(pubs), color="#c00", ls=":", lw=1, label="public pretraining only")

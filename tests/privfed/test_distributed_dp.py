@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from audits.accounting import IndependentAccountant, parse_event
 from audits.verify import verify_run
@@ -307,3 +308,34 @@ def test_replace_one_for_distributed_events_is_an_upper_bound():
         r1 = replace_one_epsilon(events, delta=1e-5)
         assert r1 >= add_remove.epsilon(delta=1e-5)
         assert r1 == pytest.approx(doubled.epsilon(delta=1e-5), rel=1e-9)
+
+
+def test_resume_continues_the_servers_adam_state(tmp_path, tiny_config, monkeypatch):
+    """Sample-level distributed DP-SGD steps with Adam on the server: the moments saved with the round-1 checkpoint
+    are the ones a resumed run continues from (bias correction at step 2, not a fresh step 1)."""
+    cfg = tiny_config.replace(dp={"mode": "sample", "placement": "distributed", "target_epsilon": 8.0},
+                              secure_agg={"mode": "secagg", "clip_range": 4.0})
+    saved = {}
+    real_state = P.ServerDistributedDP.optimizer_state
+
+    def spy_state(self):
+        state = real_state(self)
+        if state is not None:                  # round 0 (public pretraining) has no optimizer state yet
+            saved[int(state["adam_t"][0])] = {k: v.clone() for k, v in state.items()}
+        return state
+
+    monkeypatch.setattr(P.ServerDistributedDP, "optimizer_state", spy_state)
+    with pytest.raises(KeyboardInterrupt):
+        FederatedRun.create(cfg, tmp_path / "r", reporter=_CrashIn(2)).run()
+    assert sorted(saved) == [1]
+    ckpt = tmp_path / "r" / "checkpoints" / "round_0001" / "server_optimizer.safetensors"
+    assert ckpt.is_file()
+    loaded = []
+    real_load = P.ServerDistributedDP.load_optimizer_state
+    monkeypatch.setattr(P.ServerDistributedDP, "load_optimizer_state",
+                        lambda self, st: (loaded.append({k: v.clone() for k, v in st.items()}), real_load(self, st)))
+    run = FederatedRun.resume(tmp_path / "r")
+    assert run.run().rounds_completed == 2
+    assert len(loaded) == 1 and all(torch.equal(loaded[0][k], saved[1][k]) for k in saved[1])
+    assert run.privacy._adam["t"] == 2 and sorted(saved) == [1, 2]
+    assert all(c.status == "consistent" for c in verify_run(tmp_path / "r").receipts)
