@@ -74,6 +74,8 @@ class ModelConfig:
     pretrain_steps: int = 1500
     pretrain_lr: float = 2e-3
     pretrain_set_size: int = 4000
+    pretrain_batch_size: int | None = None   # None: fed.batch_size (so a site-side batch change leaves it alone,
+                                             # set it explicitly when sweeping fed.batch_size)
 
     def __post_init__(self) -> None:
         _check_types(self, "model")
@@ -88,6 +90,8 @@ class ModelConfig:
         if self.public_pretrain not in PUBLIC_PRETRAIN:
             raise ConfigError(f"public_pretrain must be one of {', '.join(PUBLIC_PRETRAIN)}; "
                               f"got {self.public_pretrain!r}")
+        if self.pretrain_batch_size is not None and self.pretrain_batch_size < 1:
+            raise ConfigError(f"pretrain_batch_size must be >= 1; got {self.pretrain_batch_size}")
         if self.pretrain_steps < 1 or self.pretrain_set_size < 1 or not self.pretrain_lr > 0:
             raise ConfigError("pretrain_steps and pretrain_set_size must be >= 1 and pretrain_lr > 0")
 

@@ -399,13 +399,14 @@ class FederatedRun:
         from privfed.cache import pretrained_initial_model
 
         t0 = time.perf_counter()
+        pretrain_batch = cfg.model.pretrain_batch_size or cfg.fed.batch_size
 
         def compute() -> float:
             public = typeset_digits(cfg.model.pretrain_set_size, image_size=tr.size, channels=tr.channels,
                                     seed=derive_seed(cfg.seed, "public-data"))
             progress = getattr(self.reporter, "pretrain_progress", None)
             return public_pretrain(self.model, self.scheduler, public, steps=cfg.model.pretrain_steps,
-                                   lr=cfg.model.pretrain_lr, batch_size=cfg.fed.batch_size,
+                                   lr=cfg.model.pretrain_lr, batch_size=pretrain_batch,
                                    generator=torch_generator(cfg.seed, "pretrain"), progress=progress)
 
         # a public artefact: everything that determines the pretrained weights, and nothing about the sites
@@ -414,7 +415,7 @@ class FederatedRun:
                     "model": {k: getattr(m, k) for k in ("base_channels", "layers_per_block", "attention",
                                                          "num_train_timesteps", "beta_schedule")},
                     "steps": m.pretrain_steps, "lr": m.pretrain_lr, "set_size": m.pretrain_set_size,
-                    "batch_size": cfg.fed.batch_size, "device": self.device.type, "torch": torch.__version__}
+                    "batch_size": pretrain_batch, "device": self.device.type, "torch": torch.__version__}
         out = pretrained_initial_model(self.model, material, compute)
         return {"public_pretrain": cfg.public_pretrain, **out, "pretrain_loss": round(out["pretrain_loss"], 5),
                 "pretrain_seconds": round(time.perf_counter() - t0, 3)}

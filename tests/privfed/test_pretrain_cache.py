@@ -35,6 +35,10 @@ def test_reused_pretraining_equals_a_fresh_one(tiny_config, tmp_path, monkeypatc
     # and the weights hash is the cache file's
     entry = tmp_path / "cache" / "pretrain" / first["pretrain_key"]
     assert json.loads((entry / "meta.json").read_text())["sha256"] == first["pretrain_sha256"]
+    # the sites' batch size is not the pretraining's once that is pinned: same public artefact
+    pinned = cfg.replace(fed={"batch_size": 8}, model={"pretrain_batch_size": cfg.fed.batch_size})
+    again = FederatedRun.create(pinned, tmp_path / "p").run().metrics[0]
+    assert again["pretrain_cache"] == "reused" and again["pretrain_key"] == first["pretrain_key"]
     # another seed is another artefact
     other = FederatedRun.create(cfg.replace(seed=cfg.seed + 1), tmp_path / "c").run().metrics[0]
     assert other["pretrain_cache"] == "stored" and other["pretrain_key"] != first["pretrain_key"]
