@@ -286,8 +286,8 @@ def audit(
 def sweep(
     sweep_file: Path = typer.Argument(..., metavar="SWEEP.toml", help="The sweep file: [base], [grid], [[variant]] "
                                       "(examples in examples/sweeps/)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Sweep directory (default sweeps/<name> beside the "
-                                       "sweep file); run again with the same --out to resume."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Sweep directory (default sweeps/<name> in the "
+                                       "current directory); run again with the same --out to resume."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate every point and list them; run nothing."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Run points that failed before again."),
 ) -> None:

@@ -52,7 +52,7 @@ def sweep_command(sweep_file: Path, out: Path | None, *, dry_run: bool, retry_fa
     """Validate the whole sweep first (every point's configuration; exit 2 on bad input, nothing written), then
     run it. Returns 0 when every point is done, 1 when some failed (listed)."""
     sweep = load_sweep(sweep_file)
-    out = out or sweep_file.parent / "sweeps" / sweep.name
+    out = out or Path("sweeps") / sweep.name
     states = plan(sweep, out)
     table = Table(title=f"sweep {sweep.name}: {len(states)} points → {out}")
     for col in ("point", "rounds", "status"):

@@ -16,9 +16,11 @@ from scipy import stats
 
 from privfed.sweep.spec import Point
 
-#: sections that say what a run is about, apart from who adds which noise (and the seed): points that share these
-#: compare with each other (the non-private reference, the public-only start)
-_NOT_CONTEXT = ("seed", "dp", "secure_agg", "operator", "eval_every", "eval_samples", "device")
+#: what a comparison is about: the data and its split across sites, the model and its public start; points that
+#: share these compare with each other (the best of them, the non-private reference, the public-only start),
+#: whatever their privacy, aggregation and training hyperparameters (rounds, batch, learning rate, local epochs)
+_CONTEXT_MODEL = ("base_channels", "layers_per_block", "attention", "num_train_timesteps", "beta_schedule",
+                  "public_pretrain", "pretrain_steps", "pretrain_lr", "pretrain_set_size")
 
 
 def read_ledger_end(run_dir: Path) -> dict[str, Any] | None:
@@ -37,7 +39,9 @@ def read_ledger_end(run_dir: Path) -> dict[str, Any] | None:
 
 def context(point: Point) -> str:
     """The point's comparison context: its configuration without the DP and aggregation choices and the seed."""
-    d = {k: v for k, v in point.config.to_dict().items() if k not in _NOT_CONTEXT}
+    cfg = point.config
+    d = {"data": cfg.to_dict()["data"], "clients": cfg.fed.clients,
+         "model": {k: getattr(cfg.model, k) for k in _CONTEXT_MODEL}}
     return json.dumps(d, sort_keys=True)
 
 
@@ -100,10 +104,14 @@ def group_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in done:
         groups.setdefault(r["_group"], []).append(r)
+    # the non-private reference of a context: its non-private group with the lowest mean FID (the gain DP could
+    # at best recover there)
     nonpriv: dict[str, list[dict[str, Any]]] = {}
-    for r in done:
-        if r["dp_mode"] == "off":
-            nonpriv.setdefault(r["_context"], []).append(r)
+    for rs in groups.values():
+        if rs[0]["dp_mode"] == "off":
+            best = nonpriv.get(rs[0]["_context"])
+            if best is None or np.mean([r["fid"] for r in rs]) < np.mean([r["fid"] for r in best]):
+                nonpriv[rs[0]["_context"]] = rs
     out = []
     for key, rs in groups.items():
         first = rs[0]
