@@ -8,7 +8,6 @@ import csv
 import io
 import json
 import math
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,8 +120,6 @@ def run_sweep(sweep: Sweep, out: Path, *, reporter_factory: Callable[[PointState
         reporter = reporter_factory(st) if reporter_factory else None
         try:
             if st.status == "new":
-                if st.run_dir.exists() and not (st.run_dir / "config.toml").exists():
-                    shutil.rmtree(st.run_dir)        # a crash before config.toml: nothing of the run exists yet
                 run = FederatedRun.create(st.point.config, st.run_dir, reporter=reporter)
             else:
                 run = FederatedRun.resume(st.run_dir, reporter=reporter)
