@@ -95,6 +95,11 @@ def mean_interval(values: list[float], level: float = 0.95) -> tuple[float, floa
     return m, m - half, m + half
 
 
+def _clamp_fid(lo: float, hi: float) -> tuple[float, float]:
+    """FID is never negative: a t-interval of few seeds can reach below 0; cut it there."""
+    return (max(lo, 0.0) if not math.isnan(lo) else lo), hi
+
+
 def group_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per group of repeats (same point apart from the seed): FID mean and interval across seeds (or the
     single run's bootstrap interval), the public-only start, ε, and — where the context has a non-private group —
@@ -117,6 +122,7 @@ def group_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         first = rs[0]
         fids = [r["fid"] for r in rs]
         m, lo, hi = mean_interval(fids)
+        lo, hi = _clamp_fid(lo, hi)
         how = f"t-interval over {len(rs)} seeds"
         if len(rs) == 1 and first["fid_lo"] is not None:
             lo, hi, how = first["fid_lo"], first["fid_hi"], "bootstrap over samples (1 seed)"
