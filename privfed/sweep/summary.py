@@ -162,7 +162,8 @@ def write_summary(sweep: Sweep, out: Path, rows: list[dict[str, Any]], groups: l
         if grid and Path(grid).is_file():
             b64 = base64.b64encode(Path(grid).read_bytes()).decode()
             parts.append(f"<figure><img class='grid' alt='samples' src='data:image/png;base64,{b64}'>"
-                         f"<figcaption>{html.escape(g['label'])}<br>FID {_fmt(g['fid'])}</figcaption></figure>")
+                         f"<figcaption>{html.escape(g['label'])}<br>seed {g['_rows'][0]['seed']}: FID "
+                         f"{_fmt(g['_rows'][0]['fid'])}</figcaption></figure>")
     parts.append("</div><h2>Points</h2>" + _point_table(rows))
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>privfed sweep "
             f"{html.escape(sweep.name)}</title><style>{_CSS}</style></head><body>" + "\n".join(parts)
@@ -194,7 +195,8 @@ def _point_table(rows: list[dict[str, Any]]) -> str:
     cols = ("label", "status", "seed", "rounds_completed", "epsilon", "fid_public_only", "fid", "fid_lo", "fid_hi",
             "eval_loss", "seconds", "error")
     head = "<table><tr>" + "".join(f"<th>{c}</th>" for c in cols) + "</tr>"
-    return head + "".join("<tr>" + "".join(f"<td>{_fmt(r.get(c), 2 if c in ('epsilon',) else 1)}</td>" for c in cols)
+    digits = {"epsilon": 2, "eval_loss": 4}
+    return head + "".join("<tr>" + "".join(f"<td>{_fmt(r.get(c), digits.get(c, 1))}</td>" for c in cols)
                           + "</tr>" for r in rows) + "</table>"
 
 

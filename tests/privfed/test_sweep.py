@@ -214,6 +214,8 @@ def test_shipped_example_files_are_valid():
     assert len(files) >= 5
     for f in files:
         assert load_sweep(f).points, f
+    dist = RunConfig.from_toml(root / "distributed_dp.toml")
+    assert dist.dp.effective_placement == "distributed" and dist.fed.batch_size == 512
     gpu = RunConfig.from_toml(root / "gpu_preset.toml")
     from privfed.models.unet import build_unet
 
