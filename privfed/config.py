@@ -360,14 +360,7 @@ class RunConfig:
 
     @classmethod
     def from_toml(cls, path: str | Path) -> "RunConfig":
-        p = Path(path)
-        try:
-            raw = tomllib.loads(p.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {p}") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
-        return cls.from_dict(raw)
+        return cls.from_dict(read_toml(path, "config file"))
 
     def replace(self, **sections: Mapping[str, Any]) -> "RunConfig":
         """Return a copy with fields overridden; `sections` maps 'fed'/'dp'/... or top-level names to values."""
@@ -378,6 +371,17 @@ class RunConfig:
             else:
                 raw[key] = value
         return RunConfig.from_dict(raw)
+
+
+def read_toml(path: str | Path, what: str, *, missing_hint: str = "") -> dict[str, Any]:
+    """Parse a TOML file; ConfigError naming `what` and the path when it is missing or not valid TOML."""
+    p = Path(path)
+    try:
+        return tomllib.loads(p.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{what} not found: {p}{missing_hint}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{what} {p} is not valid TOML: {e}") from None
 
 
 def _drop_none(d: dict[str, Any]) -> dict[str, Any]:

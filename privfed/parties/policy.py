@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 import tomli_w
 
+from privfed.config import read_toml
 from privfed.errors import ConfigError, PolicyViolation
 from privfed.rundir import atomic_write_text
 
@@ -120,10 +120,5 @@ class SitePolicy:
     @classmethod
     def load(cls, site_dir: str | Path) -> "SitePolicy":
         path = Path(site_dir) / POLICY_FILE
-        try:
-            raw = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: site policy not found (create it with `privfed site init`)") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{path}: not valid TOML ({e})") from None
+        raw = read_toml(path, "site policy", missing_hint=" (create it with `privfed site init`)")
         return cls.from_dict(raw, str(path))

@@ -33,12 +33,11 @@ import hashlib
 import itertools
 import math
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from privfed.config import RunConfig
+from privfed.config import RunConfig, read_toml
 from privfed.errors import ConfigError
 
 DERIVED_KEYS = ("fed.per_round", "centralized")
@@ -155,12 +154,7 @@ def load_sweep(path: str | Path) -> Sweep:
     """Parse and validate a sweep file: every point's configuration is built (and checked) before anything runs.
     Raises ConfigError naming the point and the key on any bad input."""
     p = Path(path)
-    try:
-        raw = tomllib.loads(p.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"sweep file not found: {p}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"sweep file {p} is not valid TOML: {e}") from None
+    raw = read_toml(p, "sweep file")
     unknown = sorted(set(raw) - {"sweep", "base", "grid", "variant"})
     if unknown:
         raise ConfigError(f"{p}: unknown table [{unknown[0]}]; a sweep file has [sweep], [base], [grid] and "
