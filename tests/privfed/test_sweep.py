@@ -6,6 +6,7 @@ import json
 import math
 import textwrap
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -221,3 +222,31 @@ def test_shipped_example_files_are_valid():
 
     params = sum(p.numel() for p in build_unet(gpu.model, channels=1, image_size=28).parameters())
     assert 20e6 <= params <= 25e6 and gpu.fed.rounds == 300 and gpu.fed.local_epochs == 5
+
+
+def test_group_statistics_pair_the_gain_by_seed():
+    """Three seeds of a DP group and a non-private group in one context: the mean FID and its t-interval, and the
+    share of the non-private gain computed per seed against that seed's public start, then averaged."""
+    from scipy import stats
+
+    from privfed.sweep.results import group_rows
+
+    def row(group, seed, fid, public, dp_mode):
+        return {"status": "done", "fid": fid, "fid_lo": fid - 5, "fid_hi": fid + 5, "fid_public_only": public,
+                "seed": seed, "dp_mode": dp_mode, "epsilon": 10.0 if dp_mode != "off" else None, "variant": group,
+                "group_label": group, "placement": "local", "target_epsilon": 10.0, "dataset": "digits",
+                "seconds": 1.0, "_context": "c", "_group": group, "point": f"{group}-{seed}"}
+
+    public = {0: 300.0, 1: 320.0, 2: 280.0}
+    dp = {0: 250.0, 1: 300.0, 2: 270.0}
+    nonpriv = {0: 100.0, 1: 120.0, 2: 80.0}
+    rows = [row("dp", s, dp[s], public[s], "sample") for s in public] + \
+        [row("np", s, nonpriv[s], public[s], "off") for s in public]
+    groups = {g["label"]: g for g in group_rows(rows)}
+    shares = [(public[s] - dp[s]) / (public[s] - nonpriv[s]) for s in public]      # 0.25, 0.10, 0.05
+    assert groups["dp"]["share"] == pytest.approx(sum(shares) / 3)
+    half = stats.t.ppf(0.975, 2) * np.std(shares, ddof=1) / np.sqrt(3)
+    assert groups["dp"]["share_lo"] == pytest.approx(sum(shares) / 3 - half)
+    assert groups["dp"]["fid"] == pytest.approx(820 / 3)
+    assert groups["np"]["best_in_context"] and not groups["dp"]["within_noise_of_best"]
+    assert groups["np"]["share"] is None
