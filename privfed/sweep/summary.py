@@ -66,10 +66,22 @@ def _groups_bar(groups: list[dict[str, Any]], out: Path) -> str:
     return _save(fig, out, "fid_by_group")
 
 
-def _series_key(g: dict[str, Any], axis: str) -> str:
-    """The series a group belongs to on a plot along `axis`: its label without the axis' own setting."""
-    short = axis.split(".")[-1]
-    return ",".join(x for x in g["label"].split(",") if not x.startswith(f"{short}=")) or "all"
+def _series_key(g: dict[str, Any], axis: str, varying: set[str]) -> str:
+    """The series a group belongs to on a plot along `axis`: its variant and the other settings that vary among
+    the groups on that axis (a point shared by several [[grid]] tables carries every table's settings)."""
+    row = g["_rows"][0]
+    parts = [g["variant"]] if g["variant"] else []
+    parts += [f"{k.split('.')[-1]}={row[f'set:{k}']}" for k in sorted(varying) if f"set:{k}" in row]
+    return ",".join(parts) or "all"
+
+
+def _varying(groups: list[dict[str, Any]], axis: str) -> set[str]:
+    values: dict[str, set] = {}
+    for g in groups:
+        for k, v in g["_rows"][0].items():
+            if k.startswith("set:") and k not in (f"set:{axis}", "set:seed"):
+                values.setdefault(k[4:], set()).add(repr(v))
+    return {k for k, vs in values.items() if len(vs) > 1}
 
 
 def _along(groups: list[dict[str, Any]], axis: str, out: Path, *, log: bool = False) -> str | None:
@@ -82,8 +94,9 @@ def _along(groups: list[dict[str, Any]], axis: str, out: Path, *, log: bool = Fa
     series: dict[str, list[dict[str, Any]]] = {}
     flat = []
     finite = [v for v in values if v != "inf"]
+    varying = _varying(pts, axis)
     for g in pts:
-        (flat if g["_rows"][0][key] == "inf" else series.setdefault(_series_key(g, axis), [])).append(g)
+        (flat if g["_rows"][0][key] == "inf" else series.setdefault(_series_key(g, axis, varying), [])).append(g)
     colors = {}
     for name, gs in series.items():
         gs.sort(key=lambda g: g["_rows"][0][key])
@@ -93,7 +106,7 @@ def _along(groups: list[dict[str, Any]], axis: str, out: Path, *, log: bool = Fa
         colors[name] = line[0].get_color()
     for g in flat:
         # the level a series reaches without DP (ε = ∞), in the series' colour, with its interval as a band
-        name = _series_key(g, axis)
+        name = _series_key(g, axis, varying)
         color = colors.get(name, "#555")
         ax.axhline(g["fid"], color=color, ls="--", lw=1, label=f"{name}: non-private")
         lo, hi = g["fid_lo"], g["fid_hi"]
@@ -134,7 +147,7 @@ def write_summary(sweep: Sweep, out: Path, rows: list[dict[str, Any]], groups: l
             numeric = all(isinstance(r.get(f"set:{axis}"), (int, float)) or r.get(f"set:{axis}") == "inf"
                           for r in rows if f"set:{axis}" in r)
             if numeric:
-                b64 = _along(groups, axis, out, log=axis == "dp.target_epsilon")
+                b64 = _along(groups, axis, out, log=axis in ("dp.target_epsilon", "data.alpha"))
                 if b64:
                     figs.append((f"FID vs {axis}", b64))
         for which, ylabel, name in (("_curve_fid", "domain-FID", "fid_per_round"),
