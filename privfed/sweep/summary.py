@@ -76,12 +76,13 @@ def _series_key(g: dict[str, Any], axis: str, varying: set[str]) -> str:
 
 
 def _varying(groups: list[dict[str, Any]], axis: str) -> set[str]:
-    values: dict[str, set] = {}
+    """Settings that vary within a variant among these groups (a variant's own keys are named by the variant)."""
+    values: dict[tuple[str, str], set] = {}
     for g in groups:
         for k, v in g["_rows"][0].items():
             if k.startswith("set:") and k not in (f"set:{axis}", "set:seed"):
-                values.setdefault(k[4:], set()).add(repr(v))
-    return {k for k, vs in values.items() if len(vs) > 1}
+                values.setdefault((g["variant"], k[4:]), set()).add(repr(v))
+    return {k for (_, k), vs in values.items() if len(vs) > 1}
 
 
 def _along(groups: list[dict[str, Any]], axis: str, out: Path, *, log: bool = False) -> str | None:
