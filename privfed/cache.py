@@ -22,6 +22,8 @@ from typing import Any, Callable
 import torch
 from safetensors.torch import load_file, save_file
 
+from audits.artifact_hash import sha256_path
+
 #: bump when the pretraining code changes what it computes for the same configuration
 PRETRAIN_FORMAT = 1
 
@@ -41,14 +43,6 @@ def config_key(material: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(material, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def _state_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def pretrained_initial_model(model: torch.nn.Module, material: dict[str, Any],
                              compute: Callable[[], float]) -> dict[str, Any]:
     """Bring `model` (freshly initialised) to its public-pretrained weights: from the cache when an entry for
@@ -65,7 +59,7 @@ def pretrained_initial_model(model: torch.nn.Module, material: dict[str, Any],
     if entry is not None and (entry / "meta.json").is_file() and (entry / "model.safetensors").is_file():
         try:
             meta = json.loads((entry / "meta.json").read_text())
-            if meta.get("sha256") == _state_sha256(entry / "model.safetensors") and meta.get("key") == key:
+            if meta.get("sha256") == sha256_path(entry / "model.safetensors") and meta.get("key") == key:
                 state = load_file(str(entry / "model.safetensors"), device=str(next(model.parameters()).device))
                 model.load_state_dict(state, strict=True)
                 return {"pretrain_loss": meta["pretrain_loss"], "pretrain_key": key,
@@ -82,7 +76,7 @@ def pretrained_initial_model(model: torch.nn.Module, material: dict[str, Any],
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
                   str(tmp / "model.safetensors"))
-        digest = _state_sha256(tmp / "model.safetensors")
+        digest = sha256_path(tmp / "model.safetensors")
         meta = {"key": key, "sha256": digest, "pretrain_loss": loss, "material": {"format": PRETRAIN_FORMAT,
                                                                                    **material}}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))

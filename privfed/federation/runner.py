@@ -393,10 +393,9 @@ class FederatedRun:
         cfg, tr = self.cfg, self.splits.train
         if cfg.public_pretrain == "none":
             return {}
+        from privfed.cache import pretrained_initial_model
         from privfed.data.typeset import typeset_digits
         from privfed.models.pretrain import public_pretrain
-
-        from privfed.cache import pretrained_initial_model
 
         t0 = time.perf_counter()
         pretrain_batch = cfg.model.pretrain_batch_size or cfg.fed.batch_size

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from privfed.rundir import RunDir
 from privfed.sweep.spec import Point
 
 #: what a comparison is about: the data and its split across sites, the model and its public start; points that
@@ -38,7 +39,8 @@ def read_ledger_end(run_dir: Path) -> dict[str, Any] | None:
 
 
 def context(point: Point) -> str:
-    """The point's comparison context: its configuration without the DP and aggregation choices and the seed."""
+    """The point's comparison context (see ``_CONTEXT_MODEL``): its data and split, its number of sites, its model
+    and public start."""
     cfg = point.config
     d = {"data": cfg.to_dict()["data"], "clients": cfg.fed.clients,
          "model": {k: getattr(cfg.model, k) for k in _CONTEXT_MODEL}}
@@ -48,9 +50,7 @@ def context(point: Point) -> str:
 def point_row(point: Point, run_dir: Path, *, status: str, error: str | None = None) -> dict[str, Any]:
     """One results row (CSV-friendly scalars, plus curves kept for results.json and the plots)."""
     cfg = point.config
-    metrics = []
-    if (run_dir / "metrics.jsonl").is_file():
-        metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    metrics = RunDir(run_dir).read_metrics()
     end = read_ledger_end(run_dir) if status == "done" else None
     evals = [m for m in metrics if "fid" in m]
     final = evals[-1] if evals and evals[-1]["round"] > 0 else None
@@ -74,8 +74,7 @@ def point_row(point: Point, run_dir: Path, *, status: str, error: str | None = N
         "fid_lo": final.get("fid_interval", [None, None])[0] if final else None,
         "fid_hi": final.get("fid_interval", [None, None])[1] if final else None,
         "eval_loss": final.get("eval_loss") if final else None,
-        "seconds": round(sum(m.get("seconds", 0.0) + m.get("pretrain_seconds", 0.0) + m.get("eval_seconds", 0.0)
-                             * (m.get("round") == 0) for m in metrics), 1),
+        "seconds": round(sum(_seconds(m) for m in metrics), 1),
         "run_dir": str(run_dir), "config_hash": point.config_hash[:16], "also": "; ".join(point.also),
         "sample_grid": str(run_dir / final["sample_grid"]) if final and final.get("sample_grid") else None,
         "_curve_fid": [[m["round"], m["fid"]] for m in evals],
@@ -83,6 +82,14 @@ def point_row(point: Point, run_dir: Path, *, status: str, error: str | None = N
         "_context": context(point), "_group": repr(point.group),
     }
     return row
+
+
+def _seconds(record: dict[str, Any]) -> float:
+    """Wall time of one metrics record: a round's `seconds` (training + evaluation); round 0 has none, only its
+    pretraining and evaluation times."""
+    if "seconds" in record:
+        return record["seconds"]
+    return record.get("pretrain_seconds", 0.0) + record.get("eval_seconds", 0.0)
 
 
 def mean_interval(values: list[float], level: float = 0.95) -> tuple[float, float, float]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import math
 from pathlib import Path
 from typing import Any
@@ -34,8 +35,6 @@ def _fmt(x: Any, nd: int = 1) -> str:
 
 def _save(fig, out: Path, name: str) -> str:
     path = out / "figures" / f"{name}.png"
-    import io
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
