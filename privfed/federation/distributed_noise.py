@@ -31,7 +31,7 @@ from dp.distributed import (DistributedGaussianEvent, calibrate_share_stddev, cl
 from privfed.config import RunConfig, sites_per_round
 from privfed.errors import ConfigError
 
-DIM_BOUND = 1 << 24          # parameters: the configuration checks assume a model of at most this size
+DIM_BOUND = 1 << 24          # parameters: the checks' model size when the plan is not told the real one
 MAX_CLIP_PROBABILITY = 1e-9  # per round, all sites and coordinates together
 MIN_SHARE_STEPS = 10.0       # share σ in quantization steps: above this KLS21's τ underflows (the sum is Gaussian)
 FLOAT_MARGIN = 1e-6
@@ -50,9 +50,13 @@ def _calibrated_z(target_epsilon: float, delta: float, rounds: int) -> float:
 
 
 class DistributedNoise:
-    """The noise plan of a distributed-placement run (ConfigError when the ring cannot hold the noise)."""
+    """The noise plan of a distributed-placement run (ConfigError when the ring cannot hold the noise).
 
-    def __init__(self, cfg: RunConfig, *, delta: float) -> None:
+    ``dimension``: the number of model parameters (the length of every update; sites refuse weights of another
+    size). The range and rounding checks hold for every model up to this size; without it they assume DIM_BOUND
+    (2^24), which refuses settings that fit a small model (e.g. ε = 1 with 10 sites on the default UNet)."""
+
+    def __init__(self, cfg: RunConfig, *, delta: float, dimension: int | None = None) -> None:
         dpc, fed, sa = cfg.dp, cfg.fed, cfg.secure_agg
         self.clip_norm = float(dpc.max_grad_norm)
         self.clip_range = float(sa.clip_range)
@@ -61,6 +65,10 @@ class DistributedNoise:
         self.sites = int(fed.clients)
         self.rounds = int(fed.rounds)
         self.sample_level = dpc.mode == "sample"
+        if dimension is not None and (isinstance(dimension, bool) or not isinstance(dimension, int)
+                                      or dimension < 1):
+            raise ConfigError(f"distributed noise: model dimension must be an int >= 1, got {dimension!r}")
+        self.dimension = DIM_BOUND if dimension is None else int(dimension)
         if dpc.noise_multiplier is not None:
             self.z = float(dpc.noise_multiplier)
         else:
@@ -113,7 +121,8 @@ class DistributedNoise:
         return clip_probability(share_stddev=ev.share_stddev, headroom=headroom, dimension=dimension, sites=n)
 
     def _check_round_size(self, n: int) -> None:
-        ev = self.event(n, DIM_BOUND)
+        d = self.dimension
+        ev = self.event(n, d)
         scaled = self.clip_norm / (n * self.step(n))
         if ev.l2_sensitivity > MAX_ROUNDING_INFLATION * scaled:
             raise ConfigError(f"distributed noise: the 32-bit ring is too coarse for secure_agg.clip_range = "
@@ -125,9 +134,9 @@ class DistributedNoise:
             raise ConfigError(f"distributed noise: with {n} sites a noise share is {ev.share_stddev:.3g} quantization "
                               f"steps, below {MIN_SHARE_STEPS:g}: the 32-bit ring is too coarse for this noise; lower "
                               f"secure_agg.clip_range ({self.clip_range:g})")
-        p = self.clip_probability(n, DIM_BOUND)
+        p = self.clip_probability(n, d)
         if p > MAX_CLIP_PROBABILITY:
-            k = math.sqrt(2 * math.log(2 * n * DIM_BOUND / MAX_CLIP_PROBABILITY))
+            k = math.sqrt(2 * math.log(2 * n * d / MAX_CLIP_PROBABILITY))
             need = (self.clip_norm / n) * (1 + k * self.z / math.sqrt(ev.honest_sites)) * 1.01
             raise ConfigError(f"distributed noise does not fit the secure-aggregation range: with {n} sites each "
                               f"coordinate may be clipped with probability up to {p:.2g} per round (> "

@@ -24,7 +24,7 @@ from dp import (GaussianEvent, PrivacyAccountant, calibrate_noise_multiplier, ch
                 privacy_statement, validate_dp_args)
 from dp.client_level import aggregate_noise
 from dp.distributed import EVENT_TYPE as DDG_TYPE, DistributedAccountant, DistributedGaussianEvent
-from privfed.federation.distributed_noise import DIM_BOUND, DistributedNoise
+from privfed.federation.distributed_noise import DistributedNoise
 from privfed.config import FedConfig, RunConfig
 from privfed.errors import ConfigError
 
@@ -325,7 +325,7 @@ class ServerDistributedDP(ServerPrivacy):
     trust = ("at least t − n_C of each round's surviving sites are honest (their noise shares alone meet σ); the "
              "server never sees a sum without noise")
 
-    def __init__(self, cfg: RunConfig, client_sizes: Sequence[int]) -> None:
+    def __init__(self, cfg: RunConfig, client_sizes: Sequence[int], *, dimension: int | None = None) -> None:
         super().__init__(cfg, client_sizes)
         self.delta, self.delta_note = run_delta(cfg, client_sizes)
         self.kind = "rdp"
@@ -338,7 +338,7 @@ class ServerDistributedDP(ServerPrivacy):
             self._adam: dict[str, Any] = {}
         else:
             self.rates = [1.0] * len(client_sizes)
-        self.plan = DistributedNoise(cfg, delta=self.delta)
+        self.plan = DistributedNoise(cfg, delta=self.delta, dimension=dimension)
         self.sigma = self.plan.z
         self.sigmas = [self.sigma] * self.n_clients
         self._round_sites = self.n_clients
@@ -361,7 +361,7 @@ class ServerDistributedDP(ServerPrivacy):
         if self.mode == "sample":
             return out, None        # sample level: each site checks its own cap at the offer (recorded by the server)
         for cid, acc in enumerate(self.accountants):
-            ev = self.plan.event(self.n_clients, self._dim or DIM_BOUND, sample_rate=self.rates[cid])
+            ev = self.plan.event(self.n_clients, self._dim or self.plan.dimension, sample_rate=self.rates[cid])
             proj = acc.projected_epsilon(ev, delta=self.delta)
             allowed = self.cap is None or proj <= self.cap
             out.append({"round": round_index, "client": str(cid), "projected_epsilon": float(proj),
@@ -461,11 +461,12 @@ def too_few_sites_factor(cfg: RunConfig) -> int:
 SERVER_MODES = {"off": ServerPrivacy, "sample": ServerSampleDP, "client": ServerClientDP}
 
 
-def server_privacy(cfg: RunConfig, client_sizes: Sequence[int]) -> ServerPrivacy:
-    """The server half for the run's DP mode (ConfigError on bad DP arguments, before anything is written)."""
+def server_privacy(cfg: RunConfig, client_sizes: Sequence[int], *, dimension: int | None = None) -> ServerPrivacy:
+    """The server half for the run's DP mode (ConfigError on bad DP arguments, before anything is written).
+    ``dimension``: the model's parameter count (sizes the distributed-noise checks; None: their 2^24 bound)."""
     try:
         if cfg.dp.effective_placement == "distributed":
-            return ServerDistributedDP(cfg, client_sizes)
+            return ServerDistributedDP(cfg, client_sizes, dimension=dimension)
         return SERVER_MODES[cfg.dp.mode](cfg, client_sizes)
     except ValueError as e:
         raise ConfigError(str(e)) from None

@@ -36,7 +36,7 @@ from privfed.metrics import domain_fid, save_grid
 from privfed.metrics.classifier import accuracy, evaluation_classifier
 from privfed.metrics.eval_loss import eval_loss
 from privfed.metrics.fid import class_histogram, fid_interval
-from privfed.models import build_scheduler, build_unet, load_unet, sample_images
+from privfed.models import build_scheduler, build_unet, load_unet, parameter_count, sample_images
 from privfed.pins import write_pins
 from privfed.rundir import RunDir, atomic_write_text
 from privfed import run_ledger as ledger_payloads
@@ -142,8 +142,10 @@ class FederatedRun:
         """Validate DP arguments and calibrate noise (server half, and each site's own half) before anything is
         written, so bad DP input fails before training."""
         sizes = [len(d) for d in self.client_data]
-        self.privacy = server_privacy(self.cfg, sizes)
-        self.site_privacy = [site_privacy(self.cfg, n, delta=self.privacy.delta) for n in sizes]
+        train = self.splits.train
+        dim = parameter_count(self.cfg.model, channels=train.channels, image_size=train.size)
+        self.privacy = server_privacy(self.cfg, sizes, dimension=dim)
+        self.site_privacy = [site_privacy(self.cfg, n, delta=self.privacy.delta, dimension=dim) for n in sizes]
 
     # ---- parties --------------------------------------------------------------------------------------------
     def _site_policy(self, cid: int, server_fp: str) -> SitePolicy:

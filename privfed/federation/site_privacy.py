@@ -20,7 +20,7 @@ from dp.discrete_noise import sample_discrete_gaussian, sample_discrete_gaussian
 from dp.distributed import DistributedAccountant
 from privfed.config import FedConfig, RunConfig
 from privfed.errors import ConfigError, PolicyViolation
-from privfed.federation.distributed_noise import DIM_BOUND, DistributedNoise
+from privfed.federation.distributed_noise import DistributedNoise
 from privfed.federation.client import ClientUpdate, LocalTrainer
 from privfed.federation.privacy import _expected_steps, event_payload, run_cap
 
@@ -110,7 +110,7 @@ class SiteDistributedDP(SiteClientDP):
     """DP-FedAvg with distributed noise: clip the update to C (weight 1) and, before masking, add an exact discrete
     Gaussian share in the integer ring of secure aggregation (:mod:`privfed.federation.distributed_noise`)."""
 
-    def __init__(self, cfg: RunConfig, n_local: int, *, delta: float) -> None:
+    def __init__(self, cfg: RunConfig, n_local: int, *, delta: float, dimension: int | None = None) -> None:
         super().__init__(cfg, n_local, delta=delta)
         if cfg.dp.mode == "sample":
             self.unit = "example"
@@ -118,7 +118,7 @@ class SiteDistributedDP(SiteClientDP):
         else:
             self.sample_rate = 1.0
         self.accountant = DistributedAccountant()
-        self.plan = DistributedNoise(cfg, delta=delta)
+        self.plan = DistributedNoise(cfg, delta=delta, dimension=dimension)
         self.noise_source = None       # byte source of the noise (None: os.urandom); tests inject a seeded one
         self._event = None
         self._dim: int | None = None
@@ -145,6 +145,9 @@ class SiteDistributedDP(SiteClientDP):
             raise PolicyViolation(f"round of {n} sites: threshold {t} minus the colluder bound leaves no honest noise "
                                   "share")
         d = int(np.asarray(update).shape[0])
+        if d > self.plan.dimension:
+            raise PolicyViolation(f"an update of {d} coordinates is larger than the model the noise plan was checked "
+                                  f"for ({self.plan.dimension}): its range and rounding bounds would not hold")
         planned = self.plan.event(n, d, sample_rate=self.sample_rate)
         share = self.plan.z * planned.l2_sensitivity / math.sqrt(honest)
         t_, m_ = tm_for(math.ceil(share * share))      # σ² = t·m ≥ the planned σ²: only more noise
@@ -170,16 +173,17 @@ class SiteDistributedDP(SiteClientDP):
 
     def check_budget(self, cap: float) -> dict[str, Any] | None:
         """Projected ε after one more round (model size of the last round; before the first, the plan's bound)."""
-        ev = self.plan.event(self.cfg.fed.clients, self._dim or DIM_BOUND, sample_rate=self.sample_rate)
+        ev = self.plan.event(self.cfg.fed.clients, self._dim or self.plan.dimension, sample_rate=self.sample_rate)
         proj = self.accountant.projected_epsilon(ev, delta=self.delta)
         return {"projected_epsilon": float(proj), "max_epsilon": float(cap), "allowed": bool(proj <= cap)}
 
 
-def site_privacy(cfg: RunConfig, n_local: int, *, delta: float | None) -> SitePrivacy:
-    """The site half for the run's DP mode (ConfigError on bad DP arguments, before anything is written)."""
+def site_privacy(cfg: RunConfig, n_local: int, *, delta: float | None, dimension: int | None = None) -> SitePrivacy:
+    """The site half for the run's DP mode (ConfigError on bad DP arguments, before anything is written).
+    ``dimension``: the model's parameter count (sizes the distributed-noise checks; None: their 2^24 bound)."""
     try:
         if cfg.dp.effective_placement == "distributed":
-            return SiteDistributedDP(cfg, n_local, delta=delta)
+            return SiteDistributedDP(cfg, n_local, delta=delta, dimension=dimension)
         if cfg.dp.mode == "sample":
             return SiteSampleDP(cfg, n_local, delta=delta)
         if cfg.dp.mode == "client":

@@ -37,6 +37,16 @@ def build_unet(cfg: ModelConfig, *, channels: int, image_size: int) -> UNet2DMod
     return UNet2DModel(**unet_config(cfg, channels=channels, image_size=image_size))
 
 
+def parameter_count(cfg: ModelConfig, *, channels: int, image_size: int) -> int:
+    """Number of parameters (the length of an update vector) of :func:`build_unet`'s model, counted on the meta
+    device (no memory, no RNG draws)."""
+    import torch
+
+    with torch.device("meta"):
+        model = build_unet(cfg, channels=channels, image_size=image_size)
+    return int(sum(p.numel() for p in model.parameters()))
+
+
 def build_scheduler(cfg: ModelConfig) -> DDPMScheduler:
     """The DDPM training schedule (ε-prediction)."""
     return DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,

@@ -29,7 +29,7 @@ from privfed.errors import PolicyViolation, SealedStateError, SiteError, Unknown
 from privfed.federation.privacy import event_from_payload, event_payload, run_cap
 from privfed.federation.site_privacy import site_privacy
 from privfed.federation.seeding import derive_seed, torch_generator
-from privfed.models import build_scheduler, build_unet
+from privfed.models import build_scheduler, build_unet, parameter_count
 from privfed.parties import messages as M
 from privfed.parties.identity import Roster, fingerprint, load_or_init
 from privfed.parties.policy import SitePolicy
@@ -59,7 +59,9 @@ class Site:
         self.server_key = server_key
         self.key_holder_key = key_holder_key     # CKKS: the only key holder whose public context it encrypts under
         self._he_context = None
-        self.privacy = privacy if privacy is not None else site_privacy(cfg, len(data), delta=delta)
+        self.privacy = privacy if privacy is not None else site_privacy(
+            cfg, len(data), delta=delta, dimension=parameter_count(cfg.model, channels=data.channels,
+                                                                   image_size=data.size))
         self.cap = self.policy.cap(run_cap(cfg)) if cfg.dp.mode != "off" else None
         self.device = torch.device(device)
         self.scheduler = build_scheduler(cfg.model)

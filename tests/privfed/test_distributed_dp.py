@@ -339,3 +339,46 @@ def test_resume_continues_the_servers_adam_state(tmp_path, tiny_config, monkeypa
     assert len(loaded) == 1 and all(torch.equal(loaded[0][k], saved[1][k]) for k in saved[1])
     assert run.privacy._adam["t"] == 2 and sorted(saved) == [1, 2]
     assert all(c.status == "consistent" for c in verify_run(tmp_path / "r").receipts)
+
+
+def test_the_noise_plan_is_checked_at_the_real_model_size():
+    """Issue 14/18: at ε = 1 with 10 sites the range check needs clip_range ≈ 38, which the rounding check refused
+    when it assumed a 2^24-parameter model; checked at the default UNet's size (164 k) the named value is accepted.
+    The run and the sites give the plan the model's parameter count."""
+    from privfed.federation.distributed_noise import DIM_BOUND, DistributedNoise
+    from privfed.models import build_unet, parameter_count
+
+    cfg = RunConfig()
+    d = parameter_count(cfg.model, channels=1, image_size=16)
+    assert d == sum(p.numel() for p in build_unet(cfg.model, channels=1, image_size=16).parameters())
+    raw = {"dp": {"mode": "sample", "placement": "distributed", "target_epsilon": 1.0},
+           "secure_agg": {"mode": "secagg+", "clip_range": 8.0}, "fed": {"rounds": 30, "batch_size": 512}}
+    with pytest.raises(ConfigError, match=r"clip_range >= ([0-9.]+)") as e:
+        DistributedNoise(RunConfig.from_dict(raw), delta=1e-5, dimension=d)
+    need = math.ceil(float(e.value.args[0].split("clip_range >= ")[1].split()[0]))
+    fitted = RunConfig.from_dict({**raw, "secure_agg": {"mode": "secagg+", "clip_range": float(need)}})
+    plan = DistributedNoise(fitted, delta=1e-5, dimension=d)
+    assert plan.dimension == d
+    for n in range(3, 11):
+        assert plan.clip_probability(n, d) <= 1e-9
+    for c in (need, 50.0):           # assumed 2^24 parameters: the range check or the rounding check refuses
+        with pytest.raises(ConfigError, match="does not fit|too coarse"):
+            DistributedNoise(fitted.replace(secure_agg={"mode": "secagg+", "clip_range": float(c)}), delta=1e-5)
+    assert DistributedNoise(RunConfig.from_dict({**raw, "dp": {**raw["dp"], "target_epsilon": 10.0}}),
+                            delta=1e-5).dimension == DIM_BOUND
+    with pytest.raises(ConfigError, match="dimension"):
+        DistributedNoise(fitted, delta=1e-5, dimension=0)
+
+
+def test_run_and_site_size_the_plan_by_the_model_and_refuse_a_longer_update(tmp_path, tiny_config):
+    from privfed.models import parameter_count
+
+    run = FederatedRun.create(_distributed(tiny_config), tmp_path / "ddp")
+    train = run.splits.train
+    d = parameter_count(tiny_config.model, channels=train.channels, image_size=train.size)
+    assert run.privacy.plan.dimension == d
+    assert all(sp.plan.dimension == d for sp in run.site_privacy)
+    site = run.site_privacy[0]
+    site.add_noise_share(np.zeros(d), weight_total=3.0)
+    with pytest.raises(SP.PolicyViolation, match="larger than the model"):
+        site.add_noise_share(np.zeros(d + 1), weight_total=3.0)
