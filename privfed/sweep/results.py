@@ -69,6 +69,7 @@ def point_row(point: Point, run_dir: Path, *, status: str, error: str | None = N
         "target_epsilon": cfg.dp.target_epsilon if cfg.dp.mode != "off" else math.inf,
         "rounds_planned": cfg.fed.rounds, "rounds_completed": end["rounds_completed"] if end else None,
         "epsilon": eps, "delta": end.get("delta") if end else None,
+        "public_pretrain": cfg.public_pretrain,
         "fid_public_only": r0["fid"] if r0 else None,
         "fid": final["fid"] if final else None,
         "fid_lo": final.get("fid_interval", [None, None])[0] if final else None,
@@ -141,6 +142,7 @@ def group_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
              "fid_public_only": pm, "fid_public_only_lo": plo, "fid_public_only_hi": phi,
              "epsilon": max(eps) if eps else None, "dp_mode": first["dp_mode"], "placement": first["placement"],
              "target_epsilon": first["target_epsilon"], "dataset": first["dataset"],
+             "public_pretrain": first.get("public_pretrain"),
              "seconds": float(np.mean([r["seconds"] for r in rs])), "_context": first["_context"],
              "_rows": rs, "share": None, "share_lo": None, "share_hi": None}
         ref = nonpriv.get(first["_context"])
@@ -169,10 +171,21 @@ def _overlap(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 PUBLIC_COLUMNS = ("point", "variant", "status", "error", "seed", "dataset", "clients", "alpha", "local_epochs",
                   "dp_mode", "placement", "secure_agg", "target_epsilon", "rounds_planned", "rounds_completed",
-                  "epsilon", "delta", "fid_public_only", "fid", "fid_lo", "fid_hi", "eval_loss", "seconds",
-                  "config_hash", "also", "run_dir")
+                  "epsilon", "delta", "public_pretrain", "fid_public_only", "fid", "fid_lo", "fid_hi", "eval_loss",
+                  "seconds", "config_hash", "also", "run_dir")
 
 
 def csv_columns(rows: list[dict[str, Any]]) -> list[str]:
     settings = sorted({k for r in rows for k in r if k.startswith("set:")})
     return list(PUBLIC_COLUMNS[:4]) + settings + list(PUBLIC_COLUMNS[4:])
+
+
+def start_label(groups: list[dict[str, Any]]) -> str:
+    """What round 0 is for these groups: public pretraining, an untrained model (no public data for the dataset,
+    e.g. the pneumonia subset), or a mix of both."""
+    kinds = {g.get("public_pretrain") not in (None, "none") for g in groups}
+    if kinds == {True}:
+        return "public pretraining only"
+    if kinds == {False}:
+        return "untrained model"
+    return "round 0 (public pretraining or untrained)"

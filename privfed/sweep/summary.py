@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from privfed.rundir import atomic_write_bytes, atomic_write_text  # noqa: E402
 from privfed.sweep.spec import SEED_KEY, Sweep  # noqa: E402
+from privfed.sweep.results import start_label  # noqa: E402
 
 _NUMERIC_AXES = {"fed.clients": "sites N", "data.alpha": "Dirichlet α (label skew; larger = closer to IID)",
                  "fed.local_epochs": "local epochs E", "fed.per_round": "sites per round",
@@ -57,7 +58,7 @@ def _groups_bar(groups: list[dict[str, Any]], out: Path) -> str:
     ax.bar(xs, [g["fid"] for g in groups], yerr=errs, capsize=4, color=colors)
     pubs = [g["fid_public_only"] for g in groups if g["fid_public_only"] is not None]
     if pubs:
-        ax.axhline(sum(pubs) / len(pubs), color="#c00", ls="--", lw=1, label="public pretraining only (round 0)")
+        ax.axhline(sum(pubs) / len(pubs), color="#c00", ls="--", lw=1, label=f"{start_label(groups)} (round 0)")
         ax.legend(loc="best", fontsize=8)
     ax.set_xticks(list(xs), [g["label"] for g in groups], rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("domain-FID (lower is better)")
@@ -114,7 +115,7 @@ def _along(groups: list[dict[str, Any]], axis: str, out: Path, *, log: bool = Fa
             ax.axhspan(lo, hi, color=color, alpha=0.08)
     pubs = [g["fid_public_only"] for g in pts if g["fid_public_only"] is not None]
     if pubs:
-        ax.axhline(sum(pubs) / len(pubs), color="#c00", ls=":", lw=1, label="public pretraining only")
+        ax.axhline(sum(pubs) / len(pubs), color="#c00", ls=":", lw=1, label=start_label(pts))
     if log and finite and min(finite) > 0:
         ax.set_xscale("log")
     ax.set_xlabel("ε (per example, target)" if axis == "dp.target_epsilon" else _NUMERIC_AXES.get(axis, axis))
@@ -187,7 +188,7 @@ def write_summary(sweep: Sweep, out: Path, rows: list[dict[str, Any]], groups: l
 
 
 def _group_table(groups: list[dict[str, Any]]) -> str:
-    head = ("<table><tr><th>group</th><th>seeds</th><th>FID</th><th>95 % interval</th><th>public only</th>"
+    head = ("<table><tr><th>group</th><th>seeds</th><th>FID</th><th>95 % interval</th><th>round 0</th>"
             "<th>gain recovered</th><th>ε</th><th>placement</th><th>s / run</th></tr>")
     body = []
     for g in sorted(groups, key=lambda g: (g["_context"], g["fid"])):

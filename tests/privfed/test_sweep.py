@@ -250,3 +250,13 @@ def test_group_statistics_pair_the_gain_by_seed():
     assert groups["dp"]["fid"] == pytest.approx(820 / 3)
     assert groups["np"]["best_in_context"] and not groups["dp"]["within_noise_of_best"]
     assert groups["np"]["share"] is None
+
+
+def test_round_zero_is_named_for_what_it_is():
+    """Datasets without public pretraining (e.g. the pneumonia subset) start from an untrained model: the summary
+    must not call that level 'public pretraining only'."""
+    from privfed.sweep.results import start_label
+
+    assert start_label([{"public_pretrain": "typeset-digits"}]) == "public pretraining only"
+    assert start_label([{"public_pretrain": "none"}, {"public_pretrain": "none"}]) == "untrained model"
+    assert "or" in start_label([{"public_pretrain": "none"}, {"public_pretrain": "typeset-digits"}])
