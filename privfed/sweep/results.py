@@ -188,4 +188,4 @@ def start_label(groups: list[dict[str, Any]]) -> str:
         return "public pretraining only"
     if kinds == {False}:
         return "untrained model"
-    return "round 0 (public pretraining or untrained)"
+    return "public pretraining or untrained"
