@@ -108,7 +108,8 @@ def _overrides(**opts: Any) -> dict[str, Any]:
     """Map CLI flags onto config sections; None means 'not given'."""
     sections = {
         "fed": {"clients": opts["clients"], "rounds": opts["rounds"], "local_epochs": opts["local_epochs"],
-                "fraction": opts["fraction"], "batch_size": opts["batch_size"], "lr": opts["lr"]},
+                "fraction": opts["fraction"], "batch_size": opts["batch_size"], "lr": opts["lr"],
+                "ema_decay": opts["ema_decay"]},
         "data": {"dataset": opts["dataset"], "path": opts["data"], "partition": opts["partition"],
                  "alpha": opts["alpha"]},
         "dp": {"mode": opts["dp"], "target_epsilon": opts["target_epsilon"], "delta": opts["delta"],
@@ -139,6 +140,9 @@ def run(
     fraction: Optional[float] = typer.Option(None, "--fraction", help="Fraction of clients per round, in (0, 1]."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Expected local batch size (examples)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Client learning rate (Adam)."),
+    ema_decay: Optional[float] = typer.Option(None, "--ema-decay", help="Per-round decay in [0, 1) of a moving "
+                                              "average of the global model, which is what is evaluated and "
+                                              "released (0: off; no ε cost)."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="digits | npz | folder | pneumoniamnist | ..."),
     data: Optional[str] = typer.Option(None, "--data", help="Path of a .npz file or image folder."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Experiment seed (never used for secrets)."),

@@ -108,6 +108,9 @@ class FedConfig:
     lr: float = 2e-3                 # client Adam learning rate
     server_lr: float = 1.0           # FedAvg step size on the averaged update
     min_clients: int = 2             # end the run cleanly when fewer clients can train
+    # decay per round of an exponential moving average of the global model: evaluation and the released model use
+    # the average (0 = off). Post-processing of the released rounds, so it costs no privacy.
+    ema_decay: float = 0.0
 
     def __post_init__(self) -> None:
         _check_types(self, "fed")
@@ -125,6 +128,8 @@ class FedConfig:
             raise ConfigError("lr and server_lr must be > 0")
         if self.min_clients < 1:
             raise ConfigError("min_clients must be >= 1")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"ema_decay must be in [0, 1); got {self.ema_decay}")
 
 
 @dataclass(frozen=True, kw_only=True)

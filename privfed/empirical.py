@@ -64,7 +64,7 @@ from privfed.federation.runner import FederatedRun, SilentReporter
 from privfed.federation.seeding import derive_seed, numpy_generator, torch_generator
 from privfed.models import build_scheduler, load_unet
 from privfed.pins import PINS_FILENAME, read_pins, write_pins
-from privfed.rundir import RunDir, atomic_write_text
+from privfed.rundir import EMA_MODEL, RunDir, atomic_write_text
 
 CONFIDENCE = 0.95
 CANARIES = 256
@@ -96,7 +96,9 @@ def _final_model(run_dir: Path) -> UNet2DModel:
     latest = RunDir(run_dir).latest_checkpoint()
     if latest is None:
         raise FileNotFoundError(f"{run_dir} has no checkpoint")
-    return load_unet(latest[1] / "unet")
+    # the released model: the moving average when the run keeps one (fed.ema_decay > 0)
+    ema = latest[1] / EMA_MODEL
+    return load_unet(ema if ema.is_dir() else latest[1] / "unet")
 
 
 def _initial_model(run_dir: Path) -> UNet2DModel:

@@ -12,6 +12,8 @@ from typing import Any
 from privfed.errors import RunDirError
 
 CHECKPOINT_PREFIX = "round_"
+#: the moving average of the global model inside a checkpoint (fed.ema_decay > 0): what the run releases
+EMA_MODEL = "unet_ema"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -64,13 +66,15 @@ class RunDir:
         return self.checkpoints / f"{CHECKPOINT_PREFIX}{round_index:04d}"
 
     def save_checkpoint(self, round_index: int, model, state: dict[str, Any],
-                        extra: dict[str, bytes] | None = None) -> Path:
-        """Save a diffusers `save_pretrained` folder plus `privfed_state.json` (and `extra` files, name -> bytes),
-        published by one rename."""
+                        extra: dict[str, bytes] | None = None, models: dict[str, Any] | None = None) -> Path:
+        """Save a diffusers `save_pretrained` folder plus `privfed_state.json` (and `extra` files, name -> bytes;
+        `models`, name -> further models saved the same way), published by one rename."""
         final = self.checkpoint_dir(round_index)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=self.checkpoints))
         try:
             model.save_pretrained(tmp / "unet", safe_serialization=True)
+            for name, other in (models or {}).items():
+                other.save_pretrained(tmp / name, safe_serialization=True)
             for name, data in (extra or {}).items():
                 atomic_write_bytes(tmp / name, data)
             atomic_write_text(tmp / "privfed_state.json", json.dumps(state, sort_keys=True, indent=1))

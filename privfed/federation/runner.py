@@ -9,6 +9,7 @@ plaintext update) and runs the rounds: checkpoints, evaluation and the ledger's 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import platform
 import time
@@ -38,7 +39,7 @@ from privfed.metrics.eval_loss import eval_loss
 from privfed.metrics.fid import class_histogram, fid_interval
 from privfed.models import build_scheduler, build_unet, load_unet, parameter_count, sample_images
 from privfed.pins import write_pins
-from privfed.rundir import RunDir, atomic_write_text
+from privfed.rundir import EMA_MODEL, RunDir, atomic_write_text
 from privfed import run_ledger as ledger_payloads
 from audits.keys import PRIVATE_KEY_RELPATH, load_private_key
 from audits.ledger import LEDGER_FILENAME, LedgerWriter
@@ -84,6 +85,7 @@ class FederatedRun:
         self.cfg = cfg
         self.dir = RunDir(run_dir)
         self.reporter = reporter or SilentReporter()
+        self.ema: torch.nn.Module | None = None   # the moving average of the global model (fed.ema_decay > 0)
         self.gradient_canaries = None    # set by the empirical audit (privfed.federation.canaries)
         self.reseal_state = False        # seal and unseal every site's round state at each message (Flower's path)
         self.observer = None             # callable(direction, message): sees every message the engine moves
@@ -298,9 +300,11 @@ class FederatedRun:
                                         image_size=self.splits.train.size).to(self.device)
                 start = -1
                 self.dir.truncate_metrics_after(-1)
+                self.ema = self._new_ema(None)
             else:
                 start, path = latest
                 self.model = load_unet(path / "unet").to(self.device)
+                self.ema = self._new_ema(path if start > 0 else None)
                 self.dir.truncate_metrics_after(start)
                 self.ledger.append("resume", {"from_round": start})
                 for cid, why in sorted(self.missing_sites.items()):
@@ -351,6 +355,7 @@ class FederatedRun:
                     if record is None:
                         stopped = r
                         break
+                    self._update_ema(r)
                     if r % cfg.eval_every == 0 or r == cfg.fed.rounds:
                         record.update(self._evaluate(r))
                     record["seconds"] = round(record["train_seconds"] + record.get("eval_seconds", 0.0), 3)
@@ -383,7 +388,8 @@ class FederatedRun:
             from safetensors.torch import save
 
             extra = {SERVER_OPTIMIZER: save({k: v.detach().cpu().contiguous() for k, v in opt.items()})}
-        ckpt = self.dir.save_checkpoint(r, self.model, {"round": r}, extra=extra)
+        models = {EMA_MODEL: self.ema} if self.ema is not None and r > 0 else {}
+        ckpt = self.dir.save_checkpoint(r, self.model, {"round": r}, extra=extra, models=models)
         self.ledger.append("round_end", {"round": r,
                                          "checkpoint": ledger_payloads.checkpoint_entry(self.dir.root, ckpt),
                                          "metrics": ledger_payloads.round_metrics(record)})
@@ -421,9 +427,38 @@ class FederatedRun:
         return {"public_pretrain": cfg.public_pretrain, **out, "pretrain_loss": round(out["pretrain_loss"], 5),
                 "pretrain_seconds": round(time.perf_counter() - t0, 3)}
 
+    # ---- the moving average of the global model ---------------------------------------------------------------
+    def _new_ema(self, checkpoint: Path | None):
+        """The EMA model (None when ``fed.ema_decay`` is 0): a copy of the global model, or the average saved in
+        `checkpoint` when resuming after round 1 or later."""
+        if self.cfg.fed.ema_decay == 0:
+            return None
+        if checkpoint is None:
+            return copy.deepcopy(self.model).requires_grad_(False)
+        if not (checkpoint / EMA_MODEL).is_dir():
+            raise RunDirError(f"{checkpoint} has no {EMA_MODEL}/ although the run averages the model "
+                              f"(fed.ema_decay = {self.cfg.fed.ema_decay}); resume from an intact checkpoint")
+        return load_unet(checkpoint / EMA_MODEL).to(self.device).requires_grad_(False)
+
+    def _update_ema(self, r: int) -> None:
+        """Fold round r's global model into the average, bias-corrected so that it weighs rounds 1..r only
+        (round k by (1 - d)·d^(r-k) / (1 - d^r)) and never the initial model."""
+        if self.ema is None:
+            return
+        d = self.cfg.fed.ema_decay
+        w = (1 - d) / (1 - d ** r)
+        with torch.no_grad():
+            for e, p in zip(self.ema.parameters(), self.model.parameters(), strict=True):
+                e.lerp_(p.detach(), w)
+
+    def _released_model(self, r: int) -> torch.nn.Module:
+        """What round r publishes for use and evaluation: the average when there is one (round 0 has none)."""
+        return self.ema if self.ema is not None and r > 0 else self.model
+
     def _evaluate(self, r: int) -> dict[str, Any]:
         t0 = time.perf_counter()
-        fake = sample_images(self.model, self.scheduler, num_images=self.cfg.eval_samples,
+        model = self._released_model(r)
+        fake = sample_images(model, self.scheduler, num_images=self.cfg.eval_samples,
                              sampler=self.cfg.model.sampler, steps=self.cfg.model.sampling_steps,
                              generator=torch_generator(self.cfg.seed, "eval"))
         grid = save_grid(fake[:100], self.dir.samples / f"round_{r:04d}.png")
@@ -432,7 +467,7 @@ class FederatedRun:
         out = {"fid": round(domain_fid(self.classifier, self.splits.test.images, fake), 4),
                "fid_interval": [round(lo, 4), round(hi, 4)],
                "class_histogram": class_histogram(self.classifier, fake),
-               "eval_loss": round(eval_loss(self.model, self.scheduler, self.splits.test.images,
+               "eval_loss": round(eval_loss(model, self.scheduler, self.splits.test.images,
                                             seed=derive_seed(self.cfg.seed, "eval-loss")), 5),
                "sample_grid": str(grid.relative_to(self.dir.root)), "eval_seconds": round(time.perf_counter() - t0, 3)}
         if r == 0:

@@ -16,6 +16,8 @@ BAD = [
     (["--dataset", "pneumoniamnist"], "medmnist"),
     (["--dataset", "npz", "--data", "missing.npz"], "not found"),
     (["--partition", "zipf"], "partition"),
+    (["--ema-decay", "1"], "ema_decay"),
+    (["--ema-decay", "-0.1"], "ema_decay"),
 ]
 
 
