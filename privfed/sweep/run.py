@@ -40,10 +40,23 @@ def point_state(point: Point, run_dir: Path) -> PointState:
         return PointState(point, run_dir, "failed", failed["error"])
     if not cfg_path.is_file():
         return PointState(point, run_dir, "new")
-    if cfg_path.read_text() != point.config.to_toml():
+    if not _same_config(cfg_path, point):
         raise ConfigError(f"{run_dir} holds a run with another configuration than point {point.label!r} of the sweep "
                           f"file (was the file edited?); move that folder away or restore the sweep file")
     return PointState(point, run_dir, "done" if read_ledger_end(run_dir) is not None else "partial")
+
+
+def _same_config(cfg_path: Path, point: Point) -> bool:
+    """Whether the run's config.toml means the point's configuration: compared as resolved configs, so that a run
+    written before a key with a default was added (it behaves as that default) is still the same point."""
+    from privfed.config import RunConfig
+
+    if cfg_path.read_text() == point.config.to_toml():
+        return True
+    try:
+        return RunConfig.from_toml(cfg_path) == point.config
+    except PrivfedError:
+        return False
 
 
 def _failures(out: Path) -> dict[str, Any]:

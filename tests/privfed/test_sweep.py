@@ -174,6 +174,12 @@ def test_sweep_runs_skips_resumes_and_summarises(tmp_path, monkeypatch):
         with Image.open(out / "figures" / f"{png}.png") as im:
             assert im.size[0] > 300
 
+    # a run written before a key with a default existed (here fed.ema_decay) still counts as its point
+    old_cfg = out / "runs" / first.slug / "config.toml"
+    text = old_cfg.read_text()
+    assert "ema_decay = 0.0\n" in text
+    old_cfg.write_text(text.replace("ema_decay = 0.0\n", ""))
+    assert [s.status for s in plan(sw, out)][0] == "done"
     # an edited sweep file whose point now means another configuration is refused, naming the folder
     path.write_text(path.read_text().replace("batch_size = 16", "batch_size = 8"))
     assert main(["sweep", str(path), "--out", str(out)]) == 2
