@@ -294,12 +294,16 @@ def sweep(
                                        "current directory); run again with the same --out to resume."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate every point and list them; run nothing."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Run points that failed before again."),
+    reuse_from: Optional[list[Path]] = typer.Option(None, "--reuse-from", help="Another sweep directory (repeat "
+                                                    "for more): its finished runs of a point's exact configuration "
+                                                    "are copied in after they verify, instead of run again."),
 ) -> None:
     """Run a grid of ordinary runs (each with its own signed ledger), skipping finished points and resuming
     interrupted ones; writes results.csv, results.json and summary.html (figures, intervals over seeds)."""
     from privfed.sweep.command import sweep_command
 
-    raise typer.Exit(sweep_command(sweep_file, out, dry_run=dry_run, retry_failed=retry_failed, console=console))
+    raise typer.Exit(sweep_command(sweep_file, out, dry_run=dry_run, retry_failed=retry_failed, console=console,
+                                   reuse_from=tuple(reuse_from or ())))
 
 
 site_app = typer.Typer(no_args_is_help=True, help="A site's own setup: its long-term identity.")

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from privfed.sweep.run import PointState, plan, run_sweep, write_results
+from privfed.sweep.run import PointState, plan, reusable_runs, reuse_runs, run_sweep, write_results
 from privfed.sweep.spec import load_sweep
 
 
@@ -48,21 +48,28 @@ class _PointReporter:
 
 
 def sweep_command(sweep_file: Path, out: Path | None, *, dry_run: bool, retry_failed: bool,
-                  console: Console) -> int:
+                  console: Console, reuse_from: tuple[Path, ...] = ()) -> int:
     """Validate the whole sweep first (every point's configuration; exit 2 on bad input, nothing written), then
-    run it. Returns 0 when every point is done, 1 when some failed (listed)."""
+    run it. Returns 0 when every point is done, 1 when some failed (listed). ``reuse_from``: other sweep
+    directories whose finished runs of the same configuration are copied in (verified) instead of run again."""
     sweep = load_sweep(sweep_file)
     out = out or Path("sweeps") / sweep.name
     states = plan(sweep, out)
+    reusable = reusable_runs(sweep, out, reuse_from) if reuse_from else {}
     table = Table(title=f"sweep {sweep.name}: {len(states)} points → {out}")
     for col in ("point", "rounds", "status"):
         table.add_column(col)
     for st in states:
         also = f" (= {', '.join(st.point.also)})" if st.point.also else ""
-        table.add_row(st.point.label + also, str(st.point.config.fed.rounds), st.status)
+        status = f"reuse {reusable[st.point.slug]}" if st.point.slug in reusable else st.status
+        table.add_row(st.point.label + also, str(st.point.config.fed.rounds), status)
     console.print(table)
     if dry_run:
         return 0
+    if reusable:
+        reused = reuse_runs(sweep, out, reuse_from)
+        console.print(f"reused {len(reused)} finished run(s) from {', '.join(map(str, reuse_from))} (verified)")
+        states = plan(sweep, out)
     total = sum(st.point.config.fed.rounds for st in states)
     done = sum(st.point.config.fed.rounds for st in states if st.status == "done")
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("rounds"),

@@ -8,10 +8,13 @@ import csv
 import io
 import json
 import math
+import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from privfed.errors import ConfigError, PrivfedError
 from privfed.rundir import atomic_write_text
@@ -106,6 +109,48 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, float) and (math.isnan(obj) or math.isinf(obj)):
         return None if math.isnan(obj) else "inf"
     return obj
+
+
+def reusable_runs(sweep: Sweep, out: Path, sources: Sequence[Path]) -> dict[str, Path]:
+    """Finished runs in other sweep directories (``SOURCE/runs/*``) that mean a point of this sweep which has no run
+    directory yet: point slug -> the run found (the first source wins)."""
+    for src in sources:
+        if not (src / "runs").is_dir():
+            raise ConfigError(f"--reuse-from {src}: not a sweep directory (no runs/ folder)")
+    found: dict[str, Path] = {}
+    candidates = [d for src in sources for d in sorted((src / "runs").iterdir())
+                  if (d / "config.toml").is_file() and read_ledger_end(d) is not None]
+    for st in plan(sweep, out):
+        if st.status != "new":
+            continue
+        hit = next((d for d in candidates if _same_config(d / "config.toml", st.point)), None)
+        if hit is not None:
+            found[st.point.slug] = hit
+    return found
+
+
+def reuse_runs(sweep: Sweep, out: Path, sources: Sequence[Path]) -> list[str]:
+    """Copy the finished runs that ``reusable_runs`` finds into this sweep (one rename per run, so a crash leaves no
+    half copy), each only after its copy verifies: complete, signed hash chain, checkpoint hashes and ε
+    recomputed (``audits.verify.verify_run``). Returns the slugs reused."""
+    from audits.errors import AuditError
+    from audits.verify import verify_run
+
+    reused = []
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    for slug, src in reusable_runs(sweep, out, sources).items():
+        tmp = Path(tempfile.mkdtemp(prefix=f".{slug}.", dir=out / "runs"))
+        try:
+            shutil.copytree(src, tmp / "run", symlinks=True)
+            try:
+                verify_run(tmp / "run", require_complete=True)
+            except AuditError as e:
+                raise ConfigError(f"--reuse-from: {src} does not verify ({e}); not reused") from e
+            os.replace(tmp / "run", out / "runs" / slug)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        reused.append(slug)
+    return reused
 
 
 def run_sweep(sweep: Sweep, out: Path, *, reporter_factory: Callable[[PointState], Any] | None = None,

@@ -266,3 +266,66 @@ def test_round_zero_is_named_for_what_it_is():
     assert start_label([{"public_pretrain": "typeset-digits"}]) == "public pretraining only"
     assert start_label([{"public_pretrain": "none"}, {"public_pretrain": "none"}]) == "untrained model"
     assert "or" in start_label([{"public_pretrain": "none"}, {"public_pretrain": "typeset-digits"}])
+
+
+def test_reuse_from_copies_verified_finished_runs_of_the_same_configuration(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PRIVFED_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("COLUMNS", "200")
+    first = _write(tmp_path, TINY_BASE + """
+    [sweep]
+    name = "a"
+    [grid]
+    seed = [0, 1]
+    [base.dp]
+    mode = "off"
+    """, name="a.toml")
+    a = tmp_path / "a"
+    run_sweep(load_sweep(first), a)
+    # seed 1 of the first sweep is left interrupted: never reused, whatever its configuration
+    ledger = a / "runs" / "seed=1" / "ledger.jsonl"
+    ledger.write_text("".join(ledger.read_text().splitlines(keepends=True)[:-1]))
+    second = _write(tmp_path, TINY_BASE + """
+    [sweep]
+    name = "b"
+    [grid]
+    seed = [0, 1, 2]
+    [base.dp]
+    mode = "off"
+    """, name="b.toml")
+    b = tmp_path / "b"
+    # the dry run names what it would reuse and copies nothing
+    assert main(["sweep", str(second), "--out", str(b), "--dry-run", "--reuse-from", str(a)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("reuse ") == 1 and not (b / "runs").exists()
+    ran = []
+    assert main(["sweep", str(second), "--out", str(b), "--reuse-from", str(a)]) == 0
+    states = run_sweep(load_sweep(second), b, on_point=lambda st, s: ran.append(st.point.slug))
+    assert ran == []                                              # all three are done now
+    copied, source = (d / "runs" / "seed=0" / "ledger.jsonl" for d in (b, a))
+    assert copied.read_bytes() == source.read_bytes()
+    assert [s.status for s in states] == ["done"] * 3
+    # seed 1 was run again (its source was unfinished), not copied
+    assert (b / "runs" / "seed=1" / "ledger.jsonl").read_bytes() != ledger.read_bytes()
+    assert not list((b / "runs").glob(".*"))
+
+
+def test_reuse_from_refuses_a_run_that_does_not_verify(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRIVFED_CACHE", str(tmp_path / "cache"))
+    body = TINY_BASE + """
+    [grid]
+    seed = [0]
+    [base.dp]
+    mode = "off"
+    """
+    path = _write(tmp_path, body)
+    a = tmp_path / "a"
+    run_sweep(load_sweep(path), a)
+    metrics = a / "runs" / "seed=0" / "checkpoints" / "round_0001" / "privfed_state.json"
+    metrics.write_text(metrics.read_text() + " ")                 # the checkpoint no longer has its ledger hash
+    from privfed.sweep.run import reuse_runs
+
+    with pytest.raises(ConfigError, match="does not verify"):
+        reuse_runs(load_sweep(path), tmp_path / "b", [a])
+    assert not list((tmp_path / "b" / "runs").iterdir())          # no half copy left behind
+    with pytest.raises(ConfigError, match="not a sweep directory"):
+        reuse_runs(load_sweep(path), tmp_path / "b", [tmp_path / "nowhere"])
