@@ -69,7 +69,8 @@ FILES: tuple[Release, ...] = tuple(
          "the initial model (seeded initialisation and public pretraining) and its samples: no site data",
          "checkpoints/round_0000/*", "samples/round_0000.png")
     + _r("file", "checkpoints and samples after round 0", ACCOUNTED,
-         "the released model and samples generated from it (post-processing of the DP model)",
+         "the released model (with fed.ema_decay, also unet_ema/: its moving average over the released rounds) "
+         "and samples generated from it (post-processing of the DP model)",
          "checkpoints/round_*/*", "samples/round_*.png")
     + _r("file", "configuration, keys, roster, pins", PUBLIC, "the name of the latest checkpoint",
          "checkpoints/latest")
