@@ -228,6 +228,7 @@ def test_shipped_example_files_are_valid():
 
     params = sum(p.numel() for p in build_unet(gpu.model, channels=1, image_size=28).parameters())
     assert 20e6 <= params <= 25e6 and gpu.fed.rounds == 300 and gpu.fed.local_epochs == 5
+    assert gpu.fed.ema_decay == 0.95
 
 
 def test_group_statistics_pair_the_gain_by_seed():
