@@ -67,7 +67,7 @@ def sweep_command(sweep_file: Path, out: Path | None, *, dry_run: bool, retry_fa
     if dry_run:
         return 0
     if reusable:
-        reused = reuse_runs(sweep, out, reuse_from)
+        reused = reuse_runs(sweep, out, reuse_from, found=reusable)
         console.print(f"reused {len(reused)} finished run(s) from {', '.join(map(str, reuse_from))} (verified)")
         states = plan(sweep, out)
     total = sum(st.point.config.fed.rounds for st in states)

@@ -129,16 +129,18 @@ def reusable_runs(sweep: Sweep, out: Path, sources: Sequence[Path]) -> dict[str,
     return found
 
 
-def reuse_runs(sweep: Sweep, out: Path, sources: Sequence[Path]) -> list[str]:
-    """Copy the finished runs that ``reusable_runs`` finds into this sweep (one rename per run, so a crash leaves no
-    half copy), each only after its copy verifies: complete, signed hash chain, checkpoint hashes and ε
-    recomputed (``audits.verify.verify_run``). Returns the slugs reused."""
+def reuse_runs(sweep: Sweep, out: Path, sources: Sequence[Path],
+               found: dict[str, Path] | None = None) -> list[str]:
+    """Copy the finished runs that ``reusable_runs`` finds (or `found`, its result when the caller already has it)
+    into this sweep (one rename per run, so a crash leaves no half copy), each only after its copy verifies:
+    complete, signed hash chain, checkpoint hashes and ε recomputed (``audits.verify.verify_run``). Returns the
+    slugs reused."""
     from audits.errors import AuditError
     from audits.verify import verify_run
 
     reused = []
     (out / "runs").mkdir(parents=True, exist_ok=True)
-    for slug, src in reusable_runs(sweep, out, sources).items():
+    for slug, src in (reusable_runs(sweep, out, sources) if found is None else found).items():
         tmp = Path(tempfile.mkdtemp(prefix=f".{slug}.", dir=out / "runs"))
         try:
             shutil.copytree(src, tmp / "run", symlinks=True)
