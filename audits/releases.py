@@ -76,7 +76,7 @@ FILES: tuple[Release, ...] = tuple(
          "checkpoints/latest")
     + _r("file", "FID feature extractor", DECLARED, _CLASSIFIER,
          "cache/domain_classifier.safetensors", "cache/domain_classifier.json",
-         "cache/domain_classifier.provenance.json")
+         "cache/domain_classifier.provenance.json", "cache/public/*")
     + _r("file", "signed ledger, metrics, receipts", DECLARED, _CONTAINER,
          "ledger.jsonl", "metrics.jsonl", "sites/*/receipt.jsonl")
     + _r("file", "engine logs (Flower)", DECLARED,

@@ -8,7 +8,8 @@ Checks, in order (the first failure raises; nothing returns False):
 3. every record: canonical JSON, seq, hash chain, Ed25519 signature, known schema version, envelope and payload
    schemas (:mod:`audits.chain`); run order (run_start first, nothing after run_end but ``audit_spend`` records,
    which only come after it); small-cell suppression;
-4. config.toml hashes to run_start.config_hash; every checkpoint that is present hashes to its recorded sha256
+4. config.toml hashes to run_start.config_hash; the FID feature extractor (run_start.evaluation.feature_extractor),
+   when its hash is recorded, hashes to it; every checkpoint that is present hashes to its recorded sha256
    (:func:`audits.artifact_hash.sha256_path`); a missing earlier checkpoint is a warning (it may have been pruned),
    a missing final one (the last round_end's) an ArtifactMismatchError;
 5. ε: each client's typed dp_event events are composed in ledger order with dp_accounting's own accountant for the
@@ -73,7 +74,7 @@ class EpsilonCheck:
 @dataclass(frozen=True)
 class ArtifactCheck:
     record_index: int
-    what: str                     # "config" | "checkpoint"
+    what: str                     # "config" | "checkpoint" | "feature_extractor"
     path: str
     sha256: str
     status: str                   # "verified" | "missing"
@@ -169,6 +170,7 @@ def _check_artifacts(run_dir: Path, records: tuple[dict[str, Any], ...]) -> tupl
     if sha256_path(cfg) != want:
         raise ArtifactMismatchError(start_i, "config.toml does not hash to run_start.config_hash", kind="run_start")
     checks.append(ArtifactCheck(start_i, "config", "config.toml", want, "verified"))
+    _check_feature_extractor(run_dir, start_i, records[start_i]["payload"], checks, warnings)
     final_i = max((i for i, r in enumerate(records) if r["kind"] == "round_end" and r["payload"]["checkpoint"]),
                   default=None)
     for i, r in enumerate(records):
@@ -190,6 +192,28 @@ def _check_artifacts(run_dir: Path, records: tuple[dict[str, Any], ...]) -> tupl
                                         kind="round_end")
         checks.append(ArtifactCheck(i, "checkpoint", ck["path"], ck["sha256"], "verified"))
     return checks, warnings
+
+
+def _check_feature_extractor(run_dir: Path, i: int, start: dict[str, Any], checks: list[ArtifactCheck],
+                             warnings: list[str]) -> None:
+    """The FID feature extractor the run measured with (run_start.evaluation.feature_extractor): its copy in the run
+    directory must hash to the recorded ``weights_sha256``; every FID in the ledger was computed in that space."""
+    fx = (start.get("evaluation") or {}).get("feature_extractor") or {}
+    want, rel = fx.get("weights_sha256"), fx.get("path")
+    if not want or not rel:
+        return                    # runs from before the extractor's hash was recorded
+    p = _inside(run_dir, rel)
+    if p is None:
+        raise RecordSchemaError(i, f"feature extractor path {rel!r} leaves the run directory", kind="run_start")
+    if not p.is_file():
+        warnings.append(f"record {i}: the FID feature extractor {rel} is not present; recompute it from its "
+                        f"recorded material (key {fx.get('key', '?')[:16]}) to check the FIDs")
+        checks.append(ArtifactCheck(i, "feature_extractor", rel, want, "missing"))
+        return
+    if sha256_path(p) != want:
+        raise ArtifactMismatchError(i, f"the FID feature extractor {rel} does not hash to the recorded "
+                                       "weights_sha256: the FIDs were not measured with this file", kind="run_start")
+    checks.append(ArtifactCheck(i, "feature_extractor", rel, want, "verified"))
 
 
 def _check_epsilon(records: tuple[dict[str, Any], ...], tolerance: float

@@ -306,6 +306,39 @@ def sweep(
                                    reuse_from=tuple(reuse_from or ())))
 
 
+@app.command()
+def rescore(
+    run_dirs: list[Path] = typer.Argument(..., metavar="RUN_DIR...", help="Finished or interrupted run directories "
+                                          "(e.g. sweeps/NAME/runs/*)."),
+    rounds: str = typer.Option("ends", "--rounds", help="ends (round 0 and the last evaluated round) | evaluated "
+                               "(every evaluated round)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Also write the table as CSV here."),
+) -> None:
+    """Re-measure the FID of runs in the dataset's shared feature space: regenerate each checkpoint's evaluation
+    samples as the run did and score them with the run's own FID feature extractor (reproduces the recorded FID)
+    and with the shared one, so runs made before the extractor was shared compare. Changes nothing in the runs."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.table import Table
+
+    from privfed.rescore import COLUMNS, rescore_runs, write_csv
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=console) as progress:
+        task = progress.add_task("rescoring", total=None)
+        rows = rescore_runs(run_dirs, rounds=rounds, on_start=lambda n: progress.update(task, total=n),
+                            on_item=lambda row: progress.advance(task))
+    table = Table("run", "round", "recorded", "own extractor", "shared extractor [95 %]")
+    for r in rows:
+        own = "–" if r["own_extractor_fid"] is None else f"{r['own_extractor_fid']:.1f} ({r['own_extractor'][:8]})"
+        table.add_row(Path(r["run"]).name, str(r["round"]), f"{r['recorded_fid']:.1f}", own,
+                      f"{r['shared_extractor_fid']:.1f} [{r['shared_fid_lo']:.1f}, {r['shared_fid_hi']:.1f}] "
+                      f"({r['shared_extractor'][:8]})")
+    console.print(table)
+    if out is not None:
+        write_csv(rows, out)
+        console.print(f"{len(rows)} rows ({', '.join(COLUMNS)}) → {out}")
+
+
 site_app = typer.Typer(no_args_is_help=True, help="A site's own setup: its long-term identity.")
 app.add_typer(site_app, name="site")
 

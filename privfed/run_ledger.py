@@ -174,9 +174,14 @@ def checkpoint_entry(run_root: Path, checkpoint: Path) -> dict[str, str]:
 def evaluation_provenance(feature_extractor: Mapping[str, Any], test) -> dict[str, Any]:
     """What the utility metrics are computed on (run_start.evaluation; the report prints it): the FID feature
     extractor's training data (``privfed.metrics.classifier.evaluation_classifier``) and the evaluation split."""
-    from privfed.metrics.classifier import dataset_sha256
+    from privfed.metrics.classifier import RUN_EXTRACTOR_PATH, dataset_sha256
 
-    return {"feature_extractor": dict(feature_extractor),
+    # the material (which data, seed, epochs) stays in the run's provenance file and the cache entry; the ledger
+    # pins it by its hash (key) and the weights by theirs
+    fx = {k: v for k, v in feature_extractor.items() if k != "material"}
+    if "weights_sha256" in fx:
+        fx["path"] = RUN_EXTRACTOR_PATH          # the copy audits.verify hashes
+    return {"feature_extractor": fx,
             "evaluation_split": {"class": "declared", "image_count": len(test), "sha256": dataset_sha256(test),
                                  "source": "the dataset's test split, held out and never partitioned to a site"},
             "released": "FID (the split's feature mean and covariance are not released), the model's diffusion loss "

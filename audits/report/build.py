@@ -583,7 +583,8 @@ def _evaluation(records) -> Any:
     if not isinstance(ev, dict):
         return NR
     fx, sp = ev.get("feature_extractor") or {}, ev.get("evaluation_split") or {}
-    return {"feature_extractor": {k: fx.get(k, NR) for k in ("class", "source", "image_count", "sha256")},
+    return {"feature_extractor": {k: fx.get(k, NR) for k in ("class", "source", "image_count", "sha256", "key",
+                                                               "weights_sha256")},
             "evaluation_split": {k: sp.get(k, NR) for k in ("class", "source", "image_count", "sha256")},
             "released": ev.get("released", NR)}
 

@@ -34,7 +34,7 @@ from privfed.parties.policy import SitePolicy
 from privfed.parties.server import Server
 from privfed.parties.site import Site
 from privfed.metrics import domain_fid, save_grid
-from privfed.metrics.classifier import accuracy, evaluation_classifier
+from privfed.metrics.classifier import RUN_EXTRACTOR_PATH, accuracy, evaluation_classifier
 from privfed.metrics.eval_loss import eval_loss
 from privfed.metrics.fid import class_histogram, fid_interval
 from privfed.models import build_scheduler, build_unet, load_unet, parameter_count, sample_images
@@ -76,6 +76,13 @@ class RunResult:
     metrics: list[dict[str, Any]]
     closing_lines: list[str] = field(default_factory=list)
     initial_label: str = "untrained model"
+
+
+def evaluation_samples(model: torch.nn.Module, scheduler, cfg: RunConfig) -> torch.Tensor:
+    """The ``cfg.eval_samples`` images every evaluation of a run generates: the same noise draws (the run seed's
+    "eval" stream) at every round, so rounds differ only by the model (``privfed rescore`` regenerates them)."""
+    return sample_images(model, scheduler, num_images=cfg.eval_samples, sampler=cfg.model.sampler,
+                         steps=cfg.model.sampling_steps, generator=torch_generator(cfg.seed, "eval"))
 
 
 class FederatedRun:
@@ -273,8 +280,7 @@ class FederatedRun:
         self.scheduler = build_scheduler(cfg.model)
         # the FID feature extractor: public data (digits) or the declared evaluation split, never the sites' data
         self.classifier, self.evaluation = evaluation_classifier(
-            self.dir.cache / "domain_classifier.safetensors", cfg.data.dataset, self.splits.test,
-            seed=derive_seed(cfg.seed, "classifier"))
+            self.dir.root / RUN_EXTRACTOR_PATH, cfg.data.dataset, self.splits.test)
         run_id = self.run_id
         config_hash = hashlib.sha256(self.dir.config.read_bytes()).hexdigest()
         with LedgerWriter.open(self.dir.root, create=new_ledger) as self.ledger:
@@ -458,9 +464,7 @@ class FederatedRun:
     def _evaluate(self, r: int) -> dict[str, Any]:
         t0 = time.perf_counter()
         model = self._released_model(r)
-        fake = sample_images(model, self.scheduler, num_images=self.cfg.eval_samples,
-                             sampler=self.cfg.model.sampler, steps=self.cfg.model.sampling_steps,
-                             generator=torch_generator(self.cfg.seed, "eval"))
+        fake = evaluation_samples(model, self.scheduler, self.cfg)
         grid = save_grid(fake[:100], self.dir.samples / f"round_{r:04d}.png")
         lo, hi = fid_interval(self.classifier, self.splits.test.images, fake,
                               seed=derive_seed(self.cfg.seed, "fid-bootstrap", r))

@@ -13,14 +13,17 @@ import hashlib
 import json
 import os
 import shutil
+import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from audits.artifact_hash import sha256_path
 from privfed.data.dataset import ImageDataset
+from privfed.errors import RunDirError
 from privfed.rundir import atomic_write_text
 
 FEATURES = 64
@@ -83,7 +86,13 @@ def train_domain_classifier(train: ImageDataset, *, seed: int, epochs: int = 15,
 
 
 PUBLIC_CLASSIFIER_IMAGES = 4000   # typeset digits the digits feature extractor is trained on
-PUBLIC_CLASSIFIER_SEED = 0        # public data: a fixed seed, so every run of one image shape shares a feature space
+EXTRACTOR_SEED = 0                # fixed for every dataset: all runs on one dataset share one feature space
+EXTRACTOR_EPOCHS = 15
+EXTRACTOR_BATCH = 64
+#: bump when the training code changes what it computes for the same material
+EXTRACTOR_FORMAT = 2
+#: the run directory's copy, relative to the run directory (the ledger's run_start.evaluation names it)
+RUN_EXTRACTOR_PATH = "cache/domain_classifier.safetensors"
 
 
 def dataset_sha256(ds: ImageDataset) -> str:
@@ -108,69 +117,152 @@ def _shared_cache() -> Path | None:
     return root / "classifiers" if root is not None else None
 
 
+def _load(path: Path) -> DomainClassifier:
+    clf = DomainClassifier(**json.loads(path.with_suffix(".json").read_text()))
+    clf.load_state_dict(load_file(str(path)))
+    return clf.eval()
+
+
 def load_or_train_classifier(path: Path, train: ImageDataset, *, seed: int, augment: bool = False) -> DomainClassifier:
-    """Cache the classifier in the run directory so resumed runs and audits use the same feature space."""
-    meta_path = path.with_suffix(".json")
-    if path.is_file() and meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
-        clf = DomainClassifier(**meta)
-        clf.load_state_dict(load_file(str(path)))
-        return clf.eval()
-    clf = train_domain_classifier(train, seed=seed, augment=augment)
+    """Cache the classifier at ``path`` (weights) and ``path.with_suffix('.json')`` (shape): trained once, loaded
+    after."""
+    if path.is_file() and path.with_suffix(".json").is_file():
+        return _load(path)
+    clf = _train_reproducibly(train, seed=seed, augment=augment)
+    _save(clf, path)
+    return clf
+
+
+def _save(clf: DomainClassifier, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     save_file({k: v.contiguous() for k, v in clf.state_dict().items()}, str(tmp))
     tmp.replace(path)
-    atomic_write_text(meta_path, json.dumps(clf.meta))
-    return clf
+    atomic_write_text(path.with_suffix(".json"), json.dumps(clf.meta))
 
 
-def evaluation_classifier(path: Path, dataset: str, test: ImageDataset, *,
-                          seed: int) -> tuple[DomainClassifier, dict[str, Any]]:
-    """The run's FID feature extractor (cached at ``path``) and its provenance (``<path>.provenance.json``).
+def _train_reproducibly(train: ImageDataset, *, seed: int, augment: bool) -> DomainClassifier:
+    """Train on one CPU thread: multi-threaded CPU convolutions sum in an order that depends on the thread count
+    (measured: 1 and 2 threads gave different weights for the same seed), and an auditor who recomputes the
+    extractor from its recorded material must get the same bytes."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return train_domain_classifier(train, seed=seed, epochs=EXTRACTOR_EPOCHS, batch_size=EXTRACTOR_BATCH,
+                                       augment=augment)
+    finally:
+        torch.set_num_threads(threads)
 
-    Never trained on the sites' training images: for ``digits``, on :data:`PUBLIC_CLASSIFIER_IMAGES` public typeset
-    digits (fixed seed, augmented; kept in the per-user cache of :mod:`privfed.cache`, keyed by
-    the generator's parameters, so runs share one feature space and train it once); otherwise on the dataset's test
-    split, declared as the evaluation split (the FID reference statistics and the accuracy use it too), with
-    ``seed``. Provenance: which data (``class`` public or declared), how many images and their SHA-256."""
-    prov_path = path.with_name(path.stem + ".provenance.json")
-    if path.is_file() and path.with_suffix(".json").is_file() and not prov_path.is_file():
-        # a run resumed from before issue 15: keep its feature space (FID stays comparable within the run), say so
-        return load_or_train_classifier(path, test, seed=seed), {
-            "class": "unaccounted", "source": "cached by a run started before issue 15: trained on the sites' "
-                                              "pooled training images"}
+
+def _extractor_data(dataset: str, test: ImageDataset) -> tuple[dict[str, Any], Callable[[], ImageDataset], bool]:
+    """(description of the training data, a loader for it, augment?) for the dataset's feature extractor."""
     if dataset == "digits":
         from privfed.data.typeset import typeset_digits
 
-        key = (f"typeset-digits-{PUBLIC_CLASSIFIER_IMAGES}-{test.size}px-{test.channels}ch-seed"
-               f"{PUBLIC_CLASSIFIER_SEED}-augment-v1")
-        # PRIVFED_CACHE=off: train it inside the run directory instead of the per-user cache
-        src = (_shared_cache() or path.parent / "public") / key / path.name
-        src_prov = src.with_name(prov_path.name)
-        if not (path.is_file() and prov_path.is_file()):
-            if not (src.is_file() and src.with_suffix(".json").is_file() and src_prov.is_file()):
-                data = typeset_digits(PUBLIC_CLASSIFIER_IMAGES, image_size=test.size, channels=test.channels,
-                                      seed=PUBLIC_CLASSIFIER_SEED)
-                load_or_train_classifier(src, data, seed=PUBLIC_CLASSIFIER_SEED, augment=True)
-                atomic_write_text(src_prov, json.dumps({
-                    "class": "public", "image_count": len(data), "sha256": dataset_sha256(data),
-                    "source": f"typeset-digits: {len(data)} digits typeset in the fonts matplotlib ships (seed "
-                              f"{PUBLIC_CLASSIFIER_SEED}, shifted and noised while training); no site data"}))
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            shutil.copyfile(src, tmp)
-            tmp.replace(path)
-            atomic_write_text(path.with_suffix(".json"), src.with_suffix(".json").read_text())
-            atomic_write_text(prov_path, src_prov.read_text())
-        return load_or_train_classifier(path, test, seed=seed), json.loads(prov_path.read_text())
-    clf = load_or_train_classifier(path, test, seed=seed)
-    if not prov_path.is_file():
-        atomic_write_text(prov_path, json.dumps({
-            "class": "declared", "image_count": len(test), "sha256": dataset_sha256(test),
+        described = {"generator": "typeset-digits", "images": PUBLIC_CLASSIFIER_IMAGES, "seed": EXTRACTOR_SEED,
+                     "image_size": test.size, "channels": test.channels}
+        return described, lambda: typeset_digits(PUBLIC_CLASSIFIER_IMAGES, image_size=test.size,
+                                                 channels=test.channels, seed=EXTRACTOR_SEED), True
+    return {"split": "test", "images": len(test), "sha256": dataset_sha256(test)}, lambda: test, False
+
+
+def _provenance(dataset: str, data: ImageDataset) -> dict[str, Any]:
+    if dataset == "digits":
+        return {"class": "public", "image_count": len(data), "sha256": dataset_sha256(data),
+                "source": f"typeset-digits: {len(data)} digits typeset in the fonts matplotlib ships (seed "
+                          f"{EXTRACTOR_SEED}, shifted and noised while training); no site data"}
+    return {"class": "declared", "image_count": len(data), "sha256": dataset_sha256(data),
             "source": f"{dataset} test split: the declared evaluation split (never a site's training images); the "
-                      "FID reference statistics and the reported accuracy use the same split"}))
-    return clf, json.loads(prov_path.read_text())
+                      "FID reference statistics and the reported accuracy use the same split"}
+
+
+def _cached_entry(entry: Path, key: str) -> dict[str, Any] | None:
+    """The entry's provenance when its weights still hash to what it recorded, else None (recompute)."""
+    weights = entry / "domain_classifier.safetensors"
+    try:
+        prov = json.loads((entry / "provenance.json").read_text())
+        if prov.get("key") == key and weights.with_suffix(".json").is_file() and \
+                sha256_path(weights) == prov.get("weights_sha256"):
+            return prov
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def shared_extractor(dataset: str, test: ImageDataset, *, fallback: Path) -> tuple[Path, dict[str, Any]]:
+    """The dataset's shared FID feature extractor in the per-user cache (trained there first if needed): the path of
+    its weights and its provenance. ``fallback``: where to keep it when the cache is off (``PRIVFED_CACHE=off``).
+    See :func:`evaluation_classifier`."""
+    from privfed.cache import config_key
+
+    described, load_data, augment = _extractor_data(dataset, test)
+    material = {"format": EXTRACTOR_FORMAT, "data": described, "image_size": test.size, "channels": test.channels,
+                "num_classes": test.num_classes, "seed": EXTRACTOR_SEED, "epochs": EXTRACTOR_EPOCHS,
+                "batch_size": EXTRACTOR_BATCH, "augment": augment, "threads": 1}
+    key = config_key(material)
+    entry = (_shared_cache() or fallback) / key
+    prov = _cached_entry(entry, key)
+    if prov is None:
+        data = load_data()
+        clf = _train_reproducibly(data, seed=EXTRACTOR_SEED, augment=augment)
+        # a private temporary folder, then one rename: two runs finishing at once never see a half entry
+        tmp = entry.parent / f".{key}.{uuid.uuid4().hex}.tmp"
+        try:
+            _save(clf, tmp / "domain_classifier.safetensors")
+            prov = {**_provenance(dataset, data), "key": key, "material": material,
+                    "weights_sha256": sha256_path(tmp / "domain_classifier.safetensors")}
+            (tmp / "provenance.json").write_text(json.dumps(prov, indent=1, sort_keys=True))
+            if entry.exists():
+                shutil.rmtree(entry, ignore_errors=True)
+            try:
+                tmp.rename(entry)
+            except OSError:
+                pass                    # another run stored the same entry first: the same bytes
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return entry / "domain_classifier.safetensors", prov
+
+
+def load_extractor(path: Path) -> DomainClassifier:
+    """A feature extractor saved by this module (weights at ``path``, shape beside it)."""
+    return _load(path)
+
+
+def evaluation_classifier(path: Path, dataset: str, test: ImageDataset) -> tuple[DomainClassifier, dict[str, Any]]:
+    """The run's FID feature extractor (its copy at ``path``) and its provenance (``<path>.provenance.json``).
+
+    Never trained on the sites' training images: for ``digits``, on :data:`PUBLIC_CLASSIFIER_IMAGES` public typeset
+    digits (augmented); otherwise on the dataset's test split, declared as the evaluation split (the FID reference
+    statistics and the accuracy use it too). Either way with the fixed seed :data:`EXTRACTOR_SEED` on one thread, so
+    every run and sweep point on one dataset measures FID in the same feature space, whatever its own seed.
+
+    The extractor is a public artefact of its own configuration (the ``material``: data description, image shape,
+    seed, epochs, format): it is kept in the per-user cache of :mod:`privfed.cache` under the SHA-256 of that
+    material (``key``), trained once, and copied into the run directory. The provenance records ``key``,
+    ``material`` and ``weights_sha256`` (of the run's copy), which ``audits.verify`` checks. A run directory that
+    already holds an extractor (a resumed run) keeps it.
+    """
+    prov_path = path.with_name(path.stem + ".provenance.json")
+    if path.is_file() and path.with_suffix(".json").is_file():
+        if not prov_path.is_file():
+            # a run resumed from before issue 15: keep its feature space (FID stays comparable within the run), say so
+            return _load(path), {"class": "unaccounted", "source": "cached by a run started before issue 15: "
+                                                                   "trained on the sites' pooled training images"}
+        prov = json.loads(prov_path.read_text())
+        if "weights_sha256" in prov and sha256_path(path) != prov["weights_sha256"]:
+            raise RunDirError(f"{path}: the run's FID feature extractor does not hash to its recorded weights_sha256 "
+                             "(changed after the run started)")
+        return _load(path), prov
+    src, prov = shared_extractor(dataset, test, fallback=path.parent / "public")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_path = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    shutil.copyfile(src, tmp_path)
+    tmp_path.replace(path)
+    atomic_write_text(path.with_suffix(".json"), src.with_suffix(".json").read_text())
+    if sha256_path(path) != prov["weights_sha256"]:
+        raise RunDirError(f"{src}: the cached feature extractor changed while it was copied")
+    atomic_write_text(prov_path, json.dumps(prov))
+    return _load(path), prov
 
 
 def feature_extractor(clf: DomainClassifier) -> nn.Module:
@@ -178,4 +270,5 @@ def feature_extractor(clf: DomainClassifier) -> nn.Module:
 
 
 __all__ = ["DomainClassifier", "train_domain_classifier", "accuracy", "load_or_train_classifier",
-           "feature_extractor", "evaluation_classifier", "dataset_sha256"]
+           "feature_extractor", "evaluation_classifier", "dataset_sha256", "RUN_EXTRACTOR_PATH",
+           "shared_extractor", "load_extractor"]

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from audits.artifact_hash import sha256_path
+from privfed.metrics.classifier import RUN_EXTRACTOR_PATH
 from privfed.rundir import RunDir
 from privfed.sweep.spec import Point
 
@@ -76,6 +78,7 @@ def point_row(point: Point, run_dir: Path, *, status: str, error: str | None = N
         "fid_hi": final.get("fid_interval", [None, None])[1] if final else None,
         "eval_loss": final.get("eval_loss") if final else None,
         "seconds": round(sum(_seconds(m) for m in metrics), 1),
+        "fid_extractor": _extractor_id(run_dir),
         "run_dir": str(run_dir), "config_hash": point.config_hash[:16], "also": "; ".join(point.also),
         "sample_grid": str(run_dir / final["sample_grid"]) if final and final.get("sample_grid") else None,
         "_curve_fid": [[m["round"], m["fid"]] for m in evals],
@@ -83,6 +86,22 @@ def point_row(point: Point, run_dir: Path, *, status: str, error: str | None = N
         "_context": context(point), "_group": repr(point.group),
     }
     return row
+
+
+def _extractor_id(run_dir: Path) -> str | None:
+    """The first 16 hex digits of the SHA-256 of the run's FID feature extractor: FIDs compare only within one."""
+    path = run_dir / RUN_EXTRACTOR_PATH
+    return sha256_path(path)[:16] if path.is_file() else None
+
+
+def mixed_extractors(rows: list[dict[str, Any]]) -> dict[str, set[str]]:
+    """Comparison contexts whose finished points measured FID with more than one feature extractor (runs from
+    before the extractor was shared across seeds, or from another machine's cache): context → extractor ids."""
+    seen: dict[str, set[str]] = {}
+    for r in rows:
+        if r["status"] == "done" and r.get("fid_extractor"):
+            seen.setdefault(r["_context"], set()).add(r["fid_extractor"])
+    return {c: ids for c, ids in seen.items() if len(ids) > 1}
 
 
 def _seconds(record: dict[str, Any]) -> float:
@@ -172,7 +191,7 @@ def _overlap(a: dict[str, Any], b: dict[str, Any]) -> bool:
 PUBLIC_COLUMNS = ("point", "variant", "status", "error", "seed", "dataset", "clients", "alpha", "local_epochs",
                   "dp_mode", "placement", "secure_agg", "target_epsilon", "rounds_planned", "rounds_completed",
                   "epsilon", "delta", "public_pretrain", "fid_public_only", "fid", "fid_lo", "fid_hi", "eval_loss",
-                  "seconds", "config_hash", "also", "run_dir")
+                  "seconds", "fid_extractor", "config_hash", "also", "run_dir")
 
 
 def csv_columns(rows: list[dict[str, Any]]) -> list[str]:

@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from privfed.rundir import atomic_write_bytes, atomic_write_text  # noqa: E402
 from privfed.sweep.spec import SEED_KEY, Sweep  # noqa: E402
-from privfed.sweep.results import start_label  # noqa: E402
+from privfed.sweep.results import mixed_extractors, start_label  # noqa: E402
 
 _NUMERIC_AXES = {"fed.clients": "sites N", "data.alpha": "Dirichlet α (label skew; larger = closer to IID)",
                  "fed.local_epochs": "local epochs E", "fed.per_round": "sites per round",
@@ -166,7 +166,7 @@ def write_summary(sweep: Sweep, out: Path, rows: list[dict[str, Any]], groups: l
              "generated samples). <b>≈</b> marks a group whose interval overlaps the best group's of the same context "
              "(same data and federation): the difference is inside the noise. <i>Gain recovered</i> = (FID<sub>public"
              "</sub> − FID) / (FID<sub>public</sub> − FID<sub>non-private</sub>), paired by seed.</p>",
-             _group_table(groups), "<h2>Figures</h2>"]
+             _group_table(groups), *_extractor_warning(rows, groups), "<h2>Figures</h2>"]
     for title, b64 in figs:
         parts.append(f"<figure><img alt='{html.escape(title)}' src='data:image/png;base64,{b64}'>"
                      f"<figcaption>{html.escape(title)}</figcaption></figure>")
@@ -185,6 +185,18 @@ def write_summary(sweep: Sweep, out: Path, rows: list[dict[str, Any]], groups: l
     path = out / "summary.html"
     atomic_write_text(path, page)
     return path
+
+
+def _extractor_warning(rows: list[dict[str, Any]], groups: list[dict[str, Any]]) -> list[str]:
+    mixed = mixed_extractors(rows)
+    if not mixed:
+        return []
+    labels = sorted({g["label"] for g in groups if g["_context"] in mixed})
+    return [f"<p class='warn'><b>Different feature extractors.</b> FIDs of {len(labels)} group(s) "
+            f"({html.escape(', '.join(labels))}) were measured with {max(len(v) for v in mixed.values())} different "
+            "FID feature extractors (runs started before the extractor was shared across seeds, or on another "
+            "machine's cache; column <code>fid_extractor</code> of the points table): their differences include the "
+            "extractors' own spread, beyond the intervals shown.</p>"]
 
 
 def _group_table(groups: list[dict[str, Any]]) -> str:
@@ -207,7 +219,7 @@ def _group_table(groups: list[dict[str, Any]]) -> str:
 
 def _point_table(rows: list[dict[str, Any]]) -> str:
     cols = ("label", "status", "seed", "rounds_completed", "epsilon", "fid_public_only", "fid", "fid_lo", "fid_hi",
-            "eval_loss", "seconds", "error")
+            "eval_loss", "seconds", "fid_extractor", "error")
     head = "<table><tr>" + "".join(f"<th>{c}</th>" for c in cols) + "</tr>"
     digits = {"epsilon": 2, "eval_loss": 4}
     return head + "".join("<tr>" + "".join(f"<td>{_fmt(r.get(c), digits.get(c, 1))}</td>" for c in cols)
@@ -217,4 +229,4 @@ def _point_table(rows: list[dict[str, Any]]) -> str:
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}
 td:first-child,th:first-child{text-align:left}figure{display:inline-block;margin:.5em}img{max-width:100%}
-img.grid{width:220px;image-rendering:pixelated}figcaption{font-size:12px;color:#555;text-align:center}"""
+p.warn{background:#fff4e0;padding:.5em}img.grid{width:220px;image-rendering:pixelated}figcaption{font-size:12px;color:#555;text-align:center}"""

@@ -4,8 +4,11 @@ sites' training loss is released nowhere, and the FID feature extractor never sa
 import json
 import shutil
 
+import pytest
 
 from audits import releases as R
+from audits.errors import ArtifactMismatchError
+from audits.verify import verify_run
 from audits.report.build import build_report
 from privfed.federation.runner import FederatedRun
 
@@ -69,6 +72,20 @@ def test_default_modes_run_every_release_is_in_the_inventory(tmp_path, tiny_conf
     assert ev["feature_extractor"]["class"] == "public" and ev["feature_extractor"]["image_count"] == 4000
     assert ev["evaluation_split"]["class"] == "declared" and ev["evaluation_split"]["image_count"] == 359
     assert (run / "cache" / "domain_classifier.provenance.json").is_file()
+    # the extractor the FIDs were measured with is pinned by its hash: the verifier checks the run's copy
+    fx = ev["feature_extractor"]
+    assert fx["path"] == "cache/domain_classifier.safetensors" and len(fx["key"]) == len(fx["weights_sha256"]) == 64
+    checks = {a.what: a for a in verify_run(run).artifacts}
+    assert checks["feature_extractor"].status == "verified" and checks["feature_extractor"].sha256 == \
+        fx["weights_sha256"]
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    extractor = copy / "cache" / "domain_classifier.safetensors"
+    extractor.write_bytes(extractor.read_bytes()[:-4] + b"\0\0\0\0")
+    with pytest.raises(ArtifactMismatchError, match="feature extractor"):
+        verify_run(copy)
+    extractor.unlink()
+    assert any("feature extractor" in w for w in verify_run(copy).warnings)
     # the statement says what ε covers and the adjacency with public site sizes; the report prints the provenance
     st = doc["sections"]["privacy_statement"]["text"]
     assert "ε covers exactly the checkpoints after round 0" in st and "site sizes n (public by the adjacency" in st

@@ -12,7 +12,8 @@ from PIL import Image
 
 from privfed.cli import main
 from privfed.errors import ConfigError
-from privfed.sweep.run import plan, run_sweep
+from audits.artifact_hash import sha256_path
+from privfed.sweep.run import plan, run_sweep, write_results
 from privfed.sweep.spec import load_sweep
 
 TINY_BASE = """
@@ -173,6 +174,16 @@ def test_sweep_runs_skips_resumes_and_summarises(tmp_path, monkeypatch):
     for png in ("fid_by_group", "fid_vs_dp_target_epsilon", "fid_per_round", "epsilon_per_round"):
         with Image.open(out / "figures" / f"{png}.png") as im:
             assert im.size[0] > 300
+    # every point measured FID with the one shared feature extractor, and the table says which
+    ids = {r["fid_extractor"] for r in rows[:4]}
+    assert ids == {sha256_path(states[0].run_dir / "cache" / "domain_classifier.safetensors")[:16]}
+    assert "Different feature extractors" not in html
+    # a run whose FIDs come from another extractor (an older run, another machine's cache) is flagged in the summary
+    (states[1].run_dir / "cache" / "domain_classifier.safetensors").write_bytes(b"another extractor")
+    write_results(sw, out, plan(sw, out))
+    html = (out / "summary.html").read_text()
+    warning = html.split("Different feature extractors")[1].split("</p>")[0]
+    assert states[1].point.group_label in warning
 
     # a run written before a key with a default existed (here fed.ema_decay) still counts as its point
     old_cfg = out / "runs" / first.slug / "config.toml"
