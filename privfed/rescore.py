@@ -19,8 +19,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
-
 from privfed.errors import RunDirError
 from privfed.rundir import EMA_MODEL, RunDir, atomic_write_text
 
@@ -98,8 +96,7 @@ def rescore_runs(run_dirs: list[Path], *, rounds: str = "ends", on_start: Callab
             for r in which:
                 ck = d.checkpoint_dir(r)
                 model = load_unet(ck / EMA_MODEL if r > 0 and (ck / EMA_MODEL).is_dir() else ck / "unet")
-                with torch.no_grad():
-                    fake = evaluation_samples(model.eval(), scheduler, cfg)
+                fake = evaluation_samples(model.eval(), scheduler, cfg)  # sampling runs under no_grad
                 lo, hi = fid_interval(shared, test.images, fake, seed=derive_seed(cfg.seed, "fid-bootstrap", r))
                 row = {"run": str(run_dir), "round": r, "recorded_fid": recorded[r],
                        "own_extractor_fid": round(domain_fid(own, test.images, fake), 4) if own else None,

@@ -117,7 +117,8 @@ def _shared_cache() -> Path | None:
     return root / "classifiers" if root is not None else None
 
 
-def _load(path: Path) -> DomainClassifier:
+def load_extractor(path: Path) -> DomainClassifier:
+    """A feature extractor saved by this module (weights at ``path``, shape beside it)."""
     clf = DomainClassifier(**json.loads(path.with_suffix(".json").read_text()))
     clf.load_state_dict(load_file(str(path)))
     return clf.eval()
@@ -127,7 +128,7 @@ def load_or_train_classifier(path: Path, train: ImageDataset, *, seed: int, augm
     """Cache the classifier at ``path`` (weights) and ``path.with_suffix('.json')`` (shape): trained once, loaded
     after."""
     if path.is_file() and path.with_suffix(".json").is_file():
-        return _load(path)
+        return load_extractor(path)
     clf = _train_reproducibly(train, seed=seed, augment=augment)
     _save(clf, path)
     return clf
@@ -223,11 +224,6 @@ def shared_extractor(dataset: str, test: ImageDataset, *, fallback: Path) -> tup
     return entry / "domain_classifier.safetensors", prov
 
 
-def load_extractor(path: Path) -> DomainClassifier:
-    """A feature extractor saved by this module (weights at ``path``, shape beside it)."""
-    return _load(path)
-
-
 def evaluation_classifier(path: Path, dataset: str, test: ImageDataset) -> tuple[DomainClassifier, dict[str, Any]]:
     """The run's FID feature extractor (its copy at ``path``) and its provenance (``<path>.provenance.json``).
 
@@ -246,13 +242,14 @@ def evaluation_classifier(path: Path, dataset: str, test: ImageDataset) -> tuple
     if path.is_file() and path.with_suffix(".json").is_file():
         if not prov_path.is_file():
             # a run resumed from before issue 15: keep its feature space (FID stays comparable within the run), say so
-            return _load(path), {"class": "unaccounted", "source": "cached by a run started before issue 15: "
-                                                                   "trained on the sites' pooled training images"}
+            return load_extractor(path), {"class": "unaccounted",
+                                          "source": "cached by a run started before issue 15: trained on the "
+                                                    "sites' pooled training images"}
         prov = json.loads(prov_path.read_text())
         if "weights_sha256" in prov and sha256_path(path) != prov["weights_sha256"]:
             raise RunDirError(f"{path}: the run's FID feature extractor does not hash to its recorded weights_sha256 "
                              "(changed after the run started)")
-        return _load(path), prov
+        return load_extractor(path), prov
     src, prov = shared_extractor(dataset, test, fallback=path.parent / "public")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp_path = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -262,7 +259,7 @@ def evaluation_classifier(path: Path, dataset: str, test: ImageDataset) -> tuple
     if sha256_path(path) != prov["weights_sha256"]:
         raise RunDirError(f"{src}: the cached feature extractor changed while it was copied")
     atomic_write_text(prov_path, json.dumps(prov))
-    return _load(path), prov
+    return load_extractor(path), prov
 
 
 def feature_extractor(clf: DomainClassifier) -> nn.Module:
