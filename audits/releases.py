@@ -37,8 +37,8 @@ _N = ("the site's number of images n: public by the stated adjacency (add/remove
       "batch/q is in every DP event)")
 _PARTICIPATION = ("who took part in, dropped out of or was refused each round: its readers get no amplification by "
                   "site sampling (the statement gives ε for them)")
-_EVAL = ("a function of the model and of the declared evaluation split (the test split, never a site's training "
-         "images)")
+_EVAL = ("a function of the model and of the declared evaluation splits (the test split and, for fid_val, the "
+         "validation split; never a site's training images)")
 _TIMING = "wall-clock time: depends on the Poisson batch sizes and on n"
 _CLASSIFIER = ("the FID feature extractor: trained on public data (digits: typeset digits) or on the declared "
                "evaluation split, never on the sites' data (provenance: run_start.evaluation)")
@@ -174,7 +174,8 @@ LEDGER: tuple[Release, ...] = tuple(
          "round_end.metrics.pretrain_sha256")
     + _r("ledger", "ε per round", ACCOUNTED, "the largest ε so far (the accounting)", "round_end.metrics.epsilon_max")
     + _r("ledger", "FID, eval loss, classifier accuracy", DECLARED, _EVAL,
-         "round_end.metrics.fid", "round_end.metrics.fid_interval", "round_end.metrics.eval_loss",
+         "round_end.metrics.fid", "round_end.metrics.fid_interval", "round_end.metrics.fid_val",
+         "round_end.metrics.eval_loss",
          "round_end.metrics.classifier_test_accuracy")
     + _r("ledger", "training loss (ledgers before issue 15)", UNACCOUNTED,
          "the sites' mean diffusion loss over their private batches: no ε covers it; privfed no longer writes it",
@@ -196,7 +197,7 @@ METRICS: tuple[Release, ...] = tuple(
     + _r("metrics", "participation", DECLARED, _PARTICIPATION, "selected", "contributors")
     + _r("metrics", "site sizes", DECLARED, _N, "examples")
     + _r("metrics", "FID, eval loss, classifier accuracy", DECLARED, _EVAL,
-         "fid", "fid_interval", "eval_loss", "classifier_test_accuracy")
+         "fid", "fid_interval", "fid_val", "eval_loss", "classifier_test_accuracy")
     + _r("metrics", "training loss (ledgers before issue 15)", UNACCOUNTED,
          "the sites' mean diffusion loss over their private batches: no ε covers it; privfed no longer writes it",
          "loss")

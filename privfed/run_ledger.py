@@ -171,9 +171,10 @@ def checkpoint_entry(run_root: Path, checkpoint: Path) -> dict[str, str]:
     return {"path": checkpoint.relative_to(run_root).as_posix(), "sha256": sha256_path(checkpoint)}
 
 
-def evaluation_provenance(feature_extractor: Mapping[str, Any], test) -> dict[str, Any]:
+def evaluation_provenance(feature_extractor: Mapping[str, Any], test, *, val=None) -> dict[str, Any]:
     """What the utility metrics are computed on (run_start.evaluation; the report prints it): the FID feature
-    extractor's training data (``privfed.metrics.classifier.evaluation_classifier``) and the evaluation split."""
+    extractor's training data (``privfed.metrics.classifier.evaluation_classifier``), the evaluation split and,
+    where the dataset has one, the validation split behind ``fid_val``."""
     from privfed.metrics.classifier import RUN_EXTRACTOR_PATH, dataset_sha256
 
     # the material (which data, seed, epochs) stays in the run's provenance file and the cache entry; the ledger
@@ -181,18 +182,23 @@ def evaluation_provenance(feature_extractor: Mapping[str, Any], test) -> dict[st
     fx = {k: v for k, v in feature_extractor.items() if k != "material"}
     if "weights_sha256" in fx:
         fx["path"] = RUN_EXTRACTOR_PATH          # the copy audits.verify hashes
-    return {"feature_extractor": fx,
-            "evaluation_split": {"class": "declared", "image_count": len(test), "sha256": dataset_sha256(test),
-                                 "source": "the dataset's test split, held out and never partitioned to a site"},
-            "released": "FID (the split's feature mean and covariance are not released), the model's diffusion loss "
-                        "on the split (eval_loss), the feature extractor's accuracy on the split; the sites' "
-                        "training loss is not released"}
+    out = {"feature_extractor": fx,
+           "evaluation_split": {"class": "declared", "image_count": len(test), "sha256": dataset_sha256(test),
+                                "source": "the dataset's test split, held out and never partitioned to a site"},
+           "released": "FID (the split's feature mean and covariance are not released), the model's diffusion loss "
+                       "on the split (eval_loss), the feature extractor's accuracy on the split; the sites' "
+                       "training loss is not released"}
+    if val is not None:
+        out["validation_split"] = {"class": "declared", "image_count": len(val), "sha256": dataset_sha256(val),
+                                   "source": "the dataset's validation split, held out and never partitioned to a "
+                                             "site; FID on it (fid_val) is for choosing schedules"}
+    return out
 
 
 # no "loss": the sites' training loss on private batches is not a release (issue 15); eval_loss is on the declared
 # evaluation split
 _LEDGER_METRICS = ("eval_loss", "fid", "examples", "train_seconds", "eval_seconds", "classifier_test_accuracy",
-                   "class_histogram", "epsilon_max", "pretrain_key", "pretrain_sha256", "fid_interval")
+                   "class_histogram", "epsilon_max", "pretrain_key", "pretrain_sha256", "fid_interval", "fid_val")
 
 
 def round_metrics(record: Mapping[str, Any]) -> dict[str, Any]:

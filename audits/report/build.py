@@ -586,6 +586,8 @@ def _evaluation(records) -> Any:
     return {"feature_extractor": {k: fx.get(k, NR) for k in ("class", "source", "image_count", "sha256", "key",
                                                                "weights_sha256")},
             "evaluation_split": {k: sp.get(k, NR) for k in ("class", "source", "image_count", "sha256")},
+            "validation_split": ({k: vs.get(k, NR) for k in ("class", "source", "image_count", "sha256")}
+                                 if isinstance(vs := ev.get("validation_split"), dict) else None),
             "released": ev.get("released", NR)}
 
 

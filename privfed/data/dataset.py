@@ -49,10 +49,12 @@ class ImageDataset:
 
 @dataclass(frozen=True)
 class DatasetSplits:
-    """A training split (partitioned across clients) and a held-out test split (FID reference)."""
+    """A training split (partitioned across clients), a held-out test split (the FID reference) and, where the
+    dataset has one, a validation split for model selection (``fid_val``: choose schedules on it, report test)."""
 
     train: ImageDataset
     test: ImageDataset
+    val: ImageDataset | None = None
 
 
 def from_uint8(images: np.ndarray, labels: np.ndarray, *, class_names, name: str) -> ImageDataset:

@@ -16,7 +16,7 @@ SPLITS = ("train", "val", "test")
 def load_medmnist_npz(path: str | Path, *, name: str | None = None) -> DatasetSplits:
     """Load an official MedMNIST `.npz`. Training uses `train`; `test` is the held-out reference.
 
-    The `val` split is validated but not used for training (it stays available for model selection).
+    The `val` split, when present, is never trained on: runs score it as ``fid_val`` for model selection.
     """
     p = Path(path)
     name = name or p.stem
@@ -48,7 +48,9 @@ def load_medmnist_npz(path: str | Path, *, name: str | None = None) -> DatasetSp
         parts[split] = from_uint8(imgs, labs, class_names=class_names, name=f"{name}:{split}")
     if parts["train"].images.shape[1:] != parts["test"].images.shape[1:]:
         raise DataError(f"{p}: train and test images differ in shape")
-    return DatasetSplits(parts["train"], parts["test"])
+    if "val" in parts and parts["val"].images.shape[1:] != parts["test"].images.shape[1:]:
+        raise DataError(f"{p}: val and test images differ in shape")
+    return DatasetSplits(parts["train"], parts["test"], parts.get("val"))
 
 
 def download_medmnist(flag: str, *, root: str | Path, size: int = 28) -> Path:

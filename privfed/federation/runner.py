@@ -293,7 +293,8 @@ class FederatedRun:
             if new_ledger:
                 self.ledger.append("run_start", ledger_payloads.run_start(
                     cfg, self.dir.config, dp_noise_rng=self.privacy.noise_rng,
-                    evaluation=ledger_payloads.evaluation_provenance(self.evaluation, self.splits.test)))
+                    evaluation=ledger_payloads.evaluation_provenance(self.evaluation, self.splits.test,
+                                                                     val=self.splits.val)))
                 self.ledger.append("roster", {"fingerprint": self.roster.fingerprint,
                                               "sites": {str(c): k.hex() for c, k in self.roster.raw().items()},
                                               "server_key": self.ledger.key_fingerprint})
@@ -470,6 +471,10 @@ class FederatedRun:
                               seed=derive_seed(self.cfg.seed, "fid-bootstrap", r))
         out = {"fid": round(domain_fid(self.classifier, self.splits.test.images, fake), 4),
                "fid_interval": [round(lo, 4), round(hi, 4)],
+               # the same samples against the validation split: what to choose a schedule (rounds, lr) on, so
+               # that the test FID stays an unbiased estimate of the chosen one
+               **({"fid_val": round(domain_fid(self.classifier, self.splits.val.images, fake), 4)}
+                  if self.splits.val is not None else {}),
                "class_histogram": class_histogram(self.classifier, fake),
                "eval_loss": round(eval_loss(model, self.scheduler, self.splits.test.images,
                                             seed=derive_seed(self.cfg.seed, "eval-loss")), 5),

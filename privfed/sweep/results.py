@@ -77,15 +77,25 @@ def point_row(point: Point, run_dir: Path, *, status: str, error: str | None = N
         "fid_lo": final.get("fid_interval", [None, None])[0] if final else None,
         "fid_hi": final.get("fid_interval", [None, None])[1] if final else None,
         "eval_loss": final.get("eval_loss") if final else None,
+        "fid_val": final.get("fid_val") if final else None,
+        "best_round_val": _best_round(evals, "fid_val"),
         "seconds": round(sum(_seconds(m) for m in metrics), 1),
         "fid_extractor": _extractor_id(run_dir),
         "run_dir": str(run_dir), "config_hash": point.config_hash[:16], "also": "; ".join(point.also),
         "sample_grid": str(run_dir / final["sample_grid"]) if final and final.get("sample_grid") else None,
         "_curve_fid": [[m["round"], m["fid"]] for m in evals],
+        "_curve_fid_val": [[m["round"], m["fid_val"]] for m in evals if m.get("fid_val") is not None],
         "_curve_epsilon": [[m["round"], m["epsilon_max"]] for m in metrics if m.get("epsilon_max") is not None],
         "_context": context(point), "_group": repr(point.group),
     }
     return row
+
+
+def _best_round(evals: list[dict[str, Any]], key: str) -> int | None:
+    """The evaluated round (> 0) with the lowest ``key`` (e.g. fid_val: pick a round count on validation, not
+    test); None when no round after round 0 has it."""
+    scored = [(m[key], m["round"]) for m in evals if m.get("round", 0) > 0 and m.get(key) is not None]
+    return min(scored)[1] if scored else None
 
 
 def _extractor_id(run_dir: Path) -> str | None:
@@ -191,7 +201,7 @@ def _overlap(a: dict[str, Any], b: dict[str, Any]) -> bool:
 PUBLIC_COLUMNS = ("point", "variant", "status", "error", "seed", "dataset", "clients", "alpha", "local_epochs",
                   "dp_mode", "placement", "secure_agg", "target_epsilon", "rounds_planned", "rounds_completed",
                   "epsilon", "delta", "public_pretrain", "fid_public_only", "fid", "fid_lo", "fid_hi", "eval_loss",
-                  "seconds", "fid_extractor", "config_hash", "also", "run_dir")
+                  "fid_val", "best_round_val", "seconds", "fid_extractor", "config_hash", "also", "run_dir")
 
 
 def csv_columns(rows: list[dict[str, Any]]) -> list[str]:

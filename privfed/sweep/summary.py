@@ -126,7 +126,7 @@ def _along(groups: list[dict[str, Any]], axis: str, out: Path, *, log: bool = Fa
 
 
 def _curves(groups: list[dict[str, Any]], out: Path, which: str, ylabel: str, name: str) -> str | None:
-    lines = [(g["label"], g["_rows"][0][which]) for g in groups if g["_rows"][0][which]]
+    lines = [(g["label"], g["_rows"][0][which]) for g in groups if g["_rows"][0].get(which)]
     if not lines:
         return None
     fig, ax = plt.subplots(figsize=(6, 3.6))
@@ -152,6 +152,7 @@ def write_summary(sweep: Sweep, out: Path, rows: list[dict[str, Any]], groups: l
                 if b64:
                     figs.append((f"FID vs {axis}", b64))
         for which, ylabel, name in (("_curve_fid", "domain-FID", "fid_per_round"),
+                                    ("_curve_fid_val", "domain-FID on the validation split", "fid_val_per_round"),
                                     ("_curve_epsilon", "ε (largest over sites)", "epsilon_per_round")):
             b64 = _curves(groups, out, which, ylabel, name)
             if b64:
@@ -219,9 +220,11 @@ def _group_table(groups: list[dict[str, Any]]) -> str:
 
 def _point_table(rows: list[dict[str, Any]]) -> str:
     cols = ("label", "status", "seed", "rounds_completed", "epsilon", "fid_public_only", "fid", "fid_lo", "fid_hi",
-            "eval_loss", "seconds", "fid_extractor", "error")
+            "eval_loss", "fid_val", "best_round_val", "seconds", "fid_extractor", "error")
+    if all(r.get("fid_val") is None for r in rows):      # no validation split (digits, folders): no empty columns
+        cols = tuple(c for c in cols if c not in ("fid_val", "best_round_val"))
     head = "<table><tr>" + "".join(f"<th>{c}</th>" for c in cols) + "</tr>"
-    digits = {"epsilon": 2, "eval_loss": 4}
+    digits = {"epsilon": 2, "eval_loss": 4, "best_round_val": 0}
     return head + "".join("<tr>" + "".join(f"<td>{_fmt(r.get(c), digits.get(c, 1))}</td>" for c in cols)
                           + "</tr>" for r in rows) + "</table>"
 
