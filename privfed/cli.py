@@ -47,7 +47,9 @@ class RichReporter:
 
     def run_start(self, *, total_rounds: int, done_rounds: int, info: dict[str, Any]) -> None:
         console.print(f"[bold]privfed[/] {info['dataset']}: {info['train']} train / {info['test']} test images "
-                      f"({info['image']}), {len(info['clients'])} clients, UNet {info['parameters']:,} parameters, "
+                      f"({info['image']}), {len(info['clients'])} clients, UNet {info['parameters']:,} parameters"
+                      + (f" (trains {info['trainable']})" if not info.get("trainable", "all").startswith("all")
+                         else "") + ", "
                       f"device {info['device']}")
         from privfed.run_ledger import SUPPRESSION_THRESHOLD, suppress_row
 

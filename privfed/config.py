@@ -27,6 +27,8 @@ DP_PLACEMENTS = ("auto", "local", "distributed", "server")
 SECAGG_MODES = ("secagg", "secagg+", "ckks", "off")
 ACCOUNTANTS = ("pld", "prv", "rdp")
 PUBLIC_PRETRAIN = ("auto", "typeset-digits", "none")
+# which parameters the sites train and the updates carry (privfed.models.unet.trainable_parameters)
+TRAINABLE = ("all", "decoder", "norms_biases")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -76,6 +78,9 @@ class ModelConfig:
     pretrain_set_size: int = 4000
     pretrain_batch_size: int | None = None   # None: fed.batch_size (so a site-side batch change leaves it alone,
                                              # set it explicitly when sweeping fed.batch_size)
+    # the parameters federated training changes (public pretraining always trains all): all, decoder (up blocks and
+    # output layers) or norms_biases (normalisation weights and every bias); the rest stay at their initial values
+    trainable: str = "all"
 
     def __post_init__(self) -> None:
         _check_types(self, "model")
@@ -90,6 +95,8 @@ class ModelConfig:
         if self.public_pretrain not in PUBLIC_PRETRAIN:
             raise ConfigError(f"public_pretrain must be one of {', '.join(PUBLIC_PRETRAIN)}; "
                               f"got {self.public_pretrain!r}")
+        if self.trainable not in TRAINABLE:
+            raise ConfigError(f"model.trainable must be one of {', '.join(TRAINABLE)}; got {self.trainable!r}")
         if self.pretrain_batch_size is not None and self.pretrain_batch_size < 1:
             raise ConfigError(f"pretrain_batch_size must be >= 1; got {self.pretrain_batch_size}")
         if self.pretrain_steps < 1 or self.pretrain_set_size < 1 or not self.pretrain_lr > 0:

@@ -62,7 +62,7 @@ from privfed.errors import PrivfedError
 from privfed.federation.canaries import GradientCanaries
 from privfed.federation.runner import FederatedRun, SilentReporter
 from privfed.federation.seeding import derive_seed, numpy_generator, torch_generator
-from privfed.models import build_scheduler, load_unet
+from privfed.models import build_scheduler, load_unet, trainable_parameters
 from privfed.pins import PINS_FILENAME, read_pins, write_pins
 from privfed.rundir import EMA_MODEL, RunDir, atomic_write_text
 
@@ -179,8 +179,9 @@ def _train(cfg: RunConfig, out: Path, progress: Progress | None, augment, gradie
     return run
 
 
-def _flat(model: torch.nn.Module) -> torch.Tensor:
-    return parameters_to_vector(model.parameters()).detach().cpu()
+def _flat(model: torch.nn.Module, which: str) -> torch.Tensor:
+    """The model's update coordinates (``model.trainable``): the gradient canaries' coordinates index into them."""
+    return parameters_to_vector(trainable_parameters(model, which)).detach().cpu()
 
 
 def _canary_audit(scores: np.ndarray, included: np.ndarray, *, kind: str, delta: float, claimed: float | None,
@@ -328,7 +329,7 @@ def _run_empirical(run_dir: Path, ledger: LedgerWriter, *, console, canaries: in
     included = canary_inclusion(canaries, rng=numpy_generator(seed, "canary-bits"))
     canary_imgs = make_canaries(canaries, channels=splits.train.channels, size=splits.train.size, seed=seed)
     ref_canary = loss(reference, canary_imgs)
-    n_params = int(_flat(reference).numel())
+    n_params = int(_flat(reference, cfg.model.trainable).numel())
     grad_included = canary_inclusion(n_grad, rng=numpy_generator(seed, "gradient-canary-bits"))
     grad = GradientCanaries.draw(grad_included, n_params=n_params, n_clients=cfg.fed.clients,
                                  norm=cfg.dp.max_grad_norm, seed=seed)
@@ -366,7 +367,8 @@ def _run_empirical(run_dir: Path, ledger: LedgerWriter, *, console, canaries: in
                                                                         # says nothing about their membership
                 mias[name] = mia(run.model)
             scores = {
-                "gradient_canaries": grad.scores(_flat(replay.model), _flat(run.model)),
+                "gradient_canaries": grad.scores(_flat(replay.model, cfg.model.trainable),
+                                                 _flat(run.model, cfg.model.trainable)),
                 "image_canaries": ref_canary - loss(run.model, canary_imgs),
             }
             del replay

@@ -12,6 +12,7 @@ from torch.nn.utils import parameters_to_vector
 from privfed.config import FedConfig
 from privfed.data.dataset import ImageDataset
 from privfed.models.loss import diffusion_loss
+from privfed.models.unet import trainable_parameters
 
 
 @dataclass
@@ -31,14 +32,15 @@ class ClientUpdate:
 class LocalTrainer:
     """Plain local training: `local_epochs` passes of shuffled minibatches with Adam on the ε-prediction loss."""
 
-    def __init__(self, fed: FedConfig, scheduler) -> None:
+    def __init__(self, fed: FedConfig, scheduler, *, trainable: str = "all") -> None:
         self.fed = fed
         self.scheduler = scheduler
+        self.trainable = trainable      # model.trainable: which parameters train and make up the update
         self.canaries = None            # GradientCanaries: set only by the empirical audit's helper runs
         self._inject = None             # this client-round's canary injector (or None)
 
     def make_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
-        return torch.optim.Adam(model.parameters(), lr=self.fed.lr)
+        return torch.optim.Adam(_training(model), lr=self.fed.lr)
 
     def make_loader(self, data: ImageDataset, generator: torch.Generator) -> Iterable[torch.Tensor]:
         n, bs = len(data), min(self.fed.batch_size, len(data))
@@ -63,7 +65,7 @@ class LocalTrainer:
     def add_canaries(self, model: torch.nn.Module, optimizer, batch_len: int) -> None:
         """Hook: add this step's sampled gradient canaries as extra examples of the mean-reduced batch loss."""
         if self._inject is not None:
-            self._inject(list(model.parameters()), "grad", 1.0 / max(batch_len, 1))
+            self._inject(_training(model), "grad", 1.0 / max(batch_len, 1))
 
     def dp_record(self, *, client_id: int, round_index: int, steps: int, data: ImageDataset) -> dict | None:
         """Hook for DP-SGD: the DP event of this round. None when training is not private."""
@@ -73,8 +75,12 @@ class LocalTrainer:
               generator: torch.Generator) -> ClientUpdate:
         """Train a copy of the global model on the client's data and return the difference of weights."""
         device = next(global_model.parameters()).device
-        start = parameters_to_vector(global_model.parameters()).detach().clone()
+        start = parameters_to_vector(trainable_parameters(global_model, self.trainable)).detach().clone()
         model = copy.deepcopy(global_model).train()
+        chosen = trainable_parameters(model, self.trainable)
+        keep = {id(p) for p in chosen}
+        for p in model.parameters():        # frozen ones get no gradient: DP-SGD clips over the chosen ones only
+            p.requires_grad_(id(p) in keep)
         optimizer = self.make_optimizer(model)
         self._inject = None if self.canaries is None else self.canaries.injector(
             client_id, round_index, sample_rate=min(self.fed.batch_size, len(data)) / len(data))
@@ -95,7 +101,12 @@ class LocalTrainer:
             optimizer.step()
             total += float(per_example.detach().mean())
             steps += 1
-        delta = parameters_to_vector(model.parameters()).detach() - start
+        delta = parameters_to_vector(chosen).detach() - start
         return ClientUpdate(client_id=client_id, delta=delta.float().cpu(), num_examples=len(data),
                             loss=total / max(steps, 1), steps=steps,
                             dp=self.dp_record(client_id=client_id, round_index=round_index, steps=steps, data=data))
+
+
+def _training(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The parameters local training changes (the others were frozen by :meth:`LocalTrainer.train`)."""
+    return [p for p in model.parameters() if p.requires_grad]

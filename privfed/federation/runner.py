@@ -488,4 +488,6 @@ class FederatedRun:
         return {"dataset": tr.name.split(":")[0], "train": len(tr), "test": len(self.splits.test),
                 "image": f"{tr.channels}×{tr.size}×{tr.size}", "clients": self.summary,
                 "parameters": sum(p.numel() for p in self.model.parameters()),
+                "trainable": f"{self.cfg.model.trainable} "
+                             f"({parameter_count(self.cfg.model, channels=tr.channels, image_size=tr.size):,})",
                 "device": str(self.device), "python": platform.python_version(), "torch": torch.__version__}

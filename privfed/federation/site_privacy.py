@@ -36,7 +36,7 @@ class SitePrivacy:
         self.accountant = PrivacyAccountant(kind=cfg.dp.accountant if cfg.dp.mode != "off" else "pld")
 
     def trainer(self, fed: FedConfig, scheduler) -> LocalTrainer:
-        return LocalTrainer(fed, scheduler)
+        return LocalTrainer(fed, scheduler, trainable=self.cfg.model.trainable)
 
     def weight(self) -> float:
         """FedAvg weight of this site's update (its number of examples)."""
@@ -91,7 +91,7 @@ class SiteSampleDP(SitePrivacy):
                 "allowed": bool(out["allowed"])}
 
     def trainer(self, fed: FedConfig, scheduler) -> LocalTrainer:
-        return DPSGDTrainer(fed, scheduler, sigma=self.sigma, dp=self.cfg.dp)
+        return DPSGDTrainer(fed, scheduler, sigma=self.sigma, dp=self.cfg.dp, trainable=self.cfg.model.trainable)
 
 
 class SiteClientDP(SitePrivacy):
@@ -100,7 +100,7 @@ class SiteClientDP(SitePrivacy):
     unit = "client"
 
     def trainer(self, fed: FedConfig, scheduler) -> LocalTrainer:
-        return ClippedUpdateTrainer(fed, scheduler, self.cfg.dp.max_grad_norm)
+        return ClippedUpdateTrainer(fed, scheduler, self.cfg.dp.max_grad_norm, trainable=self.cfg.model.trainable)
 
     def weight(self) -> float:
         return 1.0
@@ -168,7 +168,7 @@ class SiteDistributedDP(SiteClientDP):
 
     def trainer(self, fed: FedConfig, scheduler) -> LocalTrainer:
         if self.cfg.dp.mode == "sample":
-            return ClippedGradientSumTrainer(fed, scheduler, dp=self.cfg.dp)
+            return ClippedGradientSumTrainer(fed, scheduler, dp=self.cfg.dp, trainable=self.cfg.model.trainable)
         return super().trainer(fed, scheduler)
 
     def check_budget(self, cap: float) -> dict[str, Any] | None:
@@ -197,8 +197,8 @@ def site_privacy(cfg: RunConfig, n_local: int, *, delta: float | None, dimension
 class DPSGDTrainer(LocalTrainer):
     """Local training through Opacus: per-example clipping, Gaussian noise, Poisson-sampled batches."""
 
-    def __init__(self, fed: FedConfig, scheduler, *, sigma: float, dp) -> None:
-        super().__init__(fed, scheduler)
+    def __init__(self, fed: FedConfig, scheduler, *, sigma: float, dp, trainable: str = "all") -> None:
+        super().__init__(fed, scheduler, trainable=trainable)
         self.sigma, self.dp = sigma, dp
 
     def privatize(self, model, optimizer, data, generator, *, client_id: int, round_index: int):
@@ -236,8 +236,8 @@ class DPSGDTrainer(LocalTrainer):
 class ClippedUpdateTrainer(LocalTrainer):
     """Plain local training whose update is clipped to L2 norm C and weighted equally (DP-FedAvg)."""
 
-    def __init__(self, fed: FedConfig, scheduler, clip_norm: float) -> None:
-        super().__init__(fed, scheduler)
+    def __init__(self, fed: FedConfig, scheduler, clip_norm: float, *, trainable: str = "all") -> None:
+        super().__init__(fed, scheduler, trainable=trainable)
         self.clip_norm = clip_norm
 
     def train(self, global_model, data, *, client_id, round_index, generator) -> ClientUpdate:
@@ -255,12 +255,12 @@ class ClippedGradientSumTrainer(DPSGDTrainer):
     sum (weight 1), so the server's unmasked total is −Σ clipped gradients + the honest shares' noise; the server
     divides by the expected union batch and takes the optimizer step."""
 
-    def __init__(self, fed: FedConfig, scheduler, *, dp) -> None:
-        super().__init__(fed, scheduler, sigma=0.0, dp=dp)
+    def __init__(self, fed: FedConfig, scheduler, *, dp, trainable: str = "all") -> None:
+        super().__init__(fed, scheduler, sigma=0.0, dp=dp, trainable=trainable)
 
     def make_optimizer(self, model):
         # lr 1, no momentum: the local "step" is exactly minus Opacus' clipped gradient (sum / expected batch)
-        return torch.optim.SGD(model.parameters(), lr=1.0)
+        return torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
 
     def privatize(self, model, optimizer, data, generator, *, client_id: int, round_index: int):
         model, optimizer, batches = super().privatize(model, optimizer, data, generator, client_id=client_id,

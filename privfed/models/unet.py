@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
 from privfed.config import ModelConfig
@@ -37,14 +38,33 @@ def build_unet(cfg: ModelConfig, *, channels: int, image_size: int) -> UNet2DMod
     return UNet2DModel(**unet_config(cfg, channels=channels, image_size=image_size))
 
 
-def parameter_count(cfg: ModelConfig, *, channels: int, image_size: int) -> int:
-    """Number of parameters (the length of an update vector) of :func:`build_unet`'s model, counted on the meta
-    device (no memory, no RNG draws)."""
-    import torch
+_DECODER = ("up_blocks.", "conv_norm_out.", "conv_out.")
 
+
+def trainable_parameters(model: torch.nn.Module, which: str) -> list[torch.nn.Parameter]:
+    """The parameters federated training changes (``model.trainable``), in ``model.parameters()`` order: the
+    update vector is their concatenation. ``all``; ``decoder``: the up blocks and the output norm and conv;
+    ``norms_biases``: the weights of normalisation layers and every bias (fine-tuning few coordinates after public
+    pretraining, so that DP noise is spread over fewer of them)."""
+    if which == "all":
+        return list(model.parameters())
+    if which == "decoder":
+        keep = {id(p) for n, p in model.named_parameters() if n.startswith(_DECODER)}
+    elif which == "norms_biases":
+        norms = (torch.nn.GroupNorm, torch.nn.LayerNorm, torch.nn.BatchNorm2d)
+        keep = {id(p) for m in model.modules() if isinstance(m, norms) for p in m.parameters(recurse=False)}
+        keep |= {id(p) for n, p in model.named_parameters() if n.endswith(".bias")}
+    else:
+        raise ConfigError(f"model.trainable must be all, decoder or norms_biases; got {which!r}")
+    return [p for p in model.parameters() if id(p) in keep]
+
+
+def parameter_count(cfg: ModelConfig, *, channels: int, image_size: int) -> int:
+    """Length of an update vector: the number of :func:`trainable_parameters` of :func:`build_unet`'s model,
+    counted on the meta device (no memory, no RNG draws)."""
     with torch.device("meta"):
         model = build_unet(cfg, channels=channels, image_size=image_size)
-    return int(sum(p.numel() for p in model.parameters()))
+    return int(sum(p.numel() for p in trainable_parameters(model, cfg.trainable)))
 
 
 def build_scheduler(cfg: ModelConfig) -> DDPMScheduler:

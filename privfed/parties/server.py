@@ -22,6 +22,7 @@ from torch.nn.utils import parameters_to_vector, vector_to_parameters
 from privfed.federation.aggregation import AggregateResult
 from privfed.federation.privacy import ServerPrivacy
 from privfed.federation.seeding import numpy_generator
+from privfed.models.unet import trainable_parameters
 from privfed.parties import messages as M
 from privfed.parties.identity import Roster, fingerprint
 from privfed.errors import SiteError
@@ -133,7 +134,9 @@ class Server:
                                   "refused the round")
         self.ledger.append("round_start", {"round": r, "selected": [str(c) for c in accepted]})
         self.reporter.round_start(r, accepted)
-        vec = parameters_to_vector(self.model.parameters()).detach()
+        vec = parameters_to_vector(self.model.parameters()).detach()       # what the sites load
+        chosen = trainable_parameters(self.model, cfg.model.trainable)      # what the update vectors carry
+        tvec = parameters_to_vector(chosen).detach()
         trained: dict[int, M.Message] = {}
         if accepted:
             weights = vec.cpu().numpy().astype(np.float32)
@@ -145,9 +148,9 @@ class Server:
         if participants:
             agg = self.aggregator.aggregate(
                 lambda kind, f, a: self.exchange(r, kind, f, a), round_index=r, participants=participants,
-                weights={c: trained[c].fields["weight"] for c in participants}, dim=vec.numel())
+                weights={c: trained[c].fields["weight"] for c in participants}, dim=tvec.numel())
         else:
-            agg = AggregateResult(torch.zeros(vec.numel(), dtype=torch.float64), 0.0, [], [],
+            agg = AggregateResult(torch.zeros(tvec.numel(), dtype=torch.float64), 0.0, [], [],
                                   {"mode": self.aggregator.name, "note": "no participants"})
         if participants:
             self.ledger.append("secure_agg", {"round": r, "transcript": agg.transcript})
@@ -162,7 +165,7 @@ class Server:
             self.ledger.append("dp_event", p)
         self._close(r, participants, payloads)
         with torch.no_grad():
-            vector_to_parameters(vec + cfg.fed.server_lr * step.to(vec.device), self.model.parameters())
+            vector_to_parameters(tvec + cfg.fed.server_lr * step.to(tvec.device), chosen)
         train_time = time.perf_counter() - t0
         contrib = [trained[c] for c in agg.contributors if c in trained]
         # no training loss: the sites' mean loss on their private batches is no accounted release (issue 15); the
