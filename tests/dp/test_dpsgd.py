@@ -94,6 +94,37 @@ def test_clipped_mean_gradient_matches_reference(setup, mode):
     assert _clipped_step_error(setup, mode) < 1e-9
 
 
+def _subset(name: str) -> bool:
+    """Norm weights and biases: a partly frozen model, where some layers (convs) keep a trainable bias only."""
+    return name.endswith(".bias") or "norm" in name
+
+
+@pytest.mark.parametrize("mode", ["ghost", "hooks", "functorch"])
+def test_clipping_over_a_frozen_subset_matches_reference(setup, mode):
+    """Fine-tuning a subset (privfed's model.trainable): the per-example norm that is clipped is the norm over the
+    trained parameters only, and the frozen ones do not move."""
+    _, x, t, nz, ref, _ = setup
+    m = copy.deepcopy(setup[0])
+    for n, p in m.named_parameters():
+        p.requires_grad_(_subset(n))
+    trained = [p for p in m.parameters() if p.requires_grad]
+    names = [n for n, _ in m.named_parameters() if _subset(n)]
+    assert 0 < len(names) < len(list(m.parameters()))
+    flat = torch.cat([ref[n].flatten(1) for n in names], 1)
+    scale = torch.clamp(C / (flat.norm(dim=1) + 1e-6), max=1.0)
+    assert (scale < 1).any()                         # the bound binds for some example: the norm matters
+    expected = (flat * scale[:, None]).sum(0) / B
+    before = {n: p.detach().clone() for n, p in m.named_parameters()}
+    pt = make_private(module=m, optimizer=torch.optim.SGD(trained, lr=1.0), dataset_size=16, batch_size=B,
+                      noise_multiplier=0.0, max_grad_norm=C, grad_sample_mode=mode)
+    pt.optimizer.zero_grad()
+    pt.backward((pt.module(x, t) - nz).pow(2).flatten(1).mean(1))
+    pt.optimizer.step()
+    step = torch.cat([(before[n] - p.detach()).flatten() for n, p in m.named_parameters() if _subset(n)])
+    assert (step - expected).abs().max().item() < 1e-9
+    assert all(torch.equal(before[n], p) for n, p in m.named_parameters() if not _subset(n))
+
+
 def test_default_mode_is_verified():
     assert DEFAULT_GRAD_SAMPLE_MODE in VERIFIED_MODES
 
