@@ -36,6 +36,12 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show the traceback 
     _STATE["debug"] = debug
 
 
+def _trains(info: dict[str, Any]) -> str:
+    """' (trains decoder: 88,209)' when model.trainable fine-tunes a subset; empty when every parameter trains."""
+    which = info.get("trainable", "all")
+    return "" if which == "all" else f" (trains {which}: {info['trainable_parameters']:,})"
+
+
 class RichReporter:
     """Progress bars per round and per client, one summary line per round."""
 
@@ -48,9 +54,7 @@ class RichReporter:
     def run_start(self, *, total_rounds: int, done_rounds: int, info: dict[str, Any]) -> None:
         console.print(f"[bold]privfed[/] {info['dataset']}: {info['train']} train / {info['test']} test images "
                       f"({info['image']}), {len(info['clients'])} clients, UNet {info['parameters']:,} parameters"
-                      + (f" (trains {info['trainable']})" if not info.get("trainable", "all").startswith("all")
-                         else "") + ", "
-                      f"device {info['device']}")
+                      f"{_trains(info)}, device {info['device']}")
         from privfed.run_ledger import SUPPRESSION_THRESHOLD, suppress_row
 
         k = SUPPRESSION_THRESHOLD

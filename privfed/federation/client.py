@@ -40,7 +40,7 @@ class LocalTrainer:
         self._inject = None             # this client-round's canary injector (or None)
 
     def make_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
-        return torch.optim.Adam(_training(model), lr=self.fed.lr)
+        return torch.optim.Adam(trained_parameters(model), lr=self.fed.lr)
 
     def make_loader(self, data: ImageDataset, generator: torch.Generator) -> Iterable[torch.Tensor]:
         n, bs = len(data), min(self.fed.batch_size, len(data))
@@ -65,7 +65,7 @@ class LocalTrainer:
     def add_canaries(self, model: torch.nn.Module, optimizer, batch_len: int) -> None:
         """Hook: add this step's sampled gradient canaries as extra examples of the mean-reduced batch loss."""
         if self._inject is not None:
-            self._inject(_training(model), "grad", 1.0 / max(batch_len, 1))
+            self._inject(trained_parameters(model), "grad", 1.0 / max(batch_len, 1))
 
     def dp_record(self, *, client_id: int, round_index: int, steps: int, data: ImageDataset) -> dict | None:
         """Hook for DP-SGD: the DP event of this round. None when training is not private."""
@@ -75,9 +75,9 @@ class LocalTrainer:
               generator: torch.Generator) -> ClientUpdate:
         """Train a copy of the global model on the client's data and return the difference of weights."""
         device = next(global_model.parameters()).device
-        start = parameters_to_vector(trainable_parameters(global_model, self.trainable)).detach().clone()
         model = copy.deepcopy(global_model).train()
         chosen = trainable_parameters(model, self.trainable)
+        start = parameters_to_vector(chosen).detach().clone()
         keep = {id(p) for p in chosen}
         for p in model.parameters():        # frozen ones get no gradient: DP-SGD clips over the chosen ones only
             p.requires_grad_(id(p) in keep)
@@ -107,6 +107,6 @@ class LocalTrainer:
                             dp=self.dp_record(client_id=client_id, round_index=round_index, steps=steps, data=data))
 
 
-def _training(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+def trained_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     """The parameters local training changes (the others were frozen by :meth:`LocalTrainer.train`)."""
     return [p for p in model.parameters() if p.requires_grad]

@@ -152,7 +152,7 @@ class FederatedRun:
         written, so bad DP input fails before training."""
         sizes = [len(d) for d in self.client_data]
         train = self.splits.train
-        dim = parameter_count(self.cfg.model, channels=train.channels, image_size=train.size)
+        dim = self.update_dim = parameter_count(self.cfg.model, channels=train.channels, image_size=train.size)
         self.privacy = server_privacy(self.cfg, sizes, dimension=dim)
         self.site_privacy = [site_privacy(self.cfg, n, delta=self.privacy.delta, dimension=dim) for n in sizes]
 
@@ -488,6 +488,5 @@ class FederatedRun:
         return {"dataset": tr.name.split(":")[0], "train": len(tr), "test": len(self.splits.test),
                 "image": f"{tr.channels}×{tr.size}×{tr.size}", "clients": self.summary,
                 "parameters": sum(p.numel() for p in self.model.parameters()),
-                "trainable": f"{self.cfg.model.trainable} "
-                             f"({parameter_count(self.cfg.model, channels=tr.channels, image_size=tr.size):,})",
+                "trainable": self.cfg.model.trainable, "trainable_parameters": self.update_dim,
                 "device": str(self.device), "python": platform.python_version(), "torch": torch.__version__}

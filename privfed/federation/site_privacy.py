@@ -21,7 +21,7 @@ from dp.distributed import DistributedAccountant
 from privfed.config import FedConfig, RunConfig
 from privfed.errors import ConfigError, PolicyViolation
 from privfed.federation.distributed_noise import DistributedNoise
-from privfed.federation.client import ClientUpdate, LocalTrainer
+from privfed.federation.client import ClientUpdate, LocalTrainer, trained_parameters
 from privfed.federation.privacy import _expected_steps, event_payload, run_cap
 
 
@@ -260,7 +260,7 @@ class ClippedGradientSumTrainer(DPSGDTrainer):
 
     def make_optimizer(self, model):
         # lr 1, no momentum: the local "step" is exactly minus Opacus' clipped gradient (sum / expected batch)
-        return torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
+        return torch.optim.SGD(trained_parameters(model), lr=1.0)
 
     def privatize(self, model, optimizer, data, generator, *, client_id: int, round_index: int):
         model, optimizer, batches = super().privatize(model, optimizer, data, generator, client_id=client_id,
