@@ -42,6 +42,7 @@ class DataConfig:
     alpha: float = 0.5               # Dirichlet concentration (label skew); larger means closer to IID
     quantity_sigma: float = 1.0      # log-normal sigma of client sizes for quantity skew
     test_fraction: float = 0.2       # only for datasets without an official test split (digits, folders)
+    val_fraction: float = 0.0        # digits, folders: a validation split (fid_val) taken out of the training images
 
     def __post_init__(self) -> None:
         _check_types(self, "data")
@@ -53,6 +54,12 @@ class DataConfig:
             raise ConfigError(f"quantity_sigma must be >= 0; got {self.quantity_sigma}")
         if not 0 < self.test_fraction < 1:
             raise ConfigError(f"test_fraction must be in (0, 1); got {self.test_fraction}")
+        if not 0 <= self.val_fraction < 1 or self.test_fraction + self.val_fraction >= 1:
+            raise ConfigError(f"val_fraction must be in [0, 1) with test_fraction + val_fraction < 1; got "
+                              f"val_fraction {self.val_fraction}, test_fraction {self.test_fraction}")
+        if self.val_fraction > 0 and self.dataset not in ("digits", "folder"):
+            raise ConfigError(f"val_fraction applies to the digits and image folders; dataset {self.dataset!r} "
+                              "brings its own validation split (MedMNIST files: val_images, val_labels)")
         if self.dataset in ("npz", "folder") and not self.path:
             raise ConfigError(f"dataset {self.dataset!r} needs --data PATH")
         if self.image_size is not None and not 4 <= self.image_size <= 256:

@@ -77,15 +77,26 @@ def from_uint8(images: np.ndarray, labels: np.ndarray, *, class_names, name: str
     return ImageDataset(x, y, tuple(class_names), name)
 
 
-def stratified_split(ds: ImageDataset, *, test_fraction: float, seed: int) -> DatasetSplits:
-    """Hold out `test_fraction` of each class (deterministic in `seed`)."""
+def stratified_split(ds: ImageDataset, *, test_fraction: float, seed: int, val_fraction: float = 0.0) -> DatasetSplits:
+    """Hold out `test_fraction` of each class as the test split and, when `val_fraction` > 0, a further
+    `val_fraction` of each class as the validation split (deterministic in `seed`). The test split does not depend
+    on `val_fraction`, so test FIDs stay comparable with runs that had no validation split; the validation images
+    come out of the training split."""
     rng = np.random.default_rng(seed)
     labels = ds.labels.numpy()
-    test = []
+    test, val = [], []
     for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)
         rng.shuffle(idx)
-        test.extend(idx[: max(1, int(round(len(idx) * test_fraction)))])
-    mask = np.zeros(len(ds), dtype=bool)
-    mask[test] = True
-    return DatasetSplits(ds.subset(np.flatnonzero(~mask)), ds.subset(np.flatnonzero(mask)))
+        n_test = max(1, int(round(len(idx) * test_fraction)))
+        test.extend(idx[:n_test])
+        if val_fraction > 0:
+            val.extend(idx[n_test: n_test + max(1, int(round(len(idx) * val_fraction)))])
+    role = np.zeros(len(ds), dtype=np.int8)   # 0 train, 1 test, 2 validation
+    role[test] = 1
+    role[val] = 2
+    if not (role == 0).any():
+        raise DataError(f"{ds.name}: test_fraction {test_fraction} and val_fraction {val_fraction} leave no "
+                        "training images")
+    return DatasetSplits(ds.subset(np.flatnonzero(role == 0)), ds.subset(np.flatnonzero(role == 1)),
+                         ds.subset(np.flatnonzero(role == 2)) if val_fraction > 0 else None)

@@ -12,8 +12,10 @@ from privfed.errors import DataError
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff"}
 
 
-def load_image_folder(path: str | Path, *, image_size: int | None, test_fraction: float, seed: int) -> DatasetSplits:
-    """Load `path/<class>/*.png`. Grayscale if every image is single-channel, else RGB; size defaults to 28 px."""
+def load_image_folder(path: str | Path, *, image_size: int | None, test_fraction: float, seed: int,
+                      val_fraction: float = 0.0) -> DatasetSplits:
+    """Load `path/<class>/*.png`. Grayscale if every image is single-channel, else RGB; size defaults to 28 px;
+    `val_fraction` of each class (default none) becomes a validation split."""
     from PIL import Image, UnidentifiedImageError
 
     root = Path(path)
@@ -41,4 +43,4 @@ def load_image_folder(path: str | Path, *, image_size: int | None, test_fraction
     images = np.stack(arrays)
     labels = np.array([ci for _, ci in opened], dtype=np.int64)
     ds = from_uint8(images, labels, class_names=classes, name=root.name)
-    return stratified_split(ds, test_fraction=test_fraction, seed=seed)
+    return stratified_split(ds, test_fraction=test_fraction, seed=seed, val_fraction=val_fraction)

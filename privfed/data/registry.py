@@ -18,11 +18,12 @@ MEDMNIST_2D = ("pathmnist", "chestmnist", "dermamnist", "octmnist", "pneumoniamn
 def load_dataset(cfg: DataConfig, *, seed: int, cache_dir: str | Path | None = None) -> DatasetSplits:
     """Load the configured dataset. MedMNIST flags download only here, only when asked, through `medmnist`."""
     if cfg.dataset == "digits":
-        return load_digits_splits(test_fraction=cfg.test_fraction, seed=seed)
+        return load_digits_splits(test_fraction=cfg.test_fraction, seed=seed, val_fraction=cfg.val_fraction)
     if cfg.dataset == "npz":
         return load_medmnist_npz(cfg.path)
     if cfg.dataset == "folder":
-        return load_image_folder(cfg.path, image_size=cfg.image_size, test_fraction=cfg.test_fraction, seed=seed)
+        return load_image_folder(cfg.path, image_size=cfg.image_size, test_fraction=cfg.test_fraction, seed=seed,
+                                 val_fraction=cfg.val_fraction)
     if cfg.dataset in MEDMNIST_2D:
         if cfg.path:
             return load_medmnist_npz(cfg.path, name=cfg.dataset)

@@ -9,14 +9,16 @@ import textwrap
 
 import numpy as np
 import pytest
+import torch
 
 import privfed.federation.runner as runner_module
 from audits import releases as R
 from audits.report.build import build_report
 from audits.verify import verify_run
-from privfed.config import RunConfig
+from privfed.config import DataConfig, RunConfig
+from privfed.data.registry import load_dataset
 from privfed.data.medmnist_npz import load_medmnist_npz
-from privfed.errors import DataError
+from privfed.errors import ConfigError, DataError
 from privfed.federation.runner import FederatedRun
 from privfed.metrics.classifier import dataset_sha256
 from privfed.sweep.run import run_sweep
@@ -144,3 +146,68 @@ def test_a_sweep_reports_the_round_with_the_lowest_validation_fid(tmp_path, priv
     assert int(row["best_round_val"]) == min(by_round, key=by_round.get)
     html = (out / "summary.html").read_text()
     assert "best_round_val" in html and "validation split per round" in html
+
+
+def _rows(ds):
+    return {tuple(x) for x in ds.images.flatten(1).mul(127.5).round().to(torch.int16).tolist()}
+
+
+def test_digits_can_carve_a_validation_split_out_of_training_and_keep_the_test_split():
+    plain = load_dataset(DataConfig(), seed=3)
+    carved = load_dataset(DataConfig(val_fraction=0.1), seed=3)
+    assert plain.val is None
+    # the test split is the same images in the same order: test FIDs stay comparable with runs without val
+    assert torch.equal(carved.test.images, plain.test.images) and torch.equal(carved.test.labels, plain.test.labels)
+    # the validation images come out of the training split, about 10 % of each class, never out of test
+    assert len(carved.train) + len(carved.val) == len(plain.train)
+    assert set(carved.val.labels.tolist()) == set(range(10))
+    per_class = np.bincount(carved.val.labels.numpy(), minlength=10)
+    from sklearn.datasets import load_digits
+    totals = np.bincount(load_digits().target, minlength=10)
+    assert np.all(np.abs(per_class - 0.1 * totals) <= 1)
+    assert len(carved.val) == 179            # round(10 % of each class), summed
+    trainset, valset = _rows(carved.train), _rows(carved.val)
+    assert valset <= _rows(plain.train) and not valset & _rows(plain.test)
+    # the digits hold a few duplicate images, so compare positions too: the train split lost exactly the val images
+    assert len(trainset | valset) == len(_rows(plain.train))
+
+
+def test_an_image_folder_can_have_a_validation_split(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls in ("normal", "effusion"):
+        (tmp_path / cls).mkdir()
+        for i in range(20):
+            Image.fromarray(rng.integers(0, 256, (12, 12), dtype=np.uint8)).save(tmp_path / cls / f"{i}.png")
+    s = load_dataset(DataConfig(dataset="folder", path=str(tmp_path), image_size=12, val_fraction=0.25), seed=0)
+    assert (len(s.train), len(s.test), len(s.val)) == (22, 8, 10)
+    assert sorted(s.val.labels.tolist()) == [0] * 5 + [1] * 5
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"val_fraction": -0.1}, "val_fraction must be in"),
+    ({"val_fraction": 0.8}, "test_fraction \\+ val_fraction < 1"),
+    ({"val_fraction": 0.1, "dataset": "npz", "path": "x.npz"}, "brings its own validation split"),
+    ({"val_fraction": 0.1, "dataset": "pneumoniamnist"}, "brings its own validation split"),
+])
+def test_bad_validation_fractions_are_refused(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        DataConfig(**kwargs)
+
+
+def test_a_digits_run_with_a_validation_split_reports_fid_val(tmp_path, private_cache):
+    cfg = RunConfig.from_dict({
+        "seed": 0, "eval_every": 1, "eval_samples": 16,
+        "model": {"base_channels": 8, "num_train_timesteps": 50, "sampling_steps": 2, "public_pretrain": "none"},
+        "fed": {"clients": 2, "rounds": 1, "batch_size": 64, "local_epochs": 1},
+        "data": {"val_fraction": 0.1, "partition": "iid"},
+        "dp": {"mode": "off"}, "secure_agg": {"mode": "off"},
+    })
+    run = tmp_path / "run"
+    FederatedRun.create(cfg, run).run()
+    metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["round"] for m in metrics if "fid_val" in m] == [0, 1]
+    start = next(json.loads(x) for x in (run / "ledger.jsonl").read_text().splitlines() if '"run_start"' in x)
+    assert start["payload"]["evaluation"]["validation_split"]["image_count"] == 179
+    verify_run(run)
