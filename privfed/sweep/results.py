@@ -141,7 +141,7 @@ def group_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per group of repeats (same point apart from the seed): FID mean and interval across seeds (or the
     single run's bootstrap interval), the public-only start, ε, and — where the context has a non-private group —
     the share of the non-private gain the group recovers, (FID_public − FID) / (FID_public − FID_nonprivate), with
-    its interval over seeds paired by seed."""
+    its interval over seeds paired by seed; FID_public is the non-private reference's round 0 of the same seed."""
     done = [r for r in rows if r["status"] == "done" and r["fid"] is not None]
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in done:
@@ -176,10 +176,11 @@ def group_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
              "_rows": rs, "share": None, "share_lo": None, "share_hi": None}
         ref = nonpriv.get(first["_context"])
         if ref and first["dp_mode"] != "off":
-            by_seed = {r["seed"]: r["fid"] for r in ref}
-            shares = [(r["fid_public_only"] - r["fid"]) / (r["fid_public_only"] - by_seed[r["seed"]])
-                      for r in rs if r["seed"] in by_seed and r["fid_public_only"] is not None
-                      and r["fid_public_only"] != by_seed[r["seed"]]]
+            # the gain is the reference's own, from its start to its end: a group that starts elsewhere (another
+            # model width, another pretraining) is measured against the same start, not credited for a worse one
+            by_seed = {r["seed"]: (r["fid_public_only"], r["fid"]) for r in ref if r["fid_public_only"] is not None}
+            shares = [(by_seed[r["seed"]][0] - r["fid"]) / (by_seed[r["seed"]][0] - by_seed[r["seed"]][1])
+                      for r in rs if r["seed"] in by_seed and by_seed[r["seed"]][0] != by_seed[r["seed"]][1]]
             if shares:
                 g["share"], g["share_lo"], g["share_hi"] = mean_interval(shares)
         out.append(g)

@@ -50,15 +50,30 @@ def _err(g: dict[str, Any]) -> tuple[float, float]:
     return max(g["fid"] - lo, 0.0), max(hi - g["fid"], 0.0)
 
 
+def common_start(groups: list[dict[str, Any]]) -> float | None:
+    """The round-0 FID the groups share, or None when they start from different models (or none is known):
+    averaging different starts into one reference line would misplace every group's."""
+    pubs = [g["fid_public_only"] for g in groups if g["fid_public_only"] is not None]
+    if pubs and len(pubs) == len(groups) and max(pubs) - min(pubs) <= 1e-6 * max(1.0, abs(max(pubs))):
+        return pubs[0]
+    return None
+
+
 def _groups_bar(groups: list[dict[str, Any]], out: Path) -> str:
     fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(groups) + 2), 3.8))
     xs = range(len(groups))
     errs = list(zip(*[_err(g) for g in groups])) if groups else [[], []]
     colors = ["#888" if g["dp_mode"] == "off" else "#3465a4" for g in groups]
     ax.bar(xs, [g["fid"] for g in groups], yerr=errs, capsize=4, color=colors)
-    pubs = [g["fid_public_only"] for g in groups if g["fid_public_only"] is not None]
-    if pubs:
-        ax.axhline(sum(pubs) / len(pubs), color="#c00", ls="--", lw=1, label=f"{start_label(groups)} (round 0)")
+    common = common_start(groups)
+    if common is not None:
+        ax.axhline(common, color="#c00", ls="--", lw=1, label=f"{start_label(groups)} (round 0)")
+        ax.legend(loc="best", fontsize=8)
+    elif any(g["fid_public_only"] is not None for g in groups):
+        # the groups start from different models (e.g. another UNet width): one mark per bar, not an average
+        starts = [(x, g["fid_public_only"]) for x, g in zip(xs, groups) if g["fid_public_only"] is not None]
+        ax.hlines([y for _, y in starts], [x - 0.4 for x, _ in starts], [x + 0.4 for x, _ in starts], color="#c00",
+                  ls="--", lw=1.2, label=f"{start_label(groups)} (round 0, each group's own)")
         ax.legend(loc="best", fontsize=8)
     ax.set_xticks(list(xs), [g["label"] for g in groups], rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("domain-FID (lower is better)")
@@ -113,9 +128,13 @@ def _along(groups: list[dict[str, Any]], axis: str, out: Path, *, log: bool = Fa
         lo, hi = g["fid_lo"], g["fid_hi"]
         if lo is not None and not (isinstance(lo, float) and math.isnan(lo)):
             ax.axhspan(lo, hi, color=color, alpha=0.08)
-    pubs = [g["fid_public_only"] for g in pts if g["fid_public_only"] is not None]
-    if pubs:
-        ax.axhline(sum(pubs) / len(pubs), color="#c00", ls=":", lw=1, label=start_label(pts))
+    common = common_start(pts)
+    if common is not None:
+        ax.axhline(common, color="#c00", ls=":", lw=1, label=start_label(pts))
+    elif any(g["fid_public_only"] is not None for g in pts):
+        starts = [g for g in pts if g["fid_public_only"] is not None and g["_rows"][0][key] != "inf"]
+        ax.scatter([g["_rows"][0][key] for g in starts], [g["fid_public_only"] for g in starts], marker="x",
+                   color="#c00", label=f"{start_label(pts)} (each point's own)")
     if log and finite and min(finite) > 0:
         ax.set_xscale("log")
     ax.set_xlabel("ε (per example, target)" if axis == "dp.target_epsilon" else _NUMERIC_AXES.get(axis, axis))

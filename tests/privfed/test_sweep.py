@@ -341,3 +341,28 @@ def test_reuse_from_refuses_a_run_that_does_not_verify(tmp_path, monkeypatch):
     assert not list((tmp_path / "b" / "runs").iterdir())          # no half copy left behind
     with pytest.raises(ConfigError, match="not a sweep directory"):
         reuse_runs(load_sweep(path), tmp_path / "b", [tmp_path / "nowhere"])
+
+
+def test_the_gain_is_measured_from_the_non_private_references_start(tmp_path):
+    """A DP group that starts from another model (e.g. a narrower UNet, whose untrained round 0 scores worse) is
+    not credited for its worse start: the share uses the non-private reference's round 0 of the same seed. The bar
+    figure then marks each group's own round 0 instead of averaging different starts into one line."""
+    from privfed.sweep.results import group_rows
+    from privfed.sweep.summary import _groups_bar, common_start
+
+    def row(group, seed, fid, public, dp_mode):
+        return {"status": "done", "fid": fid, "fid_lo": fid - 5, "fid_hi": fid + 5, "fid_public_only": public,
+                "seed": seed, "dp_mode": dp_mode, "epsilon": 10.0 if dp_mode != "off" else None, "variant": group,
+                "group_label": group, "placement": "distributed", "target_epsilon": 10.0, "dataset": "pneumonia",
+                "seconds": 1.0, "_context": "c", "_group": group, "point": f"{group}-{seed}",
+                "public_pretrain": "none"}
+
+    rows = [row("narrow", s, 30.0, 95.0, "sample") for s in (0, 1)] + \
+        [row("np", s, 20.0, 60.0, "off") for s in (0, 1)]
+    groups = group_rows(rows)
+    narrow = next(g for g in groups if g["label"] == "narrow")
+    assert narrow["share"] == pytest.approx((60 - 30) / (60 - 20))          # 0.75, not (95 − 30) / (95 − 20)
+    assert common_start(groups) is None
+    assert common_start([g for g in groups if g["label"] == "np"]) == 60.0
+    _groups_bar(groups, tmp_path)
+    assert (tmp_path / "figures" / "fid_by_group.png").stat().st_size > 1000
