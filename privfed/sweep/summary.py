@@ -74,7 +74,10 @@ def _groups_bar(groups: list[dict[str, Any]], out: Path) -> str:
         starts = [(x, g["fid_public_only"]) for x, g in zip(xs, groups) if g["fid_public_only"] is not None]
         ax.hlines([y for _, y in starts], [x - 0.4 for x, _ in starts], [x + 0.4 for x, _ in starts], color="#c00",
                   ls="--", lw=1.2, label=f"{start_label(groups)} (round 0, each group's own)")
-        ax.legend(loc="best", fontsize=8)
+        # room above the highest mark and bar for the legend, so that it hides no mark
+        top = max([y for _, y in starts] + [g["fid"] + _err(g)[1] for g in groups])
+        ax.set_ylim(0, top * 1.25)
+        ax.legend(loc="upper center", fontsize=8)
     ax.set_xticks(list(xs), [g["label"] for g in groups], rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("domain-FID (lower is better)")
     ax.set_title("Final FID per group (bars: 95 % interval; grey: non-private)")
