@@ -243,7 +243,7 @@ def _group_table(groups: list[dict[str, Any]]) -> str:
 def _point_table(rows: list[dict[str, Any]]) -> str:
     cols = ("label", "status", "seed", "rounds_completed", "epsilon", "fid_public_only", "fid", "fid_lo", "fid_hi",
             "eval_loss", "fid_val", "best_round_val", "seconds", "fid_extractor", "error")
-    if all(r.get("fid_val") is None for r in rows):      # no validation split (digits, folders): no empty columns
+    if all(r.get("fid_val") is None for r in rows):      # no validation split anywhere: no empty columns
         cols = tuple(c for c in cols if c not in ("fid_val", "best_round_val"))
     head = "<table><tr>" + "".join(f"<th>{c}</th>" for c in cols) + "</tr>"
     digits = {"epsilon": 2, "eval_loss": 4, "best_round_val": 0}
