@@ -66,12 +66,12 @@ def _groups_bar(groups: list[dict[str, Any]], out: Path) -> str:
     colors = ["#888" if g["dp_mode"] == "off" else "#3465a4" for g in groups]
     ax.bar(xs, [g["fid"] for g in groups], yerr=errs, capsize=4, color=colors)
     common = common_start(groups)
+    starts = [(x, g["fid_public_only"]) for x, g in zip(xs, groups) if g["fid_public_only"] is not None]
     if common is not None:
         ax.axhline(common, color="#c00", ls="--", lw=1, label=f"{start_label(groups)} (round 0)")
         ax.legend(loc="best", fontsize=8)
-    elif any(g["fid_public_only"] is not None for g in groups):
+    elif starts:
         # the groups start from different models (e.g. another UNet width): one mark per bar, not an average
-        starts = [(x, g["fid_public_only"]) for x, g in zip(xs, groups) if g["fid_public_only"] is not None]
         ax.hlines([y for _, y in starts], [x - 0.4 for x, _ in starts], [x + 0.4 for x, _ in starts], color="#c00",
                   ls="--", lw=1.2, label=f"{start_label(groups)} (round 0, each group's own)")
         # room above the highest mark and bar for the legend, so that it hides no mark

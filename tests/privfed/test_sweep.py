@@ -242,6 +242,14 @@ def test_shipped_example_files_are_valid():
     assert gpu.fed.ema_decay == 0.95
 
 
+def _group_row(group, seed, fid, public, dp_mode, **extra):
+    """One finished point as group_rows sees it: FID ± 5, its round-0 FID `public`, in context "c"."""
+    return {"status": "done", "fid": fid, "fid_lo": fid - 5, "fid_hi": fid + 5, "fid_public_only": public,
+            "seed": seed, "dp_mode": dp_mode, "epsilon": 10.0 if dp_mode != "off" else None, "variant": group,
+            "group_label": group, "placement": "local", "target_epsilon": 10.0, "dataset": "digits",
+            "seconds": 1.0, "_context": "c", "_group": group, "point": f"{group}-{seed}", **extra}
+
+
 def test_group_statistics_pair_the_gain_by_seed():
     """Three seeds of a DP group and a non-private group in one context: the mean FID and its t-interval, and the
     share of the non-private gain computed per seed against that seed's public start, then averaged."""
@@ -249,12 +257,7 @@ def test_group_statistics_pair_the_gain_by_seed():
 
     from privfed.sweep.results import group_rows
 
-    def row(group, seed, fid, public, dp_mode):
-        return {"status": "done", "fid": fid, "fid_lo": fid - 5, "fid_hi": fid + 5, "fid_public_only": public,
-                "seed": seed, "dp_mode": dp_mode, "epsilon": 10.0 if dp_mode != "off" else None, "variant": group,
-                "group_label": group, "placement": "local", "target_epsilon": 10.0, "dataset": "digits",
-                "seconds": 1.0, "_context": "c", "_group": group, "point": f"{group}-{seed}"}
-
+    row = _group_row
     public = {0: 300.0, 1: 320.0, 2: 280.0}
     dp = {0: 250.0, 1: 300.0, 2: 270.0}
     nonpriv = {0: 100.0, 1: 120.0, 2: 80.0}
@@ -350,15 +353,8 @@ def test_the_gain_is_measured_from_the_non_private_references_start(tmp_path):
     from privfed.sweep.results import group_rows
     from privfed.sweep.summary import _groups_bar, common_start
 
-    def row(group, seed, fid, public, dp_mode):
-        return {"status": "done", "fid": fid, "fid_lo": fid - 5, "fid_hi": fid + 5, "fid_public_only": public,
-                "seed": seed, "dp_mode": dp_mode, "epsilon": 10.0 if dp_mode != "off" else None, "variant": group,
-                "group_label": group, "placement": "distributed", "target_epsilon": 10.0, "dataset": "pneumonia",
-                "seconds": 1.0, "_context": "c", "_group": group, "point": f"{group}-{seed}",
-                "public_pretrain": "none"}
-
-    rows = [row("narrow", s, 30.0, 95.0, "sample") for s in (0, 1)] + \
-        [row("np", s, 20.0, 60.0, "off") for s in (0, 1)]
+    rows = [_group_row("narrow", s, 30.0, 95.0, "sample", public_pretrain="none") for s in (0, 1)] + \
+        [_group_row("np", s, 20.0, 60.0, "off", public_pretrain="none") for s in (0, 1)]
     groups = group_rows(rows)
     narrow = next(g for g in groups if g["label"] == "narrow")
     assert narrow["share"] == pytest.approx((60 - 30) / (60 - 20))          # 0.75, not (95 − 30) / (95 − 20)
