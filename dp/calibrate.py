@@ -74,13 +74,7 @@ def calibrate_noise_multiplier(*, target_epsilon: float, target_delta: float, sa
             raise CalibrationError(f"no noise_multiplier <= {_SIGMA_MAX:g} reaches target_epsilon={target_epsilon} "
                                    f"at delta={target_delta} (q={sample_rate}, steps={steps}, "
                                    f"{len(prior)} prior events)")
-    tol = _REL_TOL if coarse is None else 10 * _REL_TOL
-    while hi - lo > tol * hi:
-        mid = 0.5 * (lo + hi)
-        if eps(mid, coarse) <= target_epsilon:
-            hi = mid
-        else:
-            lo = mid
+    lo, hi = _bisect(eps, lo, hi, target_epsilon, _REL_TOL if coarse is None else 10 * _REL_TOL, coarse)
     if coarse is None:
         return hi
     # phase 2: the exact accountant (adaptive grid, what PrivacyAccountant reports) decides; invariant:
@@ -91,18 +85,17 @@ def calibrate_noise_multiplier(*, target_epsilon: float, target_delta: float, sa
             raise CalibrationError(f"no noise_multiplier <= {_SIGMA_MAX:g} reaches target_epsilon={target_epsilon}")
     lo = max(lo, hi * 0.98)
     if eps(lo) <= target_epsilon:
-        lo = 0.0
-        while hi - lo > _REL_TOL * hi:  # rare: coarse grid was far too pessimistic; full bisection
-            mid = 0.5 * (lo + hi)
-            if eps(mid) <= target_epsilon:
-                hi = mid
-            else:
-                lo = mid
-        return hi
-    while hi - lo > _REL_TOL * hi:
+        lo = 0.0                        # rare: coarse grid was far too pessimistic; full bisection
+    return _bisect(eps, lo, hi, target_epsilon, _REL_TOL)[1]
+
+
+def _bisect(eps, lo: float, hi: float, target_epsilon: float, tol: float,
+            grid: float | None = None) -> tuple[float, float]:
+    """Narrow (lo, hi] to relative width `tol` keeping eps(hi) <= target < eps(lo); hi is the σ to use."""
+    while hi - lo > tol * hi:
         mid = 0.5 * (lo + hi)
-        if eps(mid) <= target_epsilon:
+        if eps(mid, grid) <= target_epsilon:
             hi = mid
         else:
             lo = mid
-    return hi
+    return lo, hi

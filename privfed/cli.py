@@ -303,13 +303,17 @@ def sweep(
     reuse_from: Optional[list[Path]] = typer.Option(None, "--reuse-from", help="Another sweep directory (repeat "
                                                     "for more): its finished runs of a point's exact configuration "
                                                     "are copied in after they verify, instead of run again."),
+    only: Optional[list[str]] = typer.Option(None, "--only", metavar="KEY=VALUE", help="Run only the points with "
+                                             "this value (repeat: the same key means or, different keys and; e.g. "
+                                             "--only seed=0, --only clients=30, --only variant=NAME); results and "
+                                             "summary still cover every point."),
 ) -> None:
     """Run a grid of ordinary runs (each with its own signed ledger), skipping finished points and resuming
     interrupted ones; writes results.csv, results.json and summary.html (figures, intervals over seeds)."""
     from privfed.sweep.command import sweep_command
 
     raise typer.Exit(sweep_command(sweep_file, out, dry_run=dry_run, retry_failed=retry_failed, console=console,
-                                   reuse_from=tuple(reuse_from or ())))
+                                   reuse_from=tuple(reuse_from or ()), only=tuple(only or ())))
 
 
 @app.command()

@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from privfed.sweep.run import PointState, plan, reusable_runs, reuse_runs, run_sweep, write_results
-from privfed.sweep.spec import load_sweep
+from privfed.sweep.spec import load_sweep, select_points
 
 
 class _PointReporter:
@@ -48,12 +48,15 @@ class _PointReporter:
 
 
 def sweep_command(sweep_file: Path, out: Path | None, *, dry_run: bool, retry_failed: bool,
-                  console: Console, reuse_from: tuple[Path, ...] = ()) -> int:
+                  console: Console, reuse_from: tuple[Path, ...] = (), only: tuple[str, ...] = ()) -> int:
     """Validate the whole sweep first (every point's configuration; exit 2 on bad input, nothing written), then
-    run it. Returns 0 when every point is done, 1 when some failed (listed). ``reuse_from``: other sweep
-    directories whose finished runs of the same configuration are copied in (verified) instead of run again."""
+    run it. Returns 0 when every selected point is done, 1 when some failed (listed). ``reuse_from``: other sweep
+    directories whose finished runs of the same configuration are copied in (verified) instead of run again.
+    ``only``: ``KEY=VALUE`` clauses choosing the points to run (``spec.select_points``); results and summary still
+    cover the whole sweep, so a later run without ``--only`` goes on where this one stopped."""
     sweep = load_sweep(sweep_file)
     out = out or Path("sweeps") / sweep.name
+    chosen = {p.slug for p in select_points(sweep, only)}
     states = plan(sweep, out)
     reusable = reusable_runs(sweep, out, reuse_from) if reuse_from else {}
     table = Table(title=f"sweep {sweep.name}: {len(states)} points → {out}")
@@ -62,6 +65,8 @@ def sweep_command(sweep_file: Path, out: Path | None, *, dry_run: bool, retry_fa
     for st in states:
         also = f" (= {', '.join(st.point.also)})" if st.point.also else ""
         status = f"reuse {reusable[st.point.slug]}" if st.point.slug in reusable else st.status
+        if st.point.slug not in chosen:
+            status += " (not selected)"
         table.add_row(st.point.label + also, str(st.point.config.fed.rounds), status)
     console.print(table)
     if dry_run:
@@ -70,8 +75,9 @@ def sweep_command(sweep_file: Path, out: Path | None, *, dry_run: bool, retry_fa
         reused = reuse_runs(sweep, out, reuse_from, found=reusable)
         console.print(f"reused {len(reused)} finished run(s) from {', '.join(map(str, reuse_from))} (verified)")
         states = plan(sweep, out)
-    total = sum(st.point.config.fed.rounds for st in states)
-    done = sum(st.point.config.fed.rounds for st in states if st.status == "done")
+    selected = [st for st in states if st.point.slug in chosen]
+    total = sum(st.point.config.fed.rounds for st in selected)
+    done = sum(st.point.config.fed.rounds for st in selected if st.status == "done")
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("rounds"),
                         TimeElapsedColumn(), TimeRemainingColumn(), console=console)
     counted: dict[str, int] = {}
@@ -93,14 +99,16 @@ def sweep_command(sweep_file: Path, out: Path | None, *, dry_run: bool, retry_fa
 
         try:
             states = run_sweep(sweep, out, reporter_factory=lambda st: _PointReporter(progress, task, st, counted),
-                               on_point=on_point, retry_failed=retry_failed)
+                               on_point=on_point, retry_failed=retry_failed, only=chosen)
         except KeyboardInterrupt:
             console.print(f"privfed: interrupted; run the same command again to resume ({out})")
             write_results(sweep, out, plan(sweep, out))
             return 130
-    failed = [st for st in states if st.status == "failed"]
-    console.print(f"[bold]{len(states) - len(failed)} of {len(states)} points done[/] → {out / 'summary.html'}, "
-                  f"{out / 'results.csv'}")
+    failed = [st for st in states if st.status == "failed" and st.point.slug in chosen]
+    finished = sum(st.status == "done" for st in states)
+    console.print(f"[bold]{finished} of {len(states)} points done[/]"
+                  + (f" ({len(chosen)} selected by --only)" if only else "")
+                  + f" → {out / 'summary.html'}, {out / 'results.csv'}")
     for st in failed:
         console.print(f"[red]failed[/] {st.point.label}: {st.error} (run again with --retry-failed)")
     return 1 if failed else 0

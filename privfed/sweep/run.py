@@ -156,11 +156,13 @@ def reuse_runs(sweep: Sweep, out: Path, sources: Sequence[Path],
 
 
 def run_sweep(sweep: Sweep, out: Path, *, reporter_factory: Callable[[PointState], Any] | None = None,
-              on_point: Callable[[PointState, float], None] | None = None, retry_failed: bool = False
-              ) -> list[PointState]:
+              on_point: Callable[[PointState, float], None] | None = None, retry_failed: bool = False,
+              only: set[str] | None = None) -> list[PointState]:
     """Run every point that is not done, one after the other, in this process (points compete for the same cores:
     running them in parallel on a small machine is slower, not faster). A point that fails with a privfed error
     (a refused round, an exhausted budget) is recorded as failed and the sweep goes on; ``retry_failed`` runs it again.
+    ``only``: the slugs of the points to run (``--only``); the others are left as they are, and the results and
+    summary still cover every point of the sweep.
     """
     from privfed.federation.runner import FederatedRun
 
@@ -173,6 +175,8 @@ def run_sweep(sweep: Sweep, out: Path, *, reporter_factory: Callable[[PointState
     write_results(sweep, out, states)
     for st in states:
         if st.status == "done" or (st.status == "failed" and not retry_failed):
+            continue
+        if only is not None and st.point.slug not in only:
             continue
         if st.status == "failed":
             st.status = "partial" if (st.run_dir / "config.toml").is_file() else "new"

@@ -33,6 +33,7 @@ import hashlib
 import itertools
 import math
 import re
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -220,3 +221,71 @@ def load_sweep(path: str | Path) -> Sweep:
     if dup:
         raise ConfigError(f"{p}: two points map to the folder name {dup!r}; give the variants distinct names")
     return Sweep(name=meta.get("name") or p.stem, source=p, points=points, grid_keys=grid_keys, variants=names)
+
+
+def _clause_value(text: str) -> Any:
+    """A --only value as TOML would read it (10, 0.5, true, "inf"), else the text itself (a variant's name)."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _point_value(point: Point, key: str) -> Any:
+    if key == "variant":
+        return point.variant
+    if key in point.settings:
+        return point.settings[key]
+    if key in DERIVED_KEYS:
+        return False if key == "centralized" else None
+    if key == SEED_KEY:
+        return point.config.seed
+    section, name = key.split(".")
+    return getattr(getattr(point.config, section), name)
+
+
+def _matches(have: Any, want: Any) -> bool:
+    if isinstance(have, bool) or isinstance(want, bool):
+        return have is want
+    if isinstance(have, (int, float)) and isinstance(want, (int, float)):
+        return float(have) == float(want)
+    if isinstance(have, float) and math.isinf(have) and isinstance(want, str):
+        return want.strip().lower() in ("inf", "infinity", "∞")
+    return have == want
+
+
+def select_points(sweep: Sweep, clauses: list[str] | tuple[str, ...]) -> list[Point]:
+    """The points that ``--only KEY=VALUE`` clauses select: a point is selected when, for every key named, its value
+    equals one of the values given for that key (the same key repeated means "or", different keys "and"). KEY is
+    ``variant``, ``seed``, a dotted config key (``fed.clients``) or a grid key's last part (``clients``); a key
+    that is not a grid key is compared with the point's resolved configuration (so ``local_epochs=2`` also selects
+    the points of other axes that run at E = 2). Raises ConfigError on a malformed clause, an unknown key or a
+    selection that is empty."""
+    if not clauses:
+        return list(sweep.points)
+    short = {}
+    for k in sweep.grid_keys:
+        short.setdefault(k.split(".")[-1], []).append(k)
+    wanted: dict[str, list[Any]] = {}
+    for clause in clauses:
+        key, sep, text = clause.partition("=")
+        key, text = key.strip(), text.strip()
+        if not sep or not key or not text:
+            raise ConfigError(f"--only {clause!r}: write KEY=VALUE (e.g. --only seed=0, --only clients=30, "
+                              "--only variant=FedAvg)")
+        if key not in ("variant", SEED_KEY) and "." not in key and key not in DERIVED_KEYS:
+            if len(short.get(key, [])) != 1:
+                known = ", ".join(sorted({*short, "variant", SEED_KEY}))
+                raise ConfigError(f"--only {clause!r}: {key!r} is not a grid key of this sweep (known: {known}; "
+                                  "or write a dotted config key such as fed.clients)")
+            key = short[key][0]
+        if "." in key:
+            section, _, name = key.partition(".")
+            if key not in DERIVED_KEYS and not hasattr(getattr(RunConfig(), section, None), name):
+                raise ConfigError(f"--only {clause!r}: {key!r} is not a config key")
+        wanted.setdefault(key, []).append(text if key == "variant" else _clause_value(text))
+    chosen = [p for p in sweep.points
+              if all(any(_matches(_point_value(p, k), v) for v in vs) for k, vs in wanted.items())]
+    if not chosen:
+        raise ConfigError(f"--only {' '.join(clauses)}: no point of the sweep matches")
+    return chosen

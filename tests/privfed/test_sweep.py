@@ -362,3 +362,66 @@ def test_the_gain_is_measured_from_the_non_private_references_start(tmp_path):
     assert common_start([g for g in groups if g["label"] == "np"]) == 60.0
     _groups_bar(groups, tmp_path)
     assert (tmp_path / "figures" / "fid_by_group.png").stat().st_size > 1000
+
+
+def test_only_selects_points_by_grid_key_config_key_and_variant(tmp_path):
+    path = _write(tmp_path, TINY_BASE + """
+    [[grid]]
+    "fed.clients" = [3, 4]
+    seed = [0, 1]
+    [[grid]]
+    "data.alpha" = [0.5, 5.0]
+    seed = [0, 1]
+    [[variant]]
+    name = "a"
+    [[variant]]
+    name = "b b"
+    "fed.local_epochs" = 2
+    """)
+    from privfed.sweep.spec import select_points
+
+    sw = load_sweep(path)
+
+    def labels(*clauses):
+        return [p.label for p in select_points(sw, list(clauses))]
+
+    assert labels("seed=1", "variant=a") == ["a,clients=3,seed=1", "a,clients=4,seed=1", "a,alpha=5.0,seed=1"]
+    # the same key twice is "or"; a short name is the grid key's last part
+    assert labels("clients=4", "seed=0", "variant=b b") == ["b b,clients=4,seed=0"]
+    # a point of the other axis runs with 3 clients (the base) and is selected by clients=3 too
+    assert labels("clients=4", "clients=3", "seed=0", "variant=b b") == ["b b,clients=3,seed=0",
+                                                                          "b b,clients=4,seed=0",
+                                                                          "b b,alpha=5.0,seed=0"]
+    # a config key that is no grid key is compared with the resolved configuration: α = 0.5 is every point of the
+    # clients axis too, and the shared point (clients 3, α 0.5) once
+    assert labels("data.alpha=0.5", "seed=0", "variant=a") == ["a,clients=3,seed=0", "a,clients=4,seed=0"]
+    assert labels("fed.local_epochs=2") == [p.label for p in sw.points if p.variant == "b b"]
+    assert labels() == [p.label for p in sw.points]
+    for clauses, match in ((["seed"], "write KEY=VALUE"), (["epochs=1"], "not a grid key"),
+                           (["fed.nope=1"], "not a config key"), (["seed=7"], "no point")):
+        with pytest.raises(ConfigError, match=match):
+            select_points(sw, clauses)
+
+
+def test_only_runs_the_selected_points_and_a_later_sweep_goes_on(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PRIVFED_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("COLUMNS", "200")
+    path = _write(tmp_path, TINY_BASE + """
+    [grid]
+    seed = [0, 1]
+    [base.dp]
+    mode = "off"
+    """)
+    out = tmp_path / "out"
+    assert main(["sweep", str(path), "--out", str(out), "--only", "seed=nine"]) == 2
+    assert capsys.readouterr().err.startswith("privfed: error: --only seed=nine: no point") and not out.exists()
+    assert main(["sweep", str(path), "--out", str(out), "--only", "seed=1"]) == 0
+    assert "1 of 2 points done (1 selected by --only)" in capsys.readouterr().out
+    assert [s.status for s in plan(load_sweep(path), out)] == ["new", "done"]
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [(r["seed"], r["status"]) for r in rows] == [("0", "new"), ("1", "done")]
+    assert not (out / "runs" / "seed=0").exists()
+    done = (out / "runs" / "seed=1" / "ledger.jsonl").read_bytes()
+    ran = []
+    run_sweep(load_sweep(path), out, on_point=lambda st, s: ran.append(st.point.slug))
+    assert ran == ["seed=0"] and (out / "runs" / "seed=1" / "ledger.jsonl").read_bytes() == done
