@@ -178,3 +178,31 @@ def test_validation_ok_and_override():
     validate_dp_args(target_epsilon=1.0, target_delta=0.05, n_local=100, noise_multiplier=1.0, max_grad_norm=1.0,
                      max_epsilon=10.0, allow_large_delta=True,
                      one_round_event=GaussianEvent(noise_multiplier=1.0, sample_rate=0.1, steps=10))
+
+
+def test_rdp_hides_dp_accountings_unconverged_order_warnings_without_changing_epsilon(caplog):
+    """At the default sites' sampling rate (batch 64 of ~140 images) dp_accounting warns once per fractional order
+    and call that a series did not converge (and drops the order: ε can only grow). The RDP accountant keeps that
+    out of the user's terminal; ε is dp_accounting's own."""
+    import logging
+
+    from dp_accounting.rdp import rdp_privacy_accountant as rdp
+
+    from dp.accountant import _DropUnconvergedOrders
+
+    absl = logging.getLogger("absl")
+    for f in [f for f in absl.filters if isinstance(f, _DropUnconvergedOrders)]:
+        absl.removeFilter(f)
+    event = GaussianEvent(noise_multiplier=1.1, sample_rate=0.46, steps=30)
+    raw = rdp.RdpAccountant()
+    with caplog.at_level(logging.WARNING):
+        raw.compose(event.to_dp_accounting())
+    assert any("failed to converge" in r.getMessage() for r in caplog.records)     # the condition is real here
+    caplog.clear()
+    acc = PrivacyAccountant(kind="rdp")
+    with caplog.at_level(logging.WARNING):
+        acc.add_event(event)
+        eps = acc.epsilon(delta=1e-5)
+        calibrate_noise_multiplier(target_epsilon=10, target_delta=1e-5, sample_rate=0.46, steps=30, accountant="rdp")
+    assert not [r for r in caplog.records if "failed to converge" in r.getMessage()]
+    assert eps == raw.get_epsilon(1e-5)
