@@ -59,6 +59,7 @@ def sweep_command(sweep_file: Path, out: Path | None, *, dry_run: bool, retry_fa
     chosen = {p.slug for p in select_points(sweep, only)}
     states = plan(sweep, out)
     reusable = reusable_runs(sweep, out, reuse_from) if reuse_from else {}
+    reusable = {slug: src for slug, src in reusable.items() if slug in chosen}      # --only: touch nothing else
     table = Table(title=f"sweep {sweep.name}: {len(states)} points → {out}")
     for col in ("point", "rounds", "status"):
         table.add_column(col)

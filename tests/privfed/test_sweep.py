@@ -425,3 +425,7 @@ def test_only_runs_the_selected_points_and_a_later_sweep_goes_on(tmp_path, monke
     ran = []
     run_sweep(load_sweep(path), out, on_point=lambda st, s: ran.append(st.point.slug))
     assert ran == ["seed=0"] and (out / "runs" / "seed=1" / "ledger.jsonl").read_bytes() == done
+    # --reuse-from under --only copies only the selected points
+    other = tmp_path / "other"
+    assert main(["sweep", str(path), "--out", str(other), "--reuse-from", str(out), "--only", "seed=0"]) == 0
+    assert sorted(d.name for d in (other / "runs").iterdir()) == ["seed=0"]
