@@ -249,8 +249,6 @@ def _matches(have: Any, want: Any) -> bool:
         return have is want
     if isinstance(have, (int, float)) and isinstance(want, (int, float)):
         return float(have) == float(want)
-    if isinstance(have, float) and math.isinf(have) and isinstance(want, str):
-        return want.strip().lower() in ("inf", "infinity", "∞")
     return have == want
 
 
@@ -283,7 +281,8 @@ def select_points(sweep: Sweep, clauses: list[str] | tuple[str, ...]) -> list[Po
             section, _, name = key.partition(".")
             if key not in DERIVED_KEYS and not hasattr(getattr(RunConfig(), section, None), name):
                 raise ConfigError(f"--only {clause!r}: {key!r} is not a config key")
-        wanted.setdefault(key, []).append(text if key == "variant" else _clause_value(text))
+        value = text if key == "variant" else _value(_clause_value(text), key, f"--only {clause!r}")
+        wanted.setdefault(key, []).append(value)
     chosen = [p for p in sweep.points
               if all(any(_matches(_point_value(p, k), v) for v in vs) for k, vs in wanted.items())]
     if not chosen:
