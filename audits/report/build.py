@@ -414,7 +414,7 @@ def _he_decryptions(records) -> dict[str, Any] | str:
     ckks = [p["transcript"] for _, p in _by_kind(records, "secure_agg") if p["transcript"].get("mode") == "ckks"]
     if not decs and not ckks:
         return NR
-    rows = []
+    rows, last_round = [], None
     for i, p in decs:
         st = p["statement"]
         try:
@@ -425,6 +425,10 @@ def _he_decryptions(records) -> dict[str, Any] | str:
             status = "signature verifies"
         except (InvalidSignature, ValueError):
             status = "SIGNATURE DOES NOT VERIFY"
+        # the key holder releases one decryption per round, rounds increasing: a second one is a protocol breach
+        if last_round is not None and int(p["round"]) <= last_round:
+            status += f"; SECOND RELEASE (round {p['round']} after round {last_round})"
+        last_round = int(p["round"]) if last_round is None else max(last_round, int(p["round"]))
         rows.append({"record": i, "round": p["round"], "contributors": st.get("contributors", NR),
                      "min_contributors": st.get("min_contributors", NR), "flood_sigma": st.get("flood_sigma", NR),
                      "key_holder": "sha256:" + hashlib.sha256(bytes.fromhex(p["key_holder_public_key"])).hexdigest(),
@@ -734,6 +738,12 @@ def _verdict(rep, err, records, sec: dict[str, Any], *, key_pinned: bool, head_p
         issues.append(f"Rounds {plain} were {PLAINTEXT_LABEL}.")
     if placement == "server":
         issues.append("DP noise is added by the server: the server sees the clean sum and must be trusted.")
+    he = sa.get("he")
+    if isinstance(he, dict) and isinstance(he.get("decryptions"), list):
+        bad = [d["round"] for d in he["decryptions"] if d["status"] != "signature verifies"]
+        if bad:
+            issues.append(f"CKKS decryption record(s) of round(s) {bad} fail the check: a key-holder signature does "
+                          "not verify or a round's sum was released twice (section 4).")
     rng = str(st.get("dp_noise_rng", ""))
     if "not a CSPRNG" in rng or "seeded from the experiment" in rng or "default generator" in rng:
         issues.append(f"Noise generator: {rng}.")

@@ -12,15 +12,19 @@ Layout (in-process engine: ``RUN_DIR/key_holder/``)::
     identity.pub      its public key
     ckks_secret.ctx   the TenSEAL context with the secret key (mode 0600; never sent anywhere)
     ckks_public.ctx   the public context it publishes (no secret key; the same bytes across a resume)
+    decryptions.jsonl the statements it signed, one per released round (written and fsynced before the release)
 
 Trust: the key holder sees only aggregates of >= min sites and trusts the server's list of contributors (it cannot
-check that the ciphertext it receives is really their sum). A server colluding with the key holder learns every
-site's update.
+check that the ciphertext it receives is really their sum). It releases at most one decryption per round and only
+for rounds after the last one it released (persisted, so a resume or a replay cannot ask again): a server cannot get
+more releases than rounds, and a resumed round whose aggregate was already released is refused (the round aborts)
+rather than decrypted twice. A server colluding with the key holder learns every site's update.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -29,7 +33,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from privfed.parties import messages as M
 from privfed.parties.identity import fingerprint, load_or_init
-from secure_agg.errors import IntegrityError, SecAggError, TooFewContributorsError, UnknownIdentityError
+from secure_agg.errors import (IntegrityError, ReplayError, SecAggError, TooFewContributorsError,
+                               UnknownIdentityError)
 from privfed.rundir import atomic_write_bytes
 from secure_agg.he import CkksParams, PublicContext, SecretContext, digest
 from secure_agg.he.flooding import DEFAULT_GRID_BITS, DEFAULT_SIGMA
@@ -38,6 +43,7 @@ from secure_agg.he.statements import (CONTEXT_LABEL, DECRYPTION_LABEL, context_s
 
 SECRET_FILE = "ckks_secret.ctx"
 PUBLIC_FILE = "ckks_public.ctx"
+RELEASES_FILE = "decryptions.jsonl"
 
 
 def _write_secret(path: Path, data: bytes) -> None:
@@ -87,7 +93,36 @@ class KeyHolder:
             _write_secret(secret, self._ctx.secret_bytes())
             atomic_write_bytes(public, self._public)
         self.context_sha256 = digest(self._public)
-        self.decrypted: list[dict] = []            # the statements this key holder signed (its own record)
+        # the statements this key holder signed (its own record, persisted: it bounds what it will release next)
+        self.decrypted: list[dict] = self._load_releases()
+
+    def _load_releases(self) -> list[dict]:
+        path = self.dir / RELEASES_FILE
+        if not path.exists():
+            return []
+        out = []
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                st = json.loads(line)
+                int(st["round"])
+            except (ValueError, KeyError, TypeError) as e:
+                # an unreadable record must not reset the one-release-per-round bound
+                raise IntegrityError(f"{path}:{n}: unreadable decryption record ({e})") from None
+            out.append(st)
+        return out
+
+    def _record_release(self, statement: dict) -> None:
+        """Append the statement and fsync it before the result leaves (a crash then costs a round, never a
+        second release)."""
+        fd = os.open(self.dir / RELEASES_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            os.write(fd, (json.dumps(statement, sort_keys=True) + "\n").encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.decrypted.append(statement)
 
     @property
     def public_key(self) -> Ed25519PublicKey:
@@ -128,6 +163,10 @@ class KeyHolder:
 
     def _decrypt(self, msg: M.Message):
         f = msg.fields
+        last = max((int(st["round"]) for st in self.decrypted), default=None)
+        if last is not None and msg.round <= last:
+            raise ReplayError(f"key holder: the aggregate of round {last} was already released; it decrypts once per "
+                              f"round and only later rounds (asked for round {msg.round})")
         contributors = list(f["contributors"])
         if len(set(contributors)) != len(contributors):
             raise TooFewContributorsError("key holder: the contributor list repeats a site")
@@ -149,7 +188,7 @@ class KeyHolder:
                                   flood_sigma=self.flood_sigma, grid_bits=self.grid_bits,
                                   min_contributors=self.min_contributors)
         sig = sign_statement(DECRYPTION_LABEL, st, self.identity.private_key)
-        self.decrypted.append(st)
+        self._record_release(st)
         return "he_result", {"contributors": st["contributors"], "min_contributors": st["min_contributors"],
                              "context_sha256": st["context_sha256"], "ciphertext_sha256": st["ciphertext_sha256"],
                              "result_sha256": st["result_sha256"], "flood_sigma": st["flood_sigma"],

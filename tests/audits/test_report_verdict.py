@@ -245,6 +245,30 @@ def test_identical_secure_aggregation_rounds_share_one_row():
     assert len(sa["rounds"]) == 15                     # report.json keeps every round's transcript
 
 
+def test_a_second_ckks_release_of_one_round_is_flagged_even_with_valid_signatures():
+    """The key holder releases one decryption per round, rounds increasing; a ledger showing two for one round
+    (both validly signed: a key holder that broke that rule) is named in the row and in the verdict's check."""
+    import json as _json
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from audits.report.build import HE_DECRYPTION_LABEL, _he_decryptions
+
+    key = Ed25519PrivateKey.generate()
+
+    def rec(r):
+        st = {"v": 1, "run": "x", "round": r, "contributors": [0, 1, 2], "min_contributors": 3}
+        sig = key.sign(HE_DECRYPTION_LABEL + _json.dumps(st, sort_keys=True, separators=(",", ":")).encode())
+        pub = key.public_key().public_bytes_raw().hex()
+        return {"kind": "he_decryption",
+                "payload": {"round": r, "statement": st, "signature": sig.hex(), "key_holder_public_key": pub}}
+    rows = _he_decryptions([rec(1), rec(2), rec(2), rec(1), rec(3)])["decryptions"]
+    assert [r["status"] for r in rows] == ["signature verifies", "signature verifies",
+                                           "signature verifies; SECOND RELEASE (round 2 after round 2)",
+                                           "signature verifies; SECOND RELEASE (round 1 after round 2)",
+                                           "signature verifies"]
+
+
 def test_epsilon_figure_starts_at_round_zero_with_one_series_per_site(pinned, tmp_path, monkeypatch):
     import audits.report.figures as figures
 

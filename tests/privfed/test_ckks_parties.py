@@ -2,6 +2,8 @@
 truncated or wrong-length ciphertext is excluded by name and the round continues; too few contributors means
 nothing is decrypted; the key holder refuses requests below its minimum and requests not signed by the server."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -146,3 +148,42 @@ def test_key_holder_keys_are_private_and_reused_on_resume(parties, tmp_path):
     with pytest.raises(ValueError):
         KeyHolder(tmp_path / "kh2", run_id=RUN, server_key=server_key.public_key(), roster_ids=range(6),
                   min_contributors=1)
+
+
+def test_key_holder_releases_one_decryption_per_round_and_remembers_it_across_a_resume(parties, tmp_path):
+    server_key, kh, _, agg, calls = parties
+    ups = _updates(3)
+
+    def run_round(aggregator, r):
+        return aggregator.aggregate(_exchange({}, ups), round_index=r, participants=[0, 1, 2],
+                                    weights={c: 1.0 for c in range(3)}, dim=DIM)
+
+    first = run_round(agg, 1)
+    assert first.contributors == [0, 1, 2] and len(kh.decrypted) == 1
+    # the same round again (a resumed round or a server asking twice: fresh ciphertext, same round): refused, so
+    # two independently flooded decryptions of one round never leave the key holder
+    again = run_round(agg, 1)
+    assert again.contributors == [] and again.transcript["aborted"].startswith("ReplayError")
+    assert torch.count_nonzero(again.total) == 0 and again.records == [] and len(kh.decrypted) == 1
+    # the bound is on disk: a key holder restarted from its directory refuses round 1 and earlier rounds too
+    restarted = KeyHolder(tmp_path / "kh", run_id=RUN, server_key=server_key.public_key(), roster_ids=range(6),
+                          min_contributors=3)
+    assert restarted.decrypted == kh.decrypted
+    for r in (0, 1):
+        assert _decrypt_request(server_key, restarted, [0, 1, 2], round_index=r).fields["error"] == "ReplayError"
+    chan = KeyHolderChannel(send=lambda m: transport(restarted.handle(transport(m))), server_key=server_key,
+                            key_holder_key=restarted.public_key, run_id=RUN)
+    agg2 = build_aggregator(SecAggConfig(mode="ckks", min_clients=3), run_id=RUN, roster=None, key_holder=chan)
+    nxt = run_round(agg2, 2)
+    assert nxt.contributors == [0, 1, 2] and [st["round"] for st in restarted.decrypted] == [1, 2]
+    assert np.max(np.abs(nxt.total.numpy() - sum(ups.values()) * 3.0)) <= 1e-6 * 0.25 * 3
+    lines = (tmp_path / "kh" / "decryptions.jsonl").read_text().splitlines()
+    assert [json.loads(x)["round"] for x in lines] == [1, 2]
+
+
+def test_an_unreadable_release_record_stops_the_key_holder(parties, tmp_path):
+    server_key, _, _, _, _ = parties
+    (tmp_path / "kh" / "decryptions.jsonl").write_text('{"round": 1}\n{"round": \n')
+    with pytest.raises(IntegrityError, match="decryptions.jsonl:2"):
+        KeyHolder(tmp_path / "kh", run_id=RUN, server_key=server_key.public_key(), roster_ids=range(6),
+                  min_contributors=3)
