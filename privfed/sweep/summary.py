@@ -103,6 +103,22 @@ def _varying(groups: list[dict[str, Any]], axis: str) -> set[str]:
     return {k for (_, k), vs in values.items() if len(vs) > 1}
 
 
+def epsilon_axis_label(groups: list[dict[str, Any]]) -> str:
+    """ε's unit on a figure: per example (DP-SGD), per site (DP-FedAvg), or both named when a sweep mixes them."""
+    modes = {g["dp_mode"] for g in groups if g.get("dp_mode") not in (None, "off")}
+    if modes == {"client"}:
+        return "ε (per site, target)"
+    if "client" in modes:
+        return "ε (target; per example for DP-SGD, per site for DP-FedAvg: not comparable)"
+    return "ε (per example, target)"
+
+
+def _spans_decades(values: list[float]) -> bool:
+    """True when the values run over more than a factor of 10 (a linear axis would flatten the smaller ones)."""
+    v = [x for x in values if x is not None and math.isfinite(x)]
+    return bool(v) and min(v) > 0 and max(v) / min(v) > 10
+
+
 def _along(groups: list[dict[str, Any]], axis: str, out: Path, *, log: bool = False) -> str | None:
     key = f"set:{axis}"
     pts = [g for g in groups if key in g["_rows"][0]]
@@ -140,7 +156,9 @@ def _along(groups: list[dict[str, Any]], axis: str, out: Path, *, log: bool = Fa
                    color="#c00", label=f"{start_label(pts)} (each point's own)")
     if log and finite and min(finite) > 0:
         ax.set_xscale("log")
-    ax.set_xlabel("ε (per example, target)" if axis == "dp.target_epsilon" else _NUMERIC_AXES.get(axis, axis))
+    if _spans_decades([y for g in pts for y in (g["fid"], g["fid_lo"], g["fid_hi"], g["fid_public_only"])]):
+        ax.set_yscale("log")
+    ax.set_xlabel(epsilon_axis_label(pts) if axis == "dp.target_epsilon" else _NUMERIC_AXES.get(axis, axis))
     ax.set_ylabel("domain-FID (lower is better)")
     ax.legend(fontsize=7, loc="best")
     ax.set_title(f"FID vs {axis} (95 % intervals)")
@@ -154,6 +172,8 @@ def _curves(groups: list[dict[str, Any]], out: Path, which: str, ylabel: str, na
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for label, pts in lines:
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=label)
+    if which == "_curve_fid" and _spans_decades([p[1] for _, pts in lines for p in pts]):
+        ax.set_yscale("log")
     ax.set_xlabel("round")
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=7, loc="best")

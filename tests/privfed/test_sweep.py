@@ -429,3 +429,29 @@ def test_only_runs_the_selected_points_and_a_later_sweep_goes_on(tmp_path, monke
     other = tmp_path / "other"
     assert main(["sweep", str(path), "--out", str(other), "--reuse-from", str(out), "--only", "seed=0"]) == 0
     assert sorted(d.name for d in (other / "runs").iterdir()) == ["seed=0"]
+
+
+def test_fid_vs_epsilon_names_the_unit_and_goes_logarithmic_when_fids_span_decades(tmp_path, monkeypatch):
+    """A sweep that mixes DP-SGD (ε per example) and DP-FedAvg (ε per site) says so on the axis, and FIDs from 100
+    to 2,000 are drawn on a log axis so that the DP-SGD curve is not flattened against zero."""
+    import privfed.sweep.summary as summary
+
+    seen = {}
+    monkeypatch.setattr(summary, "_save", lambda fig, out, name: seen.setdefault(name, fig) and "")
+
+    def group(variant, mode, eps, fid):
+        row = _group_row(variant, 0, fid, 300.0, mode) | {"set:dp.target_epsilon": eps}
+        return {"label": f"{variant},{eps}", "variant": variant, "fid": fid, "fid_lo": fid - 5, "fid_hi": fid + 5,
+                "fid_public_only": 300.0, "dp_mode": mode, "_rows": [row]}
+
+    sgd = [group("DP-SGD", "sample", e, f) for e, f in ((1, 320.0), (4, 290.0), (16, 260.0))]
+    avg = [group("DP-FedAvg", "client", e, f) for e, f in ((1, 2300.0), (4, 1900.0), (16, 1500.0))]
+    summary._along(sgd + avg + [group("DP-SGD", "off", "inf", 100.0)], "dp.target_epsilon", tmp_path, log=True)
+    ax = seen["fid_vs_dp_target_epsilon"].axes[0]
+    assert ax.get_yscale() == "log" and ax.get_xscale() == "log"
+    assert "per example for DP-SGD, per site for DP-FedAvg" in ax.get_xlabel()
+    seen.clear()
+    summary._along(sgd + [group("DP-SGD", "off", "inf", 100.0)], "dp.target_epsilon", tmp_path, log=True)
+    ax = seen["fid_vs_dp_target_epsilon"].axes[0]
+    assert ax.get_yscale() == "linear" and ax.get_xlabel() == "ε (per example, target)"
+    assert summary.epsilon_axis_label(avg) == "ε (per site, target)"
