@@ -156,11 +156,12 @@ def _along(groups: list[dict[str, Any]], axis: str, out: Path, *, log: bool = Fa
                    color="#c00", label=f"{start_label(pts)} (each point's own)")
     if log and finite and min(finite) > 0:
         ax.set_xscale("log")
-    if _spans_decades([y for g in pts for y in (g["fid"], g["fid_lo"], g["fid_hi"], g["fid_public_only"])]):
+    # decided on the marks themselves: an interval's lower end can be 0 (clamped), which a log axis cuts off
+    if _spans_decades([y for g in pts for y in (g["fid"], g["fid_public_only"])]):
         ax.set_yscale("log")
     ax.set_xlabel(epsilon_axis_label(pts) if axis == "dp.target_epsilon" else _NUMERIC_AXES.get(axis, axis))
     ax.set_ylabel("domain-FID (lower is better)")
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))   # beside the axes: it hides no mark
     ax.set_title(f"FID vs {axis} (95 % intervals)")
     return _save(fig, out, f"fid_vs_{axis.replace('.', '_')}")
 

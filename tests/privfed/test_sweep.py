@@ -446,6 +446,7 @@ def test_fid_vs_epsilon_names_the_unit_and_goes_logarithmic_when_fids_span_decad
 
     sgd = [group("DP-SGD", "sample", e, f) for e, f in ((1, 320.0), (4, 290.0), (16, 260.0))]
     avg = [group("DP-FedAvg", "client", e, f) for e, f in ((1, 2300.0), (4, 1900.0), (16, 1500.0))]
+    avg[0]["fid_lo"] = 0.0                      # a t-interval clamped at 0 must not turn the log axis off
     summary._along(sgd + avg + [group("DP-SGD", "off", "inf", 100.0)], "dp.target_epsilon", tmp_path, log=True)
     ax = seen["fid_vs_dp_target_epsilon"].axes[0]
     assert ax.get_yscale() == "log" and ax.get_xscale() == "log"
