@@ -19,6 +19,7 @@ _LAZY = {
     "UnverifiedGradSampleMode": "dp.dpsgd", "make_conv_inputs_contiguous": "dp.conv_layout",
     "client_level_event": "dp.client_level",
     "clip_update": "dp.client_level", "aggregate_noise": "dp.client_level",
+    "signal_to_noise_bound": "dp.client_level",
     "privacy_statement": "dp.statement",
 }
 

@@ -47,6 +47,22 @@ def aggregate_noise(shape, *, noise_multiplier: float, clip_norm: float,
     return torch.randn(tuple(shape), generator=generator, dtype=dtype) * (noise_multiplier * clip_norm)
 
 
+def signal_to_noise_bound(*, sites_per_round: float, noise_multiplier: float, dimension: int) -> float:
+    """Upper bound on ‖Σ clipped updates‖ / ‖noise‖ in one DP-FedAvg round (a ratio, no unit).
+
+    Each of the ``sites_per_round`` updates has L2 norm ≤ C, so their sum has norm ≤ n·C; Gaussian noise with std
+    σ·C per coordinate in ``dimension`` coordinates has norm ≈ σ·C·√d. The ratio n / (σ·√d) does not depend on C:
+    below about 0.1 the noise's norm is ten times the largest possible signal and the model does not learn (site-
+    level DP then needs roughly σ·√d sites per round). Infinite when σ = 0.
+    """
+    if not (sites_per_round > 0) or not (noise_multiplier >= 0) or not (dimension >= 1):
+        raise ValueError(f"need sites_per_round > 0, noise_multiplier >= 0, dimension >= 1; got {sites_per_round}, "
+                         f"{noise_multiplier}, {dimension}")
+    if noise_multiplier == 0:
+        return float("inf")
+    return float(sites_per_round) / (float(noise_multiplier) * float(dimension) ** 0.5)
+
+
 def client_level_event(*, noise_multiplier: float, client_sample_rate: float, rounds: int = 1) -> GaussianEvent:
     """Event for ``rounds`` DP-FedAvg rounds: q = client sampling fraction, one step per round; unit = one site."""
     return GaussianEvent(noise_multiplier=noise_multiplier, sample_rate=client_sample_rate, steps=rounds)

@@ -72,7 +72,7 @@ class RichReporter:
             console.print(f"s: suppressed (a count of 1–{k - 1}, or a complementary cell suppressed with it so that "
                           "it cannot be recovered from n)")
         for line in info.get("notes", []):
-            console.print(line)
+            console.print(line, style="bold yellow" if line.startswith("warning:") else None, markup=False)
         self.rounds = self.p.add_task("rounds", total=total_rounds, completed=done_rounds)
 
     def pretrain_progress(self, done: int, total: int) -> None:

@@ -22,7 +22,7 @@ import torch
 
 from dp import (GaussianEvent, PrivacyAccountant, calibrate_noise_multiplier, check_budget, default_delta,
                 privacy_statement, validate_dp_args)
-from dp.client_level import aggregate_noise
+from dp.client_level import aggregate_noise, signal_to_noise_bound
 from dp.distributed import EVENT_TYPE as DDG_TYPE, DistributedAccountant, DistributedGaussianEvent
 from privfed.federation.distributed_noise import DistributedNoise
 from privfed.config import FedConfig, RunConfig
@@ -209,9 +209,10 @@ class ServerClientDP(ServerPrivacy):
              "the guarantee holds only against those who see the released model")
     charges_all_sites = True
 
-    def __init__(self, cfg: RunConfig, client_sizes: Sequence[int]) -> None:
+    def __init__(self, cfg: RunConfig, client_sizes: Sequence[int], *, dimension: int | None = None) -> None:
         super().__init__(cfg, client_sizes)
         dpc, fed = cfg.dp, cfg.fed
+        self.dimension = dimension
         self.delta, self.delta_note = run_delta(cfg, client_sizes)
         self.q = fed.fraction   # each site joins a round independently with probability q (Poisson)
         self.sensitivity_factor = too_few_sites_factor(cfg)
@@ -289,7 +290,8 @@ class ServerClientDP(ServerPrivacy):
                 + (f", accounted sensitivity {m}·C (a round that draws fewer than {m} sites releases noise only)"
                    if m > 1 else "")
                 + f", accountant {self.kind}; {self.delta_note}; the SERVER adds the noise after unmasking and sees "
-                "the clean sum (trusted server)"]
+                "the clean sum (trusted server)"] + swamped_noise_warning(self.q * self.n_clients, self.sigma,
+                                                                         self.dimension)
 
     def statement_lines(self) -> list[str]:
         return [privacy_statement(unit=self.unit_words, epsilons=self.epsilons(), delta=self.delta,
@@ -339,6 +341,7 @@ class ServerDistributedDP(ServerPrivacy):
         else:
             self.rates = [1.0] * len(client_sizes)
         self.plan = DistributedNoise(cfg, delta=self.delta, dimension=dimension)
+        self.model_dimension = dimension
         self.sigma = self.plan.z
         self.sigmas = [self.sigma] * self.n_clients
         self._round_sites = self.n_clients
@@ -427,7 +430,7 @@ class ServerDistributedDP(ServerPrivacy):
                 f"honest shares of {n}, threshold fraction {sa.threshold_fraction}, max_colluders "
                 f"{sa.max_colluders}); update clip C = {self.cfg.dp.max_grad_norm}; every site every round (no "
                 f"sampling amplification claimed); accountant: RDP of the distributed discrete Gaussian (Kairouz, "
-                f"Liu & Steinke 2021); {self.delta_note}"]
+                f"Liu & Steinke 2021); {self.delta_note}"] + swamped_noise_warning(n, self.sigma, self.model_dimension)
 
     def statement_lines(self) -> list[str]:
         return [privacy_statement(unit=self.unit_words, epsilons=self.epsilons(), delta=self.delta,
@@ -440,6 +443,26 @@ class ServerDistributedDP(ServerPrivacy):
                    "against the server too; every site takes part in every round)."
                    if self.mode == "sample" else
                    "no sampling amplification is claimed: every site takes part in every round).")]
+
+
+SWAMPED_RATIO = 0.1   # below this n/(σ√d) the noise's norm is over 10× the largest possible signal
+
+
+def swamped_noise_warning(sites_per_round: float, sigma: float, dimension: int | None) -> list[str]:
+    """A one-line warning (in a list, empty when there is nothing to say) for site-level DP whose noise must swamp
+    the signal: ‖Σ clipped updates‖ / ‖noise‖ ≤ n/(σ√d) below :data:`SWAMPED_RATIO` (``dimension``: the number of
+    trained parameters; None: unknown, no warning)."""
+    if dimension is None or sites_per_round <= 0:
+        return []
+    ratio = signal_to_noise_bound(sites_per_round=sites_per_round, noise_multiplier=sigma, dimension=dimension)
+    if ratio >= SWAMPED_RATIO:
+        return []
+    need = sigma * dimension ** 0.5
+    return [f"warning: site-level noise swamps the signal: with {sites_per_round:g} sites per round, σ = {sigma:.3g} "
+            f"and {dimension:,} trained parameters, the noise's norm is at least {1 / ratio:,.0f}× the largest "
+            f"possible sum of clipped updates (n/(σ√d) = {ratio:.3g}); expect the model not to learn. Bringing the "
+            f"ratio to 1 takes about σ√d ≈ {need:,.0f} sites per round (or fewer trained parameters, "
+            f"model.trainable); with few sites, DP-SGD (dp.mode = \"sample\", unit one image) learns instead"]
 
 
 def too_few_sites_factor(cfg: RunConfig) -> int:
@@ -467,6 +490,8 @@ def server_privacy(cfg: RunConfig, client_sizes: Sequence[int], *, dimension: in
     try:
         if cfg.dp.effective_placement == "distributed":
             return ServerDistributedDP(cfg, client_sizes, dimension=dimension)
+        if cfg.dp.mode == "client":
+            return ServerClientDP(cfg, client_sizes, dimension=dimension)
         return SERVER_MODES[cfg.dp.mode](cfg, client_sizes)
     except ValueError as e:
         raise ConfigError(str(e)) from None

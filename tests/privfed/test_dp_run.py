@@ -114,8 +114,18 @@ def test_bad_dp_input_one_line_before_training(tmp_path, capsys, args, match):
 def test_client_level_dp_charges_every_site_each_round(tmp_path, tiny_config):
     cfg = tiny_config.replace(dp={"mode": "client", "noise_multiplier": 0.8, "max_grad_norm": 0.5},
                               secure_agg={"mode": "off"})
-    res = FederatedRun.create(cfg, tmp_path / "c").run()
+    from privfed.federation.runner import SilentReporter
+
+    class Notes(SilentReporter):
+        def run_start(self, *, info, **_):
+            self.lines, self.d = info["notes"], info["trainable_parameters"]
+
+    reporter = Notes()
+    res = FederatedRun.create(cfg, tmp_path / "c", reporter=reporter).run()
     assert res.rounds_completed == 2
+    # 3 sites, σ = 0.8 and this model's d: ‖Σ updates‖/‖noise‖ ≤ 3/(0.8·√d) < 0.1, said at run start
+    assert 3 / (0.8 * reporter.d ** 0.5) < 0.1
+    assert sum(line.startswith("warning: site-level noise swamps") for line in reporter.lines) == 1
     events = _records(tmp_path / "c", "dp_event")
     assert len(events) == 2 * 3 and {e["unit"] for e in events} == {"client"}
     assert all(e["event"] == {"type": "gaussian", "noise_multiplier": 0.8, "sample_rate": 1.0, "steps": 1}

@@ -1,5 +1,6 @@
 import numpy as np  # noqa: F401
 import torch
+import pytest
 
 from privfed.federation.aggregation import PlainAggregator, client_weights, fedavg
 from privfed.parties import messages as M
@@ -54,3 +55,39 @@ def test_dp_fedavg_adds_server_noise_to_the_sum_and_divides_by_the_expected_numb
     total = torch.full((d,), 3.0, dtype=torch.float64)            # three clipped updates of 1.0 each
     assert abs(p.post_aggregate(total, 3.0, round_index=1).double().mean().item() - 1.0) < 0.01
     assert any("trusts the server" in line or "sees the clean sum" in line for line in p.notes())
+
+
+def test_site_level_dp_warns_when_the_noise_must_swamp_every_possible_update(tiny_config):
+    """10 sites, σ = 1.33 (ε = 16 on the digits), d = 163,985: ‖Σ updates‖/‖noise‖ ≤ 10/(1.33·405) ≈ 0.019. Both
+    site-level placements say so at run start; DP-SGD and a small model do not."""
+    import math
+
+    from dp import signal_to_noise_bound
+    from privfed.federation.privacy import server_privacy
+
+    d = 163_985
+    assert signal_to_noise_bound(sites_per_round=10, noise_multiplier=1.33, dimension=d) == pytest.approx(
+        10 / (1.33 * math.sqrt(d)))
+    assert signal_to_noise_bound(sites_per_round=10, noise_multiplier=0.0, dimension=d) == math.inf
+    with pytest.raises(ValueError):
+        signal_to_noise_bound(sites_per_round=0, noise_multiplier=1.0, dimension=d)
+
+    def warnings(cfg, dim):
+        return [line for line in server_privacy(cfg, [100] * cfg.fed.clients, dimension=dim).notes()
+                if line.startswith("warning: site-level noise swamps")]
+
+    server = tiny_config.replace(fed={"clients": 10, "fraction": 1.0},
+                                 dp={"mode": "client", "noise_multiplier": 1.33, "max_grad_norm": 0.5})
+    [line] = warnings(server, d)
+    assert f"{1 / signal_to_noise_bound(sites_per_round=10, noise_multiplier=1.33, dimension=d):,.0f}×" in line
+    assert f"≈ {1.33 * math.sqrt(d):,.0f} sites per round" in line
+    assert warnings(server, 100) == []                            # 10/(1.33·10) = 0.75: learnable
+    assert warnings(server, None) == []                           # dimension unknown: nothing claimed
+    # q = 0.5: five sites per round on average
+    half = server.replace(fed={"fraction": 0.5, "min_clients": 1}, secure_agg={"mode": "off"})
+    assert "with 5 sites per round" in warnings(half, d)[0]
+    distributed = server.replace(dp={"placement": "distributed"}, secure_agg={"mode": "secagg", "clip_range": 40.0})
+    [line] = warnings(distributed, d)
+    assert "with 10 sites per round" in line
+    sample = tiny_config.replace(dp={"mode": "sample", "noise_multiplier": 1.0})
+    assert warnings(sample, d) == []
