@@ -49,8 +49,10 @@ def context(point: Point) -> str:
     return json.dumps(d, sort_keys=True)
 
 
-def point_row(point: Point, run_dir: Path, *, status: str, error: str | None = None) -> dict[str, Any]:
-    """One results row (CSV-friendly scalars, plus curves kept for results.json and the plots)."""
+def point_row(point: Point, run_dir: Path, *, status: str, error: str | None = None,
+              reused_from: str | None = None) -> dict[str, Any]:
+    """One results row (CSV-friendly scalars, plus curves kept for results.json and the plots). ``reused_from``:
+    the run directory this point was copied from (its ``seconds`` were measured there)."""
     cfg = point.config
     metrics = RunDir(run_dir).read_metrics()
     end = read_ledger_end(run_dir) if status == "done" else None
@@ -79,7 +81,7 @@ def point_row(point: Point, run_dir: Path, *, status: str, error: str | None = N
         "eval_loss": final.get("eval_loss") if final else None,
         "fid_val": final.get("fid_val") if final else None,
         "best_round_val": _best_round(evals, "fid_val"),
-        "seconds": round(sum(_seconds(m) for m in metrics), 1),
+        "seconds": round(sum(_seconds(m) for m in metrics), 1), "reused_from": reused_from,
         "fid_extractor": _extractor_id(run_dir),
         "run_dir": str(run_dir), "config_hash": point.config_hash[:16], "also": "; ".join(point.also),
         "sample_grid": str(run_dir / final["sample_grid"]) if final and final.get("sample_grid") else None,
@@ -172,7 +174,8 @@ def group_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
              "epsilon": max(eps) if eps else None, "dp_mode": first["dp_mode"], "placement": first["placement"],
              "target_epsilon": first["target_epsilon"], "dataset": first["dataset"],
              "public_pretrain": first.get("public_pretrain"),
-             "seconds": float(np.mean([r["seconds"] for r in rs])), "_context": first["_context"],
+             "seconds": float(np.mean([r["seconds"] for r in rs])),
+             "reused": sum(r.get("reused_from") is not None for r in rs), "_context": first["_context"],
              "_rows": rs, "share": None, "share_lo": None, "share_hi": None}
         ref = nonpriv.get(first["_context"])
         if ref and first["dp_mode"] != "off":
@@ -202,7 +205,8 @@ def _overlap(a: dict[str, Any], b: dict[str, Any]) -> bool:
 PUBLIC_COLUMNS = ("point", "variant", "status", "error", "seed", "dataset", "clients", "alpha", "local_epochs",
                   "dp_mode", "placement", "secure_agg", "target_epsilon", "rounds_planned", "rounds_completed",
                   "epsilon", "delta", "public_pretrain", "fid_public_only", "fid", "fid_lo", "fid_hi", "eval_loss",
-                  "fid_val", "best_round_val", "seconds", "fid_extractor", "config_hash", "also", "run_dir")
+                  "fid_val", "best_round_val", "seconds", "reused_from", "fid_extractor", "config_hash", "also",
+                  "run_dir")
 
 
 def csv_columns(rows: list[dict[str, Any]]) -> list[str]:

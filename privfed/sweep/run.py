@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from audits.artifact_hash import sha256_path
 from privfed.errors import ConfigError, PrivfedError
 from privfed.rundir import atomic_write_text
 from privfed.sweep.results import csv_columns, group_rows, point_row, read_ledger_end
@@ -24,6 +25,9 @@ from privfed.sweep.spec import Point, Sweep
 
 #: points that failed with a privfed error (slug -> error, config hash), so a rerun skips them unless asked
 FAILED_FILE = "failed.json"
+#: points copied from another sweep by --reuse-from (slug -> source run directory, SHA-256 of the copied ledger):
+#: their `seconds` were measured there, and the summary says so
+REUSED_FILE = "reused.json"
 
 
 @dataclass
@@ -84,7 +88,8 @@ def write_results(sweep: Sweep, out: Path, states: list[PointState]) -> list[dic
     """results.csv, results.json and summary.html (with figures/) from the points' run directories."""
     from privfed.sweep.summary import write_summary
 
-    rows = [point_row(s.point, s.run_dir, status=s.status, error=s.error) for s in states]
+    rows = [point_row(s.point, s.run_dir, status=s.status, error=s.error, reused_from=reused_from(out, s))
+            for s in states]
     groups = group_rows(rows)
     cols = csv_columns(rows)
     buf = io.StringIO()
@@ -152,7 +157,25 @@ def reuse_runs(sweep: Sweep, out: Path, sources: Sequence[Path],
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         reused.append(slug)
+        record = _reused(out)
+        record[slug] = {"from": str(src), "ledger_sha256": sha256_path(out / "runs" / slug / "ledger.jsonl")}
+        atomic_write_text(out / REUSED_FILE, json.dumps(record, indent=1, sort_keys=True))
     return reused
+
+
+def _reused(out: Path) -> dict[str, Any]:
+    path = out / REUSED_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def reused_from(out: Path, st: PointState) -> str | None:
+    """The run directory a point was copied from by --reuse-from, or None: None as well when its run directory no
+    longer holds the copied ledger (deleted and run again here)."""
+    entry = _reused(out).get(st.point.slug)
+    ledger = st.run_dir / "ledger.jsonl"
+    if entry is None or not ledger.is_file() or sha256_path(ledger) != entry["ledger_sha256"]:
+        return None
+    return entry["from"]
 
 
 def run_sweep(sweep: Sweep, out: Path, *, reporter_factory: Callable[[PointState], Any] | None = None,

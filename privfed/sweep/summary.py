@@ -257,15 +257,20 @@ def _group_table(groups: list[dict[str, Any]]) -> str:
         body.append(f"<tr><td>{_fmt(g['label'])}</td><td>{g['seeds']}</td><td>{_fmt(g['fid'])}{mark}</td>"
                     f"<td>[{_fmt(g['fid_lo'])}, {_fmt(g['fid_hi'])}]</td><td>{_fmt(g['fid_public_only'])}</td>"
                     f"<td>{share}</td><td>{_fmt(g['epsilon'], 2)}</td><td>{_fmt(g['placement'])}</td>"
-                    f"<td>{_fmt(g['seconds'], 0)}</td></tr>")
-    return head + "".join(body) + "</table>"
+                    f"<td>{_fmt(g['seconds'], 0)}{'†' if g.get('reused') else ''}</td></tr>")
+    foot = ("<p class='note'>† includes runs copied from another sweep (<code>--reuse-from</code>; column "
+            "<code>reused_from</code> of the points table): their seconds were measured there, perhaps on another "
+            "machine or beside other work.</p>") if any(g.get("reused") for g in groups) else ""
+    return head + "".join(body) + "</table>" + foot
 
 
 def _point_table(rows: list[dict[str, Any]]) -> str:
     cols = ("label", "status", "seed", "rounds_completed", "epsilon", "fid_public_only", "fid", "fid_lo", "fid_hi",
-            "eval_loss", "fid_val", "best_round_val", "seconds", "fid_extractor", "error")
+            "eval_loss", "fid_val", "best_round_val", "seconds", "reused_from", "fid_extractor", "error")
     if all(r.get("fid_val") is None for r in rows):      # no validation split anywhere: no empty columns
         cols = tuple(c for c in cols if c not in ("fid_val", "best_round_val"))
+    if all(r.get("reused_from") is None for r in rows):
+        cols = tuple(c for c in cols if c != "reused_from")
     head = "<table><tr>" + "".join(f"<th>{c}</th>" for c in cols) + "</tr>"
     digits = {"epsilon": 2, "eval_loss": 4, "best_round_val": 0}
     return head + "".join("<tr>" + "".join(f"<td>{_fmt(r.get(c), digits.get(c, 1))}</td>" for c in cols)
@@ -275,4 +280,4 @@ def _point_table(rows: list[dict[str, Any]]) -> str:
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}
 td:first-child,th:first-child{text-align:left}figure{display:inline-block;margin:.5em}img{max-width:100%}
-p.warn{background:#fff4e0;padding:.5em}img.grid{width:220px;image-rendering:pixelated}figcaption{font-size:12px;color:#555;text-align:center}"""
+p.warn{background:#fff4e0;padding:.5em}p.note{font-size:12px;color:#555}img.grid{width:220px;image-rendering:pixelated}figcaption{font-size:12px;color:#555;text-align:center}"""

@@ -4,6 +4,7 @@ directory, finished points are skipped, interrupted ones resumed, failures recor
 import csv
 import json
 import math
+import shutil
 import textwrap
 
 import numpy as np
@@ -322,6 +323,20 @@ def test_reuse_from_copies_verified_finished_runs_of_the_same_configuration(tmp_
     # seed 1 was run again (its source was unfinished), not copied
     assert (b / "runs" / "seed=1" / "ledger.jsonl").read_bytes() != ledger.read_bytes()
     assert not list((b / "runs").glob(".*"))
+    # the copied point says where it came from (its seconds were measured there); the others do not
+    results = json.loads((b / "results.json").read_text())
+    assert {p["point"]: p["reused_from"] for p in results["points"]} == {
+        "seed=0": str(a / "runs" / "seed=0"), "seed=1": None, "seed=2": None}
+    assert [g["reused"] for g in results["groups"]] == [1]
+    assert "reused_from" in (b / "results.csv").read_text().splitlines()[0]
+    page = (b / "summary.html").read_text()
+    assert "† includes runs copied from another sweep" in page and str(a / "runs" / "seed=0") in page
+    # deleted and run again here: no longer a copy
+    shutil.rmtree(b / "runs" / "seed=0")
+    run_sweep(load_sweep(second), b)
+    results = json.loads((b / "results.json").read_text())
+    assert all(p["reused_from"] is None for p in results["points"])
+    assert "† includes" not in (b / "summary.html").read_text()
 
 
 def test_reuse_from_refuses_a_run_that_does_not_verify(tmp_path, monkeypatch):
