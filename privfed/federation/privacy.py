@@ -341,7 +341,7 @@ class ServerDistributedDP(ServerPrivacy):
         else:
             self.rates = [1.0] * len(client_sizes)
         self.plan = DistributedNoise(cfg, delta=self.delta, dimension=dimension)
-        self.model_dimension = dimension
+        self.dimension = dimension
         self.sigma = self.plan.z
         self.sigmas = [self.sigma] * self.n_clients
         self._round_sites = self.n_clients
@@ -430,7 +430,7 @@ class ServerDistributedDP(ServerPrivacy):
                 f"honest shares of {n}, threshold fraction {sa.threshold_fraction}, max_colluders "
                 f"{sa.max_colluders}); update clip C = {self.cfg.dp.max_grad_norm}; every site every round (no "
                 f"sampling amplification claimed); accountant: RDP of the distributed discrete Gaussian (Kairouz, "
-                f"Liu & Steinke 2021); {self.delta_note}"] + swamped_noise_warning(n, self.sigma, self.model_dimension)
+                f"Liu & Steinke 2021); {self.delta_note}"] + swamped_noise_warning(n, self.sigma, self.dimension)
 
     def statement_lines(self) -> list[str]:
         return [privacy_statement(unit=self.unit_words, epsilons=self.epsilons(), delta=self.delta,

@@ -88,7 +88,8 @@ def write_results(sweep: Sweep, out: Path, states: list[PointState]) -> list[dic
     """results.csv, results.json and summary.html (with figures/) from the points' run directories."""
     from privfed.sweep.summary import write_summary
 
-    rows = [point_row(s.point, s.run_dir, status=s.status, error=s.error, reused_from=reused_from(out, s))
+    copies = _reused(out)
+    rows = [point_row(s.point, s.run_dir, status=s.status, error=s.error, reused_from=reused_from(copies, s))
             for s in states]
     groups = group_rows(rows)
     cols = csv_columns(rows)
@@ -144,6 +145,7 @@ def reuse_runs(sweep: Sweep, out: Path, sources: Sequence[Path],
     from audits.verify import verify_run
 
     reused = []
+    record = _reused(out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     for slug, src in (reusable_runs(sweep, out, sources) if found is None else found).items():
         tmp = Path(tempfile.mkdtemp(prefix=f".{slug}.", dir=out / "runs"))
@@ -157,7 +159,6 @@ def reuse_runs(sweep: Sweep, out: Path, sources: Sequence[Path],
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         reused.append(slug)
-        record = _reused(out)
         record[slug] = {"from": str(src), "ledger_sha256": sha256_path(out / "runs" / slug / "ledger.jsonl")}
         atomic_write_text(out / REUSED_FILE, json.dumps(record, indent=1, sort_keys=True))
     return reused
@@ -168,10 +169,10 @@ def _reused(out: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def reused_from(out: Path, st: PointState) -> str | None:
-    """The run directory a point was copied from by --reuse-from, or None: None as well when its run directory no
-    longer holds the copied ledger (deleted and run again here)."""
-    entry = _reused(out).get(st.point.slug)
+def reused_from(copies: dict[str, Any], st: PointState) -> str | None:
+    """The run directory a point was copied from by --reuse-from (``copies``: the sweep's reused.json), or None:
+    None as well when its run directory no longer holds the copied ledger (deleted and run again here)."""
+    entry = copies.get(st.point.slug)
     ledger = st.run_dir / "ledger.jsonl"
     if entry is None or not ledger.is_file() or sha256_path(ledger) != entry["ledger_sha256"]:
         return None

@@ -1,6 +1,6 @@
 import numpy as np  # noqa: F401
-import torch
 import pytest
+import torch
 
 from privfed.federation.aggregation import PlainAggregator, client_weights, fedavg
 from privfed.parties import messages as M
