@@ -191,8 +191,30 @@ def group_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         peers = [h for h in out if h["_context"] == g["_context"]]
         best = min(peers, key=lambda h: h["fid"])
         g["best_in_context"] = g is best
-        g["within_noise_of_best"] = g is not best and _overlap(g, best)
+        g["vs_best"] = None if g is best else paired_difference(g["_rows"], best["_rows"])
+        if g["vs_best"] is not None:
+            g["within_noise_of_best"] = g["vs_best"]["lo"] <= 0.0 <= g["vs_best"]["hi"]
+        else:
+            g["within_noise_of_best"] = g is not best and _overlap(g, best)
     return out
+
+
+def paired_difference(rows: list[dict[str, Any]], ref_rows: list[dict[str, Any]],
+                      level: float = 0.95) -> dict[str, Any] | None:
+    """FID of `rows` minus FID of `ref_rows`, paired by seed (the same seed shares the data split and the public
+    start, so the pairing removes their spread): {"pairs", "diff" (mean), "lo", "hi" (Student-t interval), "p"
+    (two-sided paired t-test)}, or None with fewer than two seeds in common."""
+    ref = {r["seed"]: r["fid"] for r in ref_rows}
+    d = np.asarray([r["fid"] - ref[r["seed"]] for r in rows if r["seed"] in ref], dtype=float)
+    if len(d) < 2:
+        return None
+    m, lo, hi = mean_interval(list(d))
+    sd = float(d.std(ddof=1))
+    if sd == 0.0:
+        p = 1.0 if m == 0.0 else 0.0
+    else:
+        p = float(2 * stats.t.sf(abs(m) / (sd / math.sqrt(len(d))), len(d) - 1))
+    return {"pairs": int(len(d)), "diff": m, "lo": lo, "hi": hi, "p": p}
 
 
 def _overlap(a: dict[str, Any], b: dict[str, Any]) -> bool:

@@ -207,9 +207,12 @@ def write_summary(sweep: Sweep, out: Path, rows: list[dict[str, Any]], groups: l
              "<code>privfed audit RUN_DIR</code>.</p>",
              "<h2>Groups (repeats over seeds)</h2>",
              "<p>FID: mean over seeds with a 95 % Student-t interval (one seed: the bootstrap interval over the "
-             "generated samples). <b>≈</b> marks a group whose interval overlaps the best group's of the same context "
-             "(same data and federation): the difference is inside the noise. <i>Gain recovered</i> = (FID<sub>public"
-             "</sub> − FID) / (FID<sub>public</sub> − FID<sub>non-private</sub>), paired by seed.</p>",
+             "generated samples). <i>vs best</i>: FID minus the best group's of the same context (same data, "
+             "federation, model and public start), paired by seed, with its 95 % interval and the paired t-test's "
+             "p (two or more seeds in common). <b>≈</b> marks a group whose difference from the best is inside the "
+             "noise: the paired interval contains 0 (without two common seeds: the two FID intervals overlap). "
+             "<i>Gain recovered</i> = (FID<sub>public</sub> − FID) / (FID<sub>public</sub> − FID<sub>non-private"
+             "</sub>), paired by seed.</p>",
              _group_table(groups), *_extractor_warning(rows, groups), "<h2>Figures</h2>"]
     for title, b64 in figs:
         parts.append(f"<figure><img alt='{html.escape(title)}' src='data:image/png;base64,{b64}'>"
@@ -243,9 +246,15 @@ def _extractor_warning(rows: list[dict[str, Any]], groups: list[dict[str, Any]])
             "extractors' own spread, beyond the intervals shown.</p>"]
 
 
+def _vs_best(d: dict[str, Any] | None) -> str:
+    if d is None:
+        return "–"
+    return f"{d['diff']:+.1f} [{d['lo']:+.1f}, {d['hi']:+.1f}], p {d['p']:.2g}"
+
+
 def _group_table(groups: list[dict[str, Any]]) -> str:
     head = ("<table><tr><th>group</th><th>seeds</th><th>FID</th><th>95 % interval</th><th>round 0</th>"
-            "<th>gain recovered</th><th>ε</th><th>placement</th><th>s / run</th></tr>")
+            "<th>vs best (paired)</th><th>gain recovered</th><th>ε</th><th>placement</th><th>s / run</th></tr>")
     body = []
     for g in sorted(groups, key=lambda g: (g["_context"], g["fid"])):
         peers = sum(h["_context"] == g["_context"] for h in groups)
@@ -256,7 +265,8 @@ def _group_table(groups: list[dict[str, Any]]) -> str:
             else f" [{100 * g['share_lo']:.0f}, {100 * g['share_hi']:.0f}]"))
         body.append(f"<tr><td>{_fmt(g['label'])}</td><td>{g['seeds']}</td><td>{_fmt(g['fid'])}{mark}</td>"
                     f"<td>[{_fmt(g['fid_lo'])}, {_fmt(g['fid_hi'])}]</td><td>{_fmt(g['fid_public_only'])}</td>"
-                    f"<td>{share}</td><td>{_fmt(g['epsilon'], 2)}</td><td>{_fmt(g['placement'])}</td>"
+                    f"<td>{_vs_best(g.get('vs_best'))}</td><td>{share}</td><td>{_fmt(g['epsilon'], 2)}</td>"
+                    f"<td>{_fmt(g['placement'])}</td>"
                     f"<td>{_fmt(g['seconds'], 0)}{'†' if g.get('reused') else ''}</td></tr>")
     foot = ("<p class='note'>† includes runs copied from another sweep (<code>--reuse-from</code>; column "
             "<code>reused_from</code> of the points table): their seconds were measured there, perhaps on another "

@@ -170,7 +170,11 @@ def test_sweep_runs_skips_resumes_and_summarises(tmp_path, monkeypatch):
     fids = [float(r["fid"]) for r in rows if r["variant"] == "local" and r["target_epsilon"] == "4.0"]
     assert math.isclose(dp["fid"], sum(fids) / 2, rel_tol=1e-9)
     assert dp["share"] is not None            # the non-private group of the same context exists
+    # of the two local groups (one context), one is the best and the other is compared with it over both seeds
+    pairs = [g["vs_best"] for g in res["groups"] if g["variant"] == "local"]
+    assert sorted(p is None for p in pairs) == [False, True] and next(p for p in pairs if p)["pairs"] == 2
     html = (out / "summary.html").read_text()
+    assert "vs best (paired)" in html
     assert html.count("data:image/png;base64,") >= 5 and "failed" in html
     for png in ("fid_by_group", "fid_vs_dp_target_epsilon", "fid_per_round", "epsilon_per_round"):
         with Image.open(out / "figures" / f"{png}.png") as im:
@@ -272,6 +276,36 @@ def test_group_statistics_pair_the_gain_by_seed():
     assert groups["dp"]["fid"] == pytest.approx(820 / 3)
     assert groups["np"]["best_in_context"] and not groups["dp"]["within_noise_of_best"]
     assert groups["np"]["share"] is None
+
+
+def test_groups_are_compared_with_the_best_paired_by_seed():
+    """A group that is worse in every seed by a steady margin differs from the best although the FID intervals
+    across seeds overlap (the seeds' spread is shared): the paired difference, its interval and p match scipy's
+    paired t-test; a group level with the best in the mean is inside the noise; one common seed gives no pairing."""
+    from scipy import stats
+
+    from privfed.sweep.results import group_rows
+
+    row = _group_row
+    best = {0: 200.0, 1: 260.0, 2: 320.0}
+    steady = {0: 210.0, 1: 271.0, 2: 329.0}            # +10, +11, +9: intervals overlap, the pairing separates
+    level = {0: 230.0, 1: 240.0, 2: 311.0}              # +30, −20, −9: inside the noise
+    rows = [row("best", s, best[s], 400.0, "sample") for s in best] + \
+        [row("steady", s, steady[s], 400.0, "sample") for s in best] + \
+        [row("level", s, level[s], 400.0, "sample") for s in best] + \
+        [row("lone", 5, 265.0, 400.0, "sample")]
+    groups = {g["label"]: g for g in group_rows(rows)}
+    assert groups["best"]["best_in_context"] and groups["best"]["vs_best"] is None
+    d = groups["steady"]["vs_best"]
+    ref = stats.ttest_rel([steady[s] for s in best], [best[s] for s in best])
+    assert d["pairs"] == 3 and d["diff"] == pytest.approx(10.0) and d["p"] == pytest.approx(ref.pvalue)
+    half = stats.t.ppf(0.975, 2) * 1.0 / np.sqrt(3)
+    assert (d["lo"], d["hi"]) == (pytest.approx(10.0 - half), pytest.approx(10.0 + half))
+    assert groups["steady"]["fid_lo"] < groups["best"]["fid_hi"]        # the unpaired intervals overlap
+    assert not groups["steady"]["within_noise_of_best"]
+    assert groups["level"]["vs_best"]["lo"] < 0 < groups["level"]["vs_best"]["hi"]
+    assert groups["level"]["within_noise_of_best"]
+    assert groups["lone"]["vs_best"] is None and groups["lone"]["within_noise_of_best"]     # falls back: overlap
 
 
 def test_round_zero_is_named_for_what_it_is():
