@@ -208,7 +208,7 @@ def paired_difference(rows: list[dict[str, Any]], ref_rows: list[dict[str, Any]]
     d = np.asarray([r["fid"] - ref[r["seed"]] for r in rows if r["seed"] in ref], dtype=float)
     if len(d) < 2:
         return None
-    m, lo, hi = mean_interval(list(d))
+    m, lo, hi = mean_interval(list(d), level)
     sd = float(d.std(ddof=1))
     if sd == 0.0:
         p = 1.0 if m == 0.0 else 0.0
