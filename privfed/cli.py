@@ -122,7 +122,8 @@ def _overrides(**opts: Any) -> dict[str, Any]:
                "max_grad_norm": opts["max_grad_norm"], "noise_multiplier": opts["noise_multiplier"],
                "max_epsilon": opts["max_epsilon"], "accountant": opts["accountant"],
                "grad_sample_mode": opts["grad_sample_mode"], "noise_multiplicity": opts["noise_multiplicity"],
-               "allow_large_delta": opts["allow_large_delta"], "placement": opts["dp_placement"]},
+               "allow_large_delta": opts["allow_large_delta"], "placement": opts["dp_placement"],
+               "public_subspace": opts["public_subspace"]},
         "secure_agg": {"mode": opts["secure_agg"], "dropout_rate": opts["dropout_rate"]},
     }
     out: dict[str, Any] = {k: {kk: vv for kk, vv in v.items() if vv is not None} for k, v in sections.items()}
@@ -171,6 +172,9 @@ def run(
                                                "adds the noise (distributed: sites add discrete noise shares before "
                                                "masking; server: trusted server; default: local for --dp sample, "
                                                "server for --dp client)."),
+    public_subspace: Optional[int] = typer.Option(None, "--public-subspace", help="Distributed DP-SGD: project the "
+                                                  "noisy mean gradient onto the span of K public per-example "
+                                                  "gradients (0: off; no ε cost)."),
     secure_agg: Optional[str] = typer.Option(None, "--secure-agg", help="secagg | secagg+ | ckks | off"),
     dropout_rate: Optional[float] = typer.Option(None, "--dropout-rate", help="Simulated client dropout rate."),
     engine: str = typer.Option("in-process", "--engine", help="in-process (one process, the default) | flower "

@@ -162,6 +162,9 @@ class DPConfig:
     allow_large_delta: bool = False
     secure_rng: bool = True               # sampling + noise from an OS-CSPRNG-seeded generator, Opacus secure_mode
     placement: str = "auto"               # local | distributed | server (see DP_PLACEMENTS); auto = the mode's default
+    # distributed DP-SGD: the server projects the noisy mean gradient onto the span of this many public
+    # per-example gradients at the current model (0 = off); post-processing with public data, no ε
+    public_subspace: int = 0
 
     def __post_init__(self) -> None:
         _check_types(self, "dp")
@@ -188,6 +191,9 @@ class DPConfig:
             raise ConfigError(f"max epsilon must be > 0; got {self.max_epsilon}")
         if self.mode != "off" and self.target_epsilon is None and self.noise_multiplier is None:
             raise ConfigError("DP needs --target-epsilon or --noise-multiplier")
+        if not 0 <= self.public_subspace <= 4096:
+            raise ConfigError(f"dp public_subspace must be an integer in [0, 4096] (0 = off); "
+                              f"got {self.public_subspace!r}")
         if self.placement not in DP_PLACEMENTS:
             raise ConfigError(f"dp placement must be one of {', '.join(DP_PLACEMENTS)}; got {self.placement!r}")
         allowed = {"sample": ("local", "distributed"), "client": ("server", "distributed"), "off": ()}[self.mode]
@@ -341,6 +347,21 @@ class RunConfig:
             self.secure_agg.check_round(sites_per_round(self.fed))
         if self.dp.effective_placement == "distributed":
             self._check_distributed()
+        if self.dp.public_subspace:
+            self._check_public_subspace()
+
+    def _check_public_subspace(self) -> None:
+        """The projection needs the server's noisy mean gradient (distributed DP-SGD) and public images."""
+        k = self.dp.public_subspace
+        if self.dp.mode != "sample" or self.dp.effective_placement != "distributed":
+            raise ConfigError(f"dp public_subspace = {k} needs distributed DP-SGD (--dp sample --dp-placement "
+                              f"distributed): only there does the server hold the noisy mean gradient to project")
+        if self.public_pretrain == "none":
+            raise ConfigError(f"dp public_subspace = {k} needs public images (model.public_pretrain "
+                              f"typeset-digits); this run has none")
+        if k > self.model.pretrain_set_size:
+            raise ConfigError(f"dp public_subspace = {k} exceeds the public images available "
+                              f"(model.pretrain_set_size = {self.model.pretrain_set_size})")
 
     def _check_distributed(self) -> None:
         """Distributed noise needs pairwise-mask secure aggregation (the integer ring the shares are added in), every

@@ -16,7 +16,7 @@ and undone: aggregates arrive as ``(sum, total_weight)``.
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 
@@ -332,6 +332,9 @@ class ServerDistributedDP(ServerPrivacy):
         self.delta, self.delta_note = run_delta(cfg, client_sizes)
         self.kind = "rdp"
         self.accountants = [DistributedAccountant() for _ in client_sizes]
+        # sample level, dp.public_subspace > 0: callable(mean_gradient, round) -> its projection onto public
+        # gradients (privfed.federation.public_subspace); the runner sets it once the model exists
+        self.projector: Callable[[torch.Tensor, int], torch.Tensor] | None = None
         if cfg.dp.mode == "sample":
             # sample level: one private step per round; q_i per site; the step divides by the expected union batch
             self.mode, self.unit, self.unit_words = "sample", "example", "one training image"
@@ -380,6 +383,8 @@ class ServerDistributedDP(ServerPrivacy):
         if self.mode != "sample":
             return (total.double() / self.n_clients).float()
         g = -total.double() / self.union_batch          # the noisy mean gradient
+        if self.projector is not None:
+            g = self.projector(g, round_index)          # post-processing with public data: no ε
         a = self._adam
         if not a:
             a.update(m=torch.zeros_like(g), v=torch.zeros_like(g), t=0)
@@ -422,9 +427,12 @@ class ServerDistributedDP(ServerPrivacy):
                     f"C = {self.cfg.dp.max_grad_norm}, sums them and adds an exact discrete Gaussian share before "
                     f"masking; honest noise alone has σ/C = {self.sigma:.3f} (t − n_C = {self.plan.honest_sites(n)} "
                     f"honest shares of {n}; calibrated without sampling amplification, accounted with it); the "
-                    f"server divides the unmasked sum by the expected union batch {self.union_batch:g} and takes an "
-                    f"Adam step; accountant: RDP of the Poisson-subsampled distributed discrete Gaussian "
-                    f"(Kairouz, Liu & Steinke 2021; Zhu & Wang 2019); {self.delta_note}"]
+                    f"server divides the unmasked sum by the expected union batch {self.union_batch:g}"
+                    + (f", projects it onto the span of {self.cfg.dp.public_subspace} public per-example gradients "
+                       f"at the current model (post-processing with public images: no ε)"
+                       if self.cfg.dp.public_subspace else "")
+                    + f" and takes an Adam step; accountant: RDP of the Poisson-subsampled distributed discrete "
+                    f"Gaussian (Kairouz, Liu & Steinke 2021; Zhu & Wang 2019); {self.delta_note}"]
         return [f"DP-FedAvg, noise placement 'distributed': each site adds an exact discrete Gaussian share before "
                 f"masking; honest noise alone has σ/C = {self.sigma:.3f} (t − n_C = {self.plan.honest_sites(n)} "
                 f"honest shares of {n}, threshold fraction {sa.threshold_fraction}, max_colluders "

@@ -326,6 +326,8 @@ class FederatedRun:
                     from safetensors.torch import load_file
 
                     self.privacy.load_optimizer_state(load_file(str(path / SERVER_OPTIMIZER)))
+            if cfg.dp.public_subspace:
+                self.privacy.projector = self._public_subspace().project
             self._participants: dict[int, list[int]] = {}
             if self.engine_factory is not None:
                 engine = self.engine_factory(drop_plan=self._dropouts, releases=releases_update,
@@ -433,6 +435,19 @@ class FederatedRun:
         out = pretrained_initial_model(self.model, material, compute)
         return {"public_pretrain": cfg.public_pretrain, **out, "pretrain_loss": round(out["pretrain_loss"], 5),
                 "pretrain_seconds": round(time.perf_counter() - t0, 3)}
+
+    def _public_subspace(self):
+        """The server's projection onto public gradients (dp.public_subspace): the public images are those of the
+        public pretraining, drawn from the same seed."""
+        from privfed.data.typeset import typeset_digits
+        from privfed.federation.public_subspace import PublicSubspace
+        from privfed.models.unet import trainable_parameters
+
+        cfg, tr = self.cfg, self.splits.train
+        public = typeset_digits(cfg.model.pretrain_set_size, image_size=tr.size, channels=tr.channels,
+                                seed=derive_seed(cfg.seed, "public-data"))
+        return PublicSubspace(self.model, self.scheduler, public, k=cfg.dp.public_subspace,
+                              params=trainable_parameters(self.model, cfg.model.trainable), seed=cfg.seed)
 
     # ---- the moving average of the global model ---------------------------------------------------------------
     def _new_ema(self, checkpoint: Path | None):

@@ -113,7 +113,8 @@ def _apply(raw: dict[str, Any], settings: Mapping[str, Any], where: str) -> dict
         _set_key(out, "dp.mode", "off", where)          # ε = ∞: the non-private point, whatever else is set
     if out.get("dp", {}).get("mode") == "off":
         # non-private: ε keys cannot matter; dropping them makes every non-private point one configuration
-        for k in ("target_epsilon", "placement", "noise_multiplier", "max_epsilon", "noise_multiplicity", "delta"):
+        for k in ("target_epsilon", "placement", "noise_multiplier", "max_epsilon", "noise_multiplicity", "delta",
+                  "public_subspace"):
             out["dp"].pop(k, None)
     if settings.get("centralized"):
         # one site holding every training image (no aggregation to protect: secure aggregation off)

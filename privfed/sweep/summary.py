@@ -21,7 +21,8 @@ from privfed.sweep.results import mixed_extractors, start_label  # noqa: E402
 
 _NUMERIC_AXES = {"fed.clients": "sites N", "data.alpha": "Dirichlet α (label skew; larger = closer to IID)",
                  "fed.local_epochs": "local epochs E", "fed.per_round": "sites per round",
-                 "fed.rounds": "rounds", "dp.noise_multiplicity": "noise multiplicity K"}
+                 "fed.rounds": "rounds", "dp.noise_multiplicity": "noise multiplicity K",
+                 "dp.public_subspace": "public subspace rank k"}
 
 
 def _fmt(x: Any, nd: int = 1) -> str:

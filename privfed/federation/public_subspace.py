@@ -1,0 +1,86 @@
+"""Public gradient subspace: the server projects distributed DP-SGD's noisy mean gradient onto the span of k
+public per-example gradients taken at the current model.
+
+The mean gradient of the sites' clipped examples is nearly low-rank and lies mostly in the span of a few hundred
+gradients of public images (measured on the digits default: 78 % of its energy in the span of 64 typeset-digit
+gradients, 91 % in 256), while isotropic noise keeps only k/d of its energy there (0.16 % for k = 256, d = 163,985).
+Projecting therefore removes almost all of the noise and little of the signal (Zhou, Wu & Banerjee 2021, "Bypassing
+the ambient dimension"; Yu et al. 2021, "Do not let privacy overbill utility"; Kairouz et al. 2021, "Fast
+dimension independent private AdaGrad on publicly estimated subspaces").
+
+The projection is post-processing: it uses only the released noisy sum, the current global model (itself released)
+and public images, so it changes no ε and needs no trust beyond the noise placement's.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.func import functional_call, grad, vmap
+
+from privfed.data.dataset import ImageDataset
+
+CHUNK = 64   # public examples per vectorised backward pass (bounds peak memory at about CHUNK·d floats)
+
+
+class PublicSubspace:
+    """An orthonormal basis of k public per-example gradients of the diffusion loss, recomputed each round at the
+    model's current weights, and the projection onto it.
+
+    `params` are the parameters the update vectors carry (``model.trainable``), in vector order; the others stay
+    fixed. Public examples, their noise and timesteps come from a generator seeded by (seed, round), so a resumed
+    run draws the same basis.
+    """
+
+    def __init__(self, model: torch.nn.Module, scheduler, public: ImageDataset, *, k: int,
+                 params: list[torch.nn.Parameter], seed: int) -> None:
+        if not 1 <= k <= len(public):
+            raise ValueError(f"public subspace rank k must be in [1, {len(public)}] (public images); got {k}")
+        self.model, self.scheduler, self.public, self.k, self.seed = model, scheduler, public, k, seed
+        self._params = params
+
+    def _names(self) -> tuple[list[str], dict[str, torch.Tensor]]:
+        ids = {id(p) for p in self._params}
+        named = dict(self.model.named_parameters())
+        order = {id(p): name for name, p in named.items()}
+        trained = [order[id(p)] for p in self._params]
+        frozen = {n: p.detach() for n, p in named.items() if id(p) not in ids}
+        return trained, frozen
+
+    def gradients(self, round_index: int) -> torch.Tensor:
+        """The k public per-example gradients of this round (k × d, float64), at the model's current weights."""
+        from privfed.federation.seeding import torch_generator
+
+        gen = torch_generator(self.seed, "public-subspace", round_index)
+        trained, frozen = self._names()
+        chosen = set(trained)
+        weights = {n: p.detach() for n, p in self.model.named_parameters() if n in chosen}
+        device = next(self.model.parameters()).device
+        steps = self.scheduler.config.num_train_timesteps
+        idx = torch.randperm(len(self.public), generator=gen)[: self.k]
+        x = self.public.images[idx]
+        noise = torch.randn(x.shape, generator=gen, dtype=x.dtype)
+        t = torch.randint(0, steps, (len(x),), generator=gen)
+
+        def loss(w, xi, ni, ti):
+            xt = self.scheduler.add_noise(xi[None], ni[None], ti[None])
+            pred = functional_call(self.model, {**frozen, **w}, (xt, ti[None])).sample
+            return (pred - ni[None]).pow(2).mean()
+
+        per_example = vmap(grad(loss), in_dims=(None, 0, 0, 0))
+        rows = []
+        for i in range(0, len(x), CHUNK):
+            g = per_example(weights, x[i:i + CHUNK].to(device), noise[i:i + CHUNK].to(device),
+                            t[i:i + CHUNK].to(device))
+            rows.append(torch.cat([g[n].reshape(g[n].shape[0], -1) for n in trained], 1).double())
+        return torch.cat(rows)
+
+    def basis(self, round_index: int) -> torch.Tensor:
+        """A d × r matrix with orthonormal columns spanning this round's public gradients (r ≤ k: their rank)."""
+        q, r = torch.linalg.qr(self.gradients(round_index).T)
+        diag = r.diagonal().abs()
+        return q[:, diag > 1e-10 * diag.max()]
+
+    def project(self, g: torch.Tensor, round_index: int) -> torch.Tensor:
+        """Q Qᵀ g for this round's basis Q (same shape and dtype as `g`)."""
+        q = self.basis(round_index).to(g.device)
+        return (q @ (q.T @ g.double())).to(g.dtype)

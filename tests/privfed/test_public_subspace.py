@@ -1,0 +1,163 @@
+"""Distributed DP-SGD's projection onto public gradients (dp.public_subspace): exact per-example public gradients,
+an orthonormal basis of their span, what it keeps of signal and of noise, wiring into a run, bad input."""
+
+import json
+import math
+import tomllib
+
+import pytest
+import torch
+
+from audits.verify import verify_run
+from privfed.cli import main
+from privfed.config import ModelConfig, RunConfig
+from privfed.data.typeset import typeset_digits
+from privfed.errors import ConfigError
+from privfed.federation import privacy as P
+from privfed.federation.public_subspace import PublicSubspace
+from privfed.federation.runner import FederatedRun
+from privfed.models.unet import build_scheduler, build_unet, trainable_parameters
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    mc = ModelConfig(base_channels=8, num_train_timesteps=50)
+    model = build_unet(mc, channels=1, image_size=8)
+    public = typeset_digits(40, image_size=8, channels=1, seed=1)
+    return model, build_scheduler(mc), public
+
+
+def _reference_gradients(model, scheduler, public, k, seed, round_index, params):
+    """One example at a time with plain autograd, drawing exactly what PublicSubspace documents it draws."""
+    from privfed.federation.seeding import torch_generator
+
+    gen = torch_generator(seed, "public-subspace", round_index)
+    idx = torch.randperm(len(public), generator=gen)[:k]
+    x = public.images[idx]
+    noise = torch.randn(x.shape, generator=gen, dtype=x.dtype)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (len(x),), generator=gen)
+    rows = []
+    for i in range(k):
+        xt = scheduler.add_noise(x[i:i + 1], noise[i:i + 1], t[i:i + 1])
+        loss = (model(xt, t[i:i + 1]).sample - noise[i:i + 1]).pow(2).mean()
+        grads = torch.autograd.grad(loss, params)
+        rows.append(torch.cat([g.flatten() for g in grads]).double())
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("which", ["all", "decoder"])
+def test_public_gradients_match_one_example_at_a_time_autograd(setup, which):
+    model, scheduler, public = setup
+    params = trainable_parameters(model, which)
+    ps = PublicSubspace(model, scheduler, public, k=6, params=params, seed=5)
+    got = ps.gradients(round_index=2)
+    ref = _reference_gradients(model, scheduler, public, 6, 5, 2, params)
+    assert got.shape == (6, sum(p.numel() for p in params))
+    assert torch.allclose(got, ref, rtol=1e-4, atol=1e-6), (got - ref).abs().max()
+
+
+def test_basis_is_orthonormal_spans_the_gradients_and_changes_with_the_round(setup):
+    model, scheduler, public = setup
+    ps = PublicSubspace(model, scheduler, public, k=8, params=list(model.parameters()), seed=5)
+    q = ps.basis(1)
+    assert q.shape[1] == 8 and q.dtype == torch.float64
+    assert torch.allclose(q.T @ q, torch.eye(8, dtype=torch.float64), atol=1e-10)
+    g = ps.gradients(1)
+    residual = g.T - q @ (q.T @ g.T)
+    assert residual.norm() <= 1e-9 * g.norm()
+    assert torch.equal(ps.basis(1), q)                     # the same round draws the same basis (resume)
+    other = ps.basis(2)
+    assert (q.T @ other).norm() ** 2 < 8 - 0.5             # another round: other public draws, another span
+
+
+def test_projection_keeps_the_span_and_about_k_over_d_of_isotropic_noise(setup):
+    model, scheduler, public = setup
+    k = 16
+    ps = PublicSubspace(model, scheduler, public, k=k, params=list(model.parameters()), seed=5)
+    q = ps.basis(0)
+    d = q.shape[0]
+    inside = q @ torch.randn(k, dtype=torch.float64)
+    assert torch.allclose(ps.project(inside, 0), inside, atol=1e-10)
+    assert ps.project(inside.float(), 0).dtype == torch.float32
+    noise = torch.randn(d, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    kept = ps.project(noise, 0).norm() ** 2 / noise.norm() ** 2
+    # ||Qᵀn||² / ||n||² for Gaussian n ~ Beta(k/2, (d−k)/2): mean k/d, sd ≈ √(2k)/d
+    assert abs(float(kept) - k / d) < 6 * math.sqrt(2 * k) / d
+
+
+def test_rank_must_fit_the_public_images(setup):
+    model, scheduler, public = setup
+    with pytest.raises(ValueError, match="k must be in"):
+        PublicSubspace(model, scheduler, public, k=41, params=list(model.parameters()), seed=0)
+
+
+def test_a_run_projects_the_noisy_step_before_the_server_adam(tmp_path, tiny_config, monkeypatch):
+    """The server's noisy mean gradient goes through the projection each round (once, before Adam); ε and the
+    ledger's verification are those of distributed DP-SGD (post-processing); the report names the projection."""
+    seen = []
+    real = PublicSubspace.project
+
+    def spy(self, g, round_index):
+        out = real(self, g, round_index)
+        seen.append((round_index, g.clone(), out.clone(), self.basis(round_index)))
+        return out
+
+    monkeypatch.setattr(PublicSubspace, "project", spy)
+    steps = []
+    real_post = P.ServerDistributedDP.post_aggregate
+
+    def spy_post(self, total, total_weight, *, round_index):
+        out = real_post(self, total, total_weight, round_index=round_index)
+        steps.append((round_index, -total.double() / self.union_batch))
+        return out
+
+    monkeypatch.setattr(P.ServerDistributedDP, "post_aggregate", spy_post)
+    cfg = tiny_config.replace(dp={"mode": "sample", "placement": "distributed", "target_epsilon": 8.0,
+                                  "public_subspace": 4},
+                              secure_agg={"mode": "secagg", "clip_range": 4.0},
+                              model={"public_pretrain": "typeset-digits"})
+    run = tmp_path / "ps"
+    res = FederatedRun.create(cfg, run).run()
+    assert res.rounds_completed == 2
+    assert [r for r, *_ in seen] == [1, 2] and [r for r, _ in steps] == [1, 2]
+    for (r, g, out, q), (_, mean_grad) in zip(seen, steps):
+        assert torch.allclose(g, mean_grad)                # what is projected is the noisy mean gradient
+        assert q.shape[1] <= 4
+        assert torch.allclose(out, q @ (q.T @ g), atol=1e-12)
+        assert out.norm() < g.norm()
+    assert tomllib.loads((run / "config.toml").read_text())["dp"]["public_subspace"] == 4
+    assert all(c.status == "consistent" for c in verify_run(run).receipts)   # raises on a bad ledger or ε
+    from audits.report import build_report
+    paths = build_report(run)
+    statement = json.loads(paths.json.read_text())["sections"]["privacy_statement"]["text"]
+    assert "span of 4 public per-example gradients" in statement and "changes no ε" in statement
+
+
+BAD = [
+    (["--dp", "sample", "--public-subspace", "64"], "distributed DP-SGD"),      # local placement: no server step
+    (["--dp", "client", "--dp-placement", "distributed", "--public-subspace", "64"], "distributed DP-SGD"),
+    (["--dp", "sample", "--dp-placement", "distributed", "--dataset", "npz", "--data", "x.npz",
+      "--public-subspace", "64"], "public images"),                             # no public look-alike of npz data
+    (["--dp", "sample", "--dp-placement", "distributed", "--public-subspace", "5000"], "[0, 4096]"),
+]
+
+
+@pytest.mark.parametrize("flags,match", BAD)
+def test_bad_public_subspace_one_line_nothing_written(tmp_path, capsys, flags, match):
+    out = tmp_path / "run"
+    conf = tmp_path / "c.toml"
+    conf.write_text("[secure_agg]\nclip_range = 8.0\n")
+    args = ["run", "--out", str(out), "--config", str(conf), *flags]
+    code = main(args)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and err.startswith("privfed: error:"), err
+    assert match in err, err
+    assert not out.exists()
+
+
+def test_rank_above_the_public_set_is_refused():
+    with pytest.raises(ConfigError, match="pretrain_set_size"):
+        RunConfig.from_dict({"dp": {"placement": "distributed", "public_subspace": 600},
+                             "secure_agg": {"clip_range": 8.0}, "model": {"pretrain_set_size": 500}})
