@@ -14,6 +14,8 @@ and public images, so it changes no ε and needs no trust beyond the noise place
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch.func import functional_call, grad, vmap
 
@@ -68,10 +70,14 @@ class PublicSubspace:
 
         per_example = vmap(grad(loss), in_dims=(None, 0, 0, 0))
         rows = []
-        for i in range(0, len(x), CHUNK):
-            g = per_example(weights, x[i:i + CHUNK].to(device), noise[i:i + CHUNK].to(device),
-                            t[i:i + CHUNK].to(device))
-            rows.append(torch.cat([g[n].reshape(g[n].shape[0], -1) for n in trained], 1).double())
+        with warnings.catch_warnings():
+            # torch has no batching rule for CPU flash attention yet and says so on every call; the fallback loop
+            # is exact, only slower
+            warnings.filterwarnings("ignore", message="There is a performance drop", category=UserWarning)
+            for i in range(0, len(x), CHUNK):
+                g = per_example(weights, x[i:i + CHUNK].to(device), noise[i:i + CHUNK].to(device),
+                                t[i:i + CHUNK].to(device))
+                rows.append(torch.cat([g[n].reshape(g[n].shape[0], -1) for n in trained], 1).double())
         return torch.cat(rows)
 
     def basis(self, round_index: int) -> torch.Tensor:
