@@ -20,6 +20,7 @@ import torch
 from torch.func import functional_call, grad, vmap
 
 from privfed.data.dataset import ImageDataset
+from privfed.federation.seeding import torch_generator
 
 CHUNK = 64   # public examples per vectorised backward pass (bounds peak memory at about CHUNK·d floats)
 
@@ -38,24 +39,18 @@ class PublicSubspace:
         if not 1 <= k <= len(public):
             raise ValueError(f"public subspace rank k must be in [1, {len(public)}] (public images); got {k}")
         self.model, self.scheduler, self.public, self.k, self.seed = model, scheduler, public, k, seed
-        self._params = params
-
-    def _names(self) -> tuple[list[str], dict[str, torch.Tensor]]:
-        ids = {id(p) for p in self._params}
-        named = dict(self.model.named_parameters())
-        order = {id(p): name for name, p in named.items()}
-        trained = [order[id(p)] for p in self._params]
-        frozen = {n: p.detach() for n, p in named.items() if id(p) not in ids}
-        return trained, frozen
+        # the model is updated in place, so these names and tensors stay valid for the whole run
+        ids = {id(p) for p in params}
+        named = dict(model.named_parameters())
+        by_id = {id(p): name for name, p in named.items()}
+        self._trained = [by_id[id(p)] for p in params]
+        self._weights = {by_id[id(p)]: p.detach() for p in params}
+        self._frozen = {n: p.detach() for n, p in named.items() if id(p) not in ids}
 
     def gradients(self, round_index: int) -> torch.Tensor:
         """The k public per-example gradients of this round (k × d, float64), at the model's current weights."""
-        from privfed.federation.seeding import torch_generator
-
         gen = torch_generator(self.seed, "public-subspace", round_index)
-        trained, frozen = self._names()
-        chosen = set(trained)
-        weights = {n: p.detach() for n, p in self.model.named_parameters() if n in chosen}
+        trained, frozen, weights = self._trained, self._frozen, self._weights
         device = next(self.model.parameters()).device
         steps = self.scheduler.config.num_train_timesteps
         idx = torch.randperm(len(self.public), generator=gen)[: self.k]

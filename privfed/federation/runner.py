@@ -411,15 +411,13 @@ class FederatedRun:
         if cfg.public_pretrain == "none":
             return {}
         from privfed.cache import pretrained_initial_model
-        from privfed.data.typeset import typeset_digits
         from privfed.models.pretrain import public_pretrain
 
         t0 = time.perf_counter()
         pretrain_batch = cfg.model.pretrain_batch_size or cfg.fed.batch_size
 
         def compute() -> float:
-            public = typeset_digits(cfg.model.pretrain_set_size, image_size=tr.size, channels=tr.channels,
-                                    seed=derive_seed(cfg.seed, "public-data"))
+            public = self._public_images()
             progress = getattr(self.reporter, "pretrain_progress", None)
             return public_pretrain(self.model, self.scheduler, public, steps=cfg.model.pretrain_steps,
                                    lr=cfg.model.pretrain_lr, batch_size=pretrain_batch,
@@ -436,17 +434,22 @@ class FederatedRun:
         return {"public_pretrain": cfg.public_pretrain, **out, "pretrain_loss": round(out["pretrain_loss"], 5),
                 "pretrain_seconds": round(time.perf_counter() - t0, 3)}
 
-    def _public_subspace(self):
-        """The server's projection onto public gradients (dp.public_subspace): the public images are those of the
-        public pretraining, drawn from the same seed."""
+    def _public_images(self) -> ImageDataset:
+        """The run's public images (typeset digits at the sites' size, from the run seed): what the public
+        pretraining trains on and what dp.public_subspace takes its gradients of."""
         from privfed.data.typeset import typeset_digits
+
+        cfg, tr = self.cfg, self.splits.train
+        return typeset_digits(cfg.model.pretrain_set_size, image_size=tr.size, channels=tr.channels,
+                              seed=derive_seed(cfg.seed, "public-data"))
+
+    def _public_subspace(self):
+        """The server's projection onto gradients of the public images (dp.public_subspace)."""
         from privfed.federation.public_subspace import PublicSubspace
         from privfed.models.unet import trainable_parameters
 
-        cfg, tr = self.cfg, self.splits.train
-        public = typeset_digits(cfg.model.pretrain_set_size, image_size=tr.size, channels=tr.channels,
-                                seed=derive_seed(cfg.seed, "public-data"))
-        return PublicSubspace(self.model, self.scheduler, public, k=cfg.dp.public_subspace,
+        cfg = self.cfg
+        return PublicSubspace(self.model, self.scheduler, self._public_images(), k=cfg.dp.public_subspace,
                               params=trainable_parameters(self.model, cfg.model.trainable), seed=cfg.seed)
 
     # ---- the moving average of the global model ---------------------------------------------------------------
