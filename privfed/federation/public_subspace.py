@@ -39,18 +39,20 @@ class PublicSubspace:
         if not 1 <= k <= len(public):
             raise ValueError(f"public subspace rank k must be in [1, {len(public)}] (public images); got {k}")
         self.model, self.scheduler, self.public, self.k, self.seed = model, scheduler, public, k, seed
-        # the model is updated in place, so these names and tensors stay valid for the whole run
+        # names resolved once; the tensors are read each round, because the server's update (vector_to_parameters)
+        # swaps each parameter's .data for a new tensor, so a tensor kept from here would stay at these weights
         ids = {id(p) for p in params}
         named = dict(model.named_parameters())
         by_id = {id(p): name for name, p in named.items()}
-        self._trained = [by_id[id(p)] for p in params]
-        self._weights = {by_id[id(p)]: p.detach() for p in params}
-        self._frozen = {n: p.detach() for n, p in named.items() if id(p) not in ids}
+        self._trained = [(by_id[id(p)], p) for p in params]
+        self._frozen = [(n, p) for n, p in named.items() if id(p) not in ids]
 
     def gradients(self, round_index: int) -> torch.Tensor:
         """The k public per-example gradients of this round (k × d, float64), at the model's current weights."""
         gen = torch_generator(self.seed, "public-subspace", round_index)
-        trained, frozen, weights = self._trained, self._frozen, self._weights
+        trained = [n for n, _ in self._trained]
+        weights = {n: p.detach() for n, p in self._trained}
+        frozen = {n: p.detach() for n, p in self._frozen}
         device = next(self.model.parameters()).device
         steps = self.scheduler.config.num_train_timesteps
         idx = torch.randperm(len(self.public), generator=gen)[: self.k]

@@ -7,6 +7,7 @@ import tomllib
 
 import pytest
 import torch
+from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from audits.verify import verify_run
 from privfed.cli import main
@@ -55,6 +56,25 @@ def test_public_gradients_match_one_example_at_a_time_autograd(setup, which):
     ref = _reference_gradients(model, scheduler, public, 6, 5, 2, params)
     assert got.shape == (6, sum(p.numel() for p in params))
     assert torch.allclose(got, ref, rtol=1e-4, atol=1e-6), (got - ref).abs().max()
+
+
+@pytest.mark.parametrize("which", ["all", "decoder"])
+def test_gradients_follow_the_servers_update_of_the_weights(which):
+    # the server applies each round's step with vector_to_parameters, which gives every parameter a new .data
+    # tensor: the gradients must be taken at those new weights, not at the weights the subspace was built with
+    torch.manual_seed(1)
+    mc = ModelConfig(base_channels=8, num_train_timesteps=50)
+    model, scheduler = build_unet(mc, channels=1, image_size=8), build_scheduler(mc)
+    public = typeset_digits(12, image_size=8, channels=1, seed=1)
+    params = trainable_parameters(model, which)
+    ps = PublicSubspace(model, scheduler, public, k=4, params=params, seed=5)
+    before = ps.gradients(3)
+    vec = parameters_to_vector(params)
+    vector_to_parameters(vec + 0.05 * torch.randn_like(vec), params)
+    after = ps.gradients(3)
+    ref = _reference_gradients(model, scheduler, public, 4, 5, 3, params)
+    assert torch.allclose(after, ref, rtol=1e-4, atol=1e-6), (after - ref).abs().max()
+    assert (after - before).norm() > 1e-2 * before.norm()
 
 
 def test_basis_is_orthonormal_spans_the_gradients_and_changes_with_the_round(setup):
@@ -135,7 +155,8 @@ def test_a_run_projects_the_noisy_step_before_the_server_adam(tmp_path, tiny_con
 
 
 BAD = [
-    (["--dp", "sample", "--public-subspace", "64"], "distributed DP-SGD"),      # local placement: no server step
+    (["--dp", "sample", "--dp-placement", "local", "--public-subspace", "64"],  # local placement: no server step
+     "distributed DP-SGD"),
     (["--dp", "client", "--dp-placement", "distributed", "--public-subspace", "64"], "distributed DP-SGD"),
     (["--dp", "sample", "--dp-placement", "distributed", "--dataset", "npz", "--data", "x.npz",
       "--public-subspace", "64"], "public images"),                             # no public look-alike of npz data
