@@ -170,11 +170,13 @@ def run(
                                                      "(weak guarantee; refused by default)."),
     dp_placement: Optional[str] = typer.Option(None, "--dp-placement", help="local | distributed | server: who "
                                                "adds the noise (distributed: sites add discrete noise shares before "
-                                               "masking; server: trusted server; default: local for --dp sample, "
-                                               "server for --dp client)."),
+                                               "masking; server: trusted server). Default: distributed for --dp "
+                                               "sample under secagg/secagg+ with every site every round, else local; "
+                                               "server for --dp client."),
     public_subspace: Optional[int] = typer.Option(None, "--public-subspace", help="Distributed DP-SGD: project the "
                                                   "noisy mean gradient onto the span of K public per-example "
-                                                  "gradients (0: off; no ε cost)."),
+                                                  "gradients (0: off; no ε cost). Default: 64 where public images "
+                                                  "exist (digits), else 0."),
     secure_agg: Optional[str] = typer.Option(None, "--secure-agg", help="secagg | secagg+ | ckks | off"),
     dropout_rate: Optional[float] = typer.Option(None, "--dropout-rate", help="Simulated client dropout rate."),
     engine: str = typer.Option("in-process", "--engine", help="in-process (one process, the default) | flower "

@@ -23,7 +23,25 @@ PARTITIONS = ("iid", "dirichlet", "quantity")
 DP_MODES = ("sample", "client", "off")
 # where the DP noise is added: "local" (each site's DP-SGD), "distributed" (each site adds a share of discrete
 # noise before masking), "server" (the server, after unmasking: trusted); "auto": local for sample, server for client
+# (the meaning it had when it was the default, kept so that earlier runs' config.toml files read the same). Unset:
+# RunConfig chooses (`RunConfig.default_placement`).
 DP_PLACEMENTS = ("auto", "local", "distributed", "server")
+# the schedule each placement defaults to when a key is unset. Distributed DP-SGD takes one private step per round
+# over the union batch, so it wants more rounds, a batch that covers each site (q = 1 on the digits), a smaller
+# server Adam step and room in the ring for the noisy sum (README "Where the noise goes"; examples/sweeps/
+# public_subspace.toml measured this recipe). Every other run (local DP-SGD, DP-FedAvg, non-private) trains locally.
+SCHEDULES = {
+    "local": {("fed", "rounds"): 15, ("fed", "batch_size"): 64, ("fed", "lr"): 2e-3,
+              ("secure_agg", "clip_range"): 0.25},
+    "distributed-sample": {("fed", "rounds"): 30, ("fed", "batch_size"): 512, ("fed", "lr"): 5e-4,
+                           ("secure_agg", "clip_range"): 8.0},
+}
+PUBLIC_SUBSPACE_DEFAULT = 64       # rank k of the public gradient subspace when distributed DP-SGD has public images
+# what an unset key reads as in a section on its own (RunConfig then chooses by placement)
+SECTION_DEFAULTS = {"dp": {"public_subspace": 0},
+                    **{sec: {k: v for (s, k), v in SCHEDULES["local"].items() if s == sec}
+                       for sec in ("fed", "secure_agg")}}
+PRETRAIN_BATCH_DEFAULT = 64        # public pretraining batch when neither it nor fed.batch_size is set
 SECAGG_MODES = ("secagg", "secagg+", "ckks", "off")
 ACCOUNTANTS = ("pld", "prv", "rdp")
 PUBLIC_PRETRAIN = ("auto", "typeset-digits", "none")
@@ -115,11 +133,13 @@ class FedConfig:
     """Federated round loop: who trains, how long, and how updates are combined."""
 
     clients: int = 10
-    rounds: int = 15
+    rounds: int | None = None        # None: the placement's schedule (SCHEDULES: 15, or 30 for distributed DP-SGD)
     fraction: float = 1.0            # fraction of clients selected per round, in (0, 1]
     local_epochs: int = 2
-    batch_size: int = 64             # expected local batch size (examples); Poisson-sampled under DP
-    lr: float = 2e-3                 # client Adam learning rate
+    batch_size: int | None = None    # expected local batch size (examples); Poisson-sampled under DP; None: 64
+                                     # (512 for distributed DP-SGD)
+    lr: float | None = None          # client Adam learning rate (distributed DP-SGD: the server's Adam step);
+                                     # None: 2e-3 (5e-4 for distributed DP-SGD)
     server_lr: float = 1.0           # FedAvg step size on the averaged update
     min_clients: int = 2             # end the run cleanly when fewer clients can train
     # decay per round of an exponential moving average of the global model: evaluation and the released model use
@@ -128,17 +148,18 @@ class FedConfig:
 
     def __post_init__(self) -> None:
         _check_types(self, "fed")
+        _fill_unset(self, "fed")
         if self.clients < 1:
             raise ConfigError(f"clients must be >= 1; got {self.clients}")
-        if self.rounds < 1:
+        if self.rounds is not None and self.rounds < 1:
             raise ConfigError(f"rounds must be >= 1; got {self.rounds}")
         if not 0 < self.fraction <= 1:
             raise ConfigError(f"fraction must be in (0, 1]; got {self.fraction}")
         if self.local_epochs < 1:
             raise ConfigError(f"local_epochs must be >= 1; got {self.local_epochs}")
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1; got {self.batch_size}")
-        if not self.lr > 0 or not self.server_lr > 0:
+        if (self.lr is not None and not self.lr > 0) or not self.server_lr > 0:
             raise ConfigError("lr and server_lr must be > 0")
         if self.min_clients < 1:
             raise ConfigError("min_clients must be >= 1")
@@ -161,13 +182,17 @@ class DPConfig:
     noise_multiplicity: int = 1           # (noise, timestep) draws averaged per example before clipping (DPDM)
     allow_large_delta: bool = False
     secure_rng: bool = True               # sampling + noise from an OS-CSPRNG-seeded generator, Opacus secure_mode
-    placement: str = "auto"               # local | distributed | server (see DP_PLACEMENTS); auto = the mode's default
+    # local | distributed | server | auto (see DP_PLACEMENTS); None: RunConfig.default_placement (distributed DP-SGD
+    # where the aggregation carries noise shares, else local; server for client level)
+    placement: str | None = None
     # distributed DP-SGD: the server projects the noisy mean gradient onto the span of this many public
-    # per-example gradients at the current model (0 = off); post-processing with public data, no ε
-    public_subspace: int = 0
+    # per-example gradients at the current model (0 = off); post-processing with public data, no ε.
+    # None: 64 for distributed DP-SGD with public images, else 0
+    public_subspace: int | None = None
 
     def __post_init__(self) -> None:
         _check_types(self, "dp")
+        _fill_unset(self, "dp")
         if self.mode not in DP_MODES:
             raise ConfigError(f"dp mode must be one of {', '.join(DP_MODES)}; got {self.mode!r}")
         if self.grad_sample_mode not in ("hooks", "ghost", "functorch"):
@@ -191,13 +216,13 @@ class DPConfig:
             raise ConfigError(f"max epsilon must be > 0; got {self.max_epsilon}")
         if self.mode != "off" and self.target_epsilon is None and self.noise_multiplier is None:
             raise ConfigError("DP needs --target-epsilon or --noise-multiplier")
-        if not 0 <= self.public_subspace <= 4096:
+        if self.public_subspace is not None and not 0 <= self.public_subspace <= 4096:
             raise ConfigError(f"dp public_subspace must be an integer in [0, 4096] (0 = off); "
                               f"got {self.public_subspace!r}")
-        if self.placement not in DP_PLACEMENTS:
+        if self.placement is not None and self.placement not in DP_PLACEMENTS:
             raise ConfigError(f"dp placement must be one of {', '.join(DP_PLACEMENTS)}; got {self.placement!r}")
         allowed = {"sample": ("local", "distributed"), "client": ("server", "distributed"), "off": ()}[self.mode]
-        if self.placement != "auto" and self.placement not in allowed:
+        if self.placement not in (None, "auto") and self.placement not in allowed:
             hint = {"sample": " (DP-SGD noise is added by the sites: locally or as distributed shares)",
                     "off": " (DP is off: there is no noise to place)"}.get(self.mode, "")
             raise ConfigError(f"dp placement {self.placement!r} is not available with dp mode {self.mode!r}; "
@@ -205,10 +230,11 @@ class DPConfig:
 
     @property
     def effective_placement(self) -> str:
-        """Where the noise is added: local | distributed | server, or "none" when DP is off."""
+        """Where the noise is added: local | distributed | server, or "none" when DP is off. An unset placement is
+        resolved by RunConfig (which sees the aggregation); on a bare DPConfig it reads as "auto"."""
         if self.mode == "off":
             return "none"
-        if self.placement != "auto":
+        if self.placement not in (None, "auto"):
             return self.placement
         return "local" if self.mode == "sample" else "server"
 
@@ -223,7 +249,9 @@ class SecAggConfig:
     """
 
     mode: str = "secagg+"
-    clip_range: float = 0.25         # per-coordinate clip of the (weighted) update before quantization
+    # per-coordinate clip of the (weighted) update before quantization; None: 0.25 (8.0 for distributed DP-SGD,
+    # whose summed noisy gradients need the room)
+    clip_range: float | None = None
     threshold_fraction: float = 0.67 # t = floor(threshold_fraction * n) + 1, in [0.5, 1)
     dropout_rate: float = 0.0        # simulated fraction of selected clients that drop at the masked-input stage
     max_colluders: int = 0           # n_C: colluding sites tolerated against an active server (needs t > (n+n_C)/2)
@@ -234,9 +262,10 @@ class SecAggConfig:
 
     def __post_init__(self) -> None:
         _check_types(self, "secure_agg")
+        _fill_unset(self, "secure_agg")
         if self.mode not in SECAGG_MODES:
             raise ConfigError(f"secure-agg mode must be one of {', '.join(SECAGG_MODES)}; got {self.mode!r}")
-        if not self.clip_range > 0:
+        if self.clip_range is not None and not self.clip_range > 0:
             raise ConfigError("secure-agg clip_range must be > 0")
         if not 0.5 <= self.threshold_fraction < 1:
             raise ConfigError(f"secure-agg threshold_fraction must be in [0.5, 1) (t = floor(fraction·n) + 1 must "
@@ -334,6 +363,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _check_types(self, "")
+        self._resolve_unset()
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"device must be cpu or cuda; got {self.device!r}")
         if self.eval_every < 1:
@@ -349,6 +379,61 @@ class RunConfig:
             self._check_distributed()
         if self.dp.public_subspace:
             self._check_public_subspace()
+
+    def default_placement(self) -> str | None:
+        """Where the noise goes when [dp] placement is unset (measured, README "Where the noise goes"): distributed
+        DP-SGD, whose server projects onto public gradients, where that is possible — public images to take the
+        gradients of, and an aggregation that carries noise shares (pairwise masks, every site every round, at least
+        one honest share after the colluder bound); local DP-SGD otherwise (without public images it measured better
+        on the pneumonia data, and it trusts no one); DP-FedAvg keeps the server placement; None when DP is off."""
+        if self.dp.mode == "off":
+            return None
+        if self.dp.mode == "client":
+            return "server"
+        sa = self.secure_agg
+        if (sa.mode in ("secagg", "secagg+") and self.fed.fraction == 1.0
+                and sa.threshold(sites_per_round(self.fed)) - sa.max_colluders >= 1
+                and self._public_subspace_possible()):
+            return "distributed"
+        return "local"
+
+    def _public_subspace_possible(self) -> bool:
+        return self.public_pretrain != "none" and self.model.pretrain_set_size >= PUBLIC_SUBSPACE_DEFAULT
+
+    def _resolve_unset(self) -> None:
+        """Fill the keys left unset (None) from the chosen placement's schedule (SCHEDULES), so that config.toml and
+        the ledger carry explicit values; remember which were filled, so that `replace` chooses them afresh."""
+        auto: list[tuple[str, str]] = []
+        updates: dict[str, dict[str, Any]] = {"fed": {}, "secure_agg": {}, "dp": {}, "model": {}}
+        def unset(section: str, key: str) -> bool:
+            return key in getattr(getattr(self, section), "_unset", ())
+
+        dp = self.dp
+        if dp.mode == "off" and dp.placement == "auto":
+            # written by earlier versions for non-private runs; there is no noise to place
+            updates["dp"]["placement"] = None
+        if dp.placement is None and dp.mode != "off":
+            updates["dp"]["placement"] = self.default_placement()
+            auto.append(("dp", "placement"))
+            dp = dataclasses.replace(dp, placement=updates["dp"]["placement"])
+        distributed_sgd = dp.mode == "sample" and dp.effective_placement == "distributed"
+        for (section, key), value in SCHEDULES["distributed-sample" if distributed_sgd else "local"].items():
+            if unset(section, key):
+                updates[section][key] = value
+                auto.append((section, key))
+        if unset("dp", "public_subspace"):
+            usable = distributed_sgd and self._public_subspace_possible()
+            updates["dp"]["public_subspace"] = PUBLIC_SUBSPACE_DEFAULT if usable else 0
+            auto.append(("dp", "public_subspace"))
+        if self.model.pretrain_batch_size is None:
+            # an explicit site batch sets the public pretraining batch too (as before these defaults existed)
+            given = None if unset("fed", "batch_size") else self.fed.batch_size
+            updates["model"]["pretrain_batch_size"] = given if given is not None else PRETRAIN_BATCH_DEFAULT
+            auto.append(("model", "pretrain_batch_size"))
+        for section, values in updates.items():
+            if values:
+                object.__setattr__(self, section, dataclasses.replace(getattr(self, section), **values))
+        object.__setattr__(self, "_unset", frozenset(auto))
 
     def _check_public_subspace(self) -> None:
         """The projection needs the server's noisy mean gradient (distributed DP-SGD) and public images."""
@@ -388,8 +473,14 @@ class RunConfig:
             return "typeset-digits" if self.data.dataset == "digits" else "none"
         return choice
 
-    def to_dict(self) -> dict[str, Any]:
-        return _drop_none(dataclasses.asdict(self))
+    def to_dict(self, *, resolved: bool = True) -> dict[str, Any]:
+        """The configuration as nested dicts (None dropped). resolved=False leaves out the keys that were unset and
+        filled from the placement's schedule: what was actually given, to build other configurations from."""
+        raw = _drop_none(dataclasses.asdict(self))
+        if not resolved:
+            for section, key in getattr(self, "_unset", ()):
+                raw.get(section, {}).pop(key, None)
+        return raw
 
     def to_toml(self) -> str:
         return tomli_w.dumps(self.to_dict())
@@ -403,8 +494,11 @@ class RunConfig:
         return cls.from_dict(read_toml(path, "config file"))
 
     def replace(self, **sections: Mapping[str, Any]) -> "RunConfig":
-        """Return a copy with fields overridden; `sections` maps 'fed'/'dp'/... or top-level names to values."""
-        raw = self.to_dict()
+        """Return a copy with fields overridden; `sections` maps 'fed'/'dp'/... or top-level names to values.
+
+        Keys that were unset here are unset in the copy too, so they follow its placement (e.g. the default run
+        with dp mode off trains on the local schedule, not on distributed DP-SGD's)."""
+        raw = self.to_dict(resolved=False)
         for key, value in sections.items():
             if isinstance(value, Mapping):
                 raw.setdefault(key, {}).update({k: v for k, v in value.items()})
@@ -490,6 +584,15 @@ def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
             return False, value
         return math.isfinite(v), v
     return isinstance(value, tp), value
+
+
+def _fill_unset(obj: Any, section: str) -> None:
+    """Give a section's unset (None) keys their value for a section on its own (SECTION_DEFAULTS) and remember which
+    they were, in ``obj._unset``, so that RunConfig can choose them by placement instead."""
+    unset = {k for k in SECTION_DEFAULTS.get(section, {}) if getattr(obj, k) is None}
+    for k in unset:
+        object.__setattr__(obj, k, SECTION_DEFAULTS[section][k])
+    object.__setattr__(obj, "_unset", frozenset(unset))
 
 
 def _check_types(obj: Any, section: str) -> None:

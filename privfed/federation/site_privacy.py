@@ -119,6 +119,17 @@ class SiteDistributedDP(SiteClientDP):
             self.sample_rate = 1.0
         self.accountant = DistributedAccountant()
         self.plan = DistributedNoise(cfg, delta=delta, dimension=dimension)
+        if cfg.dp.mode == "sample":
+            # the same refusals as local DP-SGD: δ below 1/n_local for this site's images, a cap one round fits in
+            dpc, cap = cfg.dp, run_cap(cfg)
+            validate_dp_args(target_epsilon=dpc.target_epsilon, target_delta=delta, n_local=n_local,
+                             noise_multiplier=dpc.noise_multiplier, max_grad_norm=dpc.max_grad_norm, max_epsilon=cap,
+                             allow_large_delta=dpc.allow_large_delta)
+            one = DistributedAccountant().projected_epsilon(
+                self.plan.event(cfg.fed.clients, self.plan.dimension, sample_rate=self.sample_rate), delta=delta)
+            if cap is not None and one > cap:
+                raise ValueError(f"max_epsilon={cap:g} is below what a single round costs (epsilon={one:.4g} at "
+                                 f"delta={delta:g}): no round could ever run; raise the cap or the noise")
         self.noise_source = None       # byte source of the noise (None: os.urandom); tests inject a seeded one
         self._event = None
         self._dim: int | None = None

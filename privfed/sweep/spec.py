@@ -168,7 +168,7 @@ def load_sweep(path: str | Path) -> Sweep:
     base: dict[str, Any] = {}
     if meta.get("base_config"):
         base_path = (p.parent / meta["base_config"]).resolve()
-        base = RunConfig.from_toml(base_path).to_dict()
+        base = RunConfig.from_toml(base_path).to_dict(resolved=False)   # unset keys follow each point's placement
     for k, v in raw.get("base", {}).items():
         if isinstance(v, dict) and isinstance(base.get(k), dict):
             base[k] = {**base[k], **v}

@@ -18,7 +18,7 @@ def dp_run(tmp_path_factory):
                   "pretrain_set_size": 64},
         "fed": {"clients": 3, "rounds": 2, "batch_size": 32, "local_epochs": 1},
         "data": {"partition": "iid"},
-        "dp": {"mode": "sample", "target_epsilon": 4.0}, "secure_agg": {"mode": "secagg+"},
+        "dp": {"mode": "sample", "target_epsilon": 4.0, "placement": "local"}, "secure_agg": {"mode": "secagg+"},
     })
     run = tmp_path_factory.mktemp("audit") / "run"
     FederatedRun.create(cfg, run).run()

@@ -1,6 +1,7 @@
 """Config: every value type-checked on load; what the secure-aggregation protocol will check, checked at load."""
 
 import math
+import tomllib
 
 import pytest
 
@@ -82,10 +83,74 @@ def test_wrong_type_in_toml_file(tmp_path):
 
 def test_default_config_valid_and_round_trips(tmp_path):
     cfg = RunConfig()
-    assert cfg.secure_agg == SecAggConfig(max_colluders=0, failure_log2=40, min_clients=3, seeded_rounding=False)
+    assert cfg.secure_agg == SecAggConfig(max_colluders=0, failure_log2=40, min_clients=3, seeded_rounding=False,
+                                          clip_range=8.0)
     p = tmp_path / "c.toml"
     p.write_text(cfg.to_toml())
     assert RunConfig.from_toml(p) == cfg
+
+
+# --- defaults chosen by placement ---------------------------------------------------------------------------------
+
+def _schedule(cfg):
+    return (cfg.dp.effective_placement, cfg.fed.rounds, cfg.fed.batch_size, cfg.fed.lr, cfg.secure_agg.clip_range,
+            cfg.dp.public_subspace, cfg.model.pretrain_batch_size)
+
+
+def test_default_run_is_distributed_dp_sgd_with_its_schedule():
+    # the default: DP-SGD with SecAgg+ over every site every round, so the noise goes in as distributed shares
+    assert _schedule(RunConfig()) == ("distributed", 30, 512, 5e-4, 8.0, 64, 64)
+    # the explicit spelling of the measured recipe (examples/sweeps/public_subspace.toml, k = 64) is the same run
+    assert RunConfig() == RunConfig.from_dict({
+        "model": {"pretrain_batch_size": 64},
+        "fed": {"rounds": 30, "batch_size": 512, "lr": 0.0005},
+        "dp": {"mode": "sample", "placement": "distributed", "public_subspace": 64},
+        "secure_agg": {"mode": "secagg+", "clip_range": 8.0}})
+
+
+@pytest.mark.parametrize("raw, expected", [
+    # no pairwise masks to carry noise shares: each site adds its own noise, on the local schedule
+    ({"secure_agg": {"mode": "off"}}, ("local", 15, 64, 2e-3, 0.25, 0, 64)),
+    ({"secure_agg": {"mode": "ckks"}}, ("local", 15, 64, 2e-3, 0.25, 0, 64)),
+    # a sampled subset of sites each round: who takes part is visible, so distributed is not chosen
+    ({"fed": {"fraction": 0.5}}, ("local", 15, 64, 2e-3, 0.25, 0, 64)),
+    ({"dp": {"mode": "client"}}, ("server", 15, 64, 2e-3, 0.25, 0, 64)),
+    ({"dp": {"mode": "off"}}, ("none", 15, 64, 2e-3, 0.25, 0, 64)),
+    # no public images (pneumonia): no projection, and there local DP-SGD measured better (and trusts no one)
+    ({"data": {"dataset": "npz", "path": "x.npz"}}, ("local", 15, 64, 2e-3, 0.25, 0, 64)),
+    ({"model": {"public_pretrain": "none"}}, ("local", 15, 64, 2e-3, 0.25, 0, 64)),
+    # asked for, distributed runs without public images too, on its own schedule
+    ({"data": {"dataset": "npz", "path": "x.npz"}, "dp": {"placement": "distributed"}},
+     ("distributed", 30, 512, 5e-4, 8.0, 0, 64)),
+    # explicit keys win over the schedule; an explicit site batch also sets the public pretraining batch (as before)
+    ({"dp": {"placement": "local"}, "fed": {"rounds": 4}}, ("local", 4, 64, 2e-3, 0.25, 0, 64)),
+    ({"fed": {"batch_size": 128, "lr": 1e-3}}, ("distributed", 30, 128, 1e-3, 8.0, 64, 128)),
+    ({"dp": {"public_subspace": 0}, "secure_agg": {"clip_range": 4.0}}, ("distributed", 30, 512, 5e-4, 4.0, 0, 64)),
+])
+def test_unset_keys_follow_the_placement(raw, expected):
+    assert _schedule(RunConfig.from_dict(raw)) == expected
+
+
+def test_auto_placement_keeps_its_earlier_meaning():
+    # config.toml files written before placement could be unset say "auto" and mean local DP-SGD: they must read
+    # the same now (an auditor re-reading an old run)
+    old = RunConfig.from_dict({"fed": {"rounds": 15, "batch_size": 64, "lr": 2e-3}, "dp": {"placement": "auto"},
+                               "secure_agg": {"clip_range": 0.25}, "model": {"pretrain_batch_size": 64}})
+    assert _schedule(old) == ("local", 15, 64, 2e-3, 0.25, 0, 64)
+
+
+def test_written_config_is_explicit_and_replace_rechooses_unset_keys(tmp_path):
+    cfg = RunConfig()
+    written = tomllib.loads(cfg.to_toml())
+    assert written["dp"]["placement"] == "distributed" and written["fed"]["batch_size"] == 512
+    # re-read from the run directory, every key is explicit: an override keeps the run's schedule
+    reread = RunConfig.from_dict(written)
+    assert _schedule(reread.replace(secure_agg={"max_colluders": 1})) == _schedule(cfg)
+    # from the defaults, an override re-chooses what was unset (CLI: privfed run --secure-agg off)
+    assert _schedule(cfg.replace(secure_agg={"mode": "off"})) == ("local", 15, 64, 2e-3, 0.25, 0, 64)
+    assert _schedule(cfg.replace(fed={"rounds": 5})) == ("distributed", 5, 512, 5e-4, 8.0, 64, 64)
+    with pytest.raises(ConfigError, match="placement 'distributed' needs pairwise-mask"):
+        reread.replace(secure_agg={"mode": "off"})
 
 
 # --- what the protocol checks, checked at load -------------------------------------------------------------------

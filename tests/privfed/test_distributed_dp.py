@@ -248,7 +248,8 @@ def test_too_few_sites_round_no_longer_understates_epsilon():
 def test_placement_labels_and_round_trip(tiny_config):
     cfg = _distributed(tiny_config)
     assert RunConfig.from_dict(cfg.to_dict()) == cfg and 'placement = "distributed"' in cfg.to_toml()
-    assert RunConfig().dp.effective_placement == "local"
+    assert RunConfig().dp.effective_placement == "distributed"              # the default on the digits
+    assert RunConfig().replace(secure_agg={"mode": "off"}).dp.effective_placement == "local"
     server = tiny_config.replace(dp={"mode": "client", "noise_multiplier": 1.0})
     assert server.dp.effective_placement == "server"
     sp = P.server_privacy(server, [50, 50, 50])

@@ -91,10 +91,12 @@ BAD_DP = [
     (["--target-epsilon", "-3"], "epsilon"),
     (["--delta", "1.5"], "delta"),
     (["--delta", "0.01"], "delta"),                       # ≥ 1/n_local for every client without the override
+    (["--delta", "0.01", "--dp-placement", "local"], "delta"),
     (["--noise-multiplier", "-1"], "noise_multiplier"),
     (["--max-grad-norm", "-0.5"], "max_grad_norm"),
     (["--max-grad-norm", "0"], "max_grad_norm"),
     (["--noise-multiplier", "0.5", "--max-epsilon", "0.01"], "cap"),   # one round already costs more
+    (["--noise-multiplier", "0.5", "--max-epsilon", "0.01", "--dp-placement", "local"], "cap"),
     (["--dp", "laplace"], "dp mode"),
     (["--accountant", "moments"], "accountant"),
 ]
