@@ -151,15 +151,15 @@ class FedConfig:
         _fill_unset(self, "fed")
         if self.clients < 1:
             raise ConfigError(f"clients must be >= 1; got {self.clients}")
-        if self.rounds is not None and self.rounds < 1:
+        if self.rounds < 1:
             raise ConfigError(f"rounds must be >= 1; got {self.rounds}")
         if not 0 < self.fraction <= 1:
             raise ConfigError(f"fraction must be in (0, 1]; got {self.fraction}")
         if self.local_epochs < 1:
             raise ConfigError(f"local_epochs must be >= 1; got {self.local_epochs}")
-        if self.batch_size is not None and self.batch_size < 1:
+        if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1; got {self.batch_size}")
-        if (self.lr is not None and not self.lr > 0) or not self.server_lr > 0:
+        if not self.lr > 0 or not self.server_lr > 0:
             raise ConfigError("lr and server_lr must be > 0")
         if self.min_clients < 1:
             raise ConfigError("min_clients must be >= 1")
@@ -183,7 +183,7 @@ class DPConfig:
     allow_large_delta: bool = False
     secure_rng: bool = True               # sampling + noise from an OS-CSPRNG-seeded generator, Opacus secure_mode
     # local | distributed | server | auto (see DP_PLACEMENTS); None: RunConfig.default_placement (distributed DP-SGD
-    # where the aggregation carries noise shares, else local; server for client level)
+    # where public images exist and the aggregation carries noise shares, else local; server for client level)
     placement: str | None = None
     # distributed DP-SGD: the server projects the noisy mean gradient onto the span of this many public
     # per-example gradients at the current model (0 = off); post-processing with public data, no ε.
@@ -216,7 +216,7 @@ class DPConfig:
             raise ConfigError(f"max epsilon must be > 0; got {self.max_epsilon}")
         if self.mode != "off" and self.target_epsilon is None and self.noise_multiplier is None:
             raise ConfigError("DP needs --target-epsilon or --noise-multiplier")
-        if self.public_subspace is not None and not 0 <= self.public_subspace <= 4096:
+        if not 0 <= self.public_subspace <= 4096:
             raise ConfigError(f"dp public_subspace must be an integer in [0, 4096] (0 = off); "
                               f"got {self.public_subspace!r}")
         if self.placement is not None and self.placement not in DP_PLACEMENTS:
@@ -265,7 +265,7 @@ class SecAggConfig:
         _fill_unset(self, "secure_agg")
         if self.mode not in SECAGG_MODES:
             raise ConfigError(f"secure-agg mode must be one of {', '.join(SECAGG_MODES)}; got {self.mode!r}")
-        if self.clip_range is not None and not self.clip_range > 0:
+        if not self.clip_range > 0:
             raise ConfigError("secure-agg clip_range must be > 0")
         if not 0.5 <= self.threshold_fraction < 1:
             raise ConfigError(f"secure-agg threshold_fraction must be in [0.5, 1) (t = floor(fraction·n) + 1 must "
