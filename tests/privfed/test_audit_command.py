@@ -45,6 +45,31 @@ def test_audit_report_honours_a_pinned_head(dp_run, capsys):
     assert main(["audit", str(dp_run), "--head", hashlib.sha256(lines[3]).hexdigest()]) == 0
 
 
+def test_empirical_audit_of_the_default_placement(tmp_path, capsys, monkeypatch):
+    """The default placement on the digits (distributed DP-SGD with the public subspace) audits too: canaries enter
+    the sites' clipped sums, the control resets placement and projection, and no bound claims more than the ledger."""
+    from privfed.config import RunConfig
+    cfg = RunConfig.from_dict({
+        "seed": 4, "eval_every": 2, "eval_samples": 16,
+        "model": {"base_channels": 8, "num_train_timesteps": 50, "sampling_steps": 2, "pretrain_steps": 5,
+                  "pretrain_set_size": 64},
+        "fed": {"clients": 3, "rounds": 2, "batch_size": 32},
+        "data": {"partition": "iid"}, "dp": {"mode": "sample", "target_epsilon": 4.0}})
+    assert cfg.dp.effective_placement == "distributed" and cfg.dp.public_subspace == 64
+    run = tmp_path / "run"
+    FederatedRun.create(cfg, run).run()
+    monkeypatch.setattr(empirical, "CANARIES", 64)
+    monkeypatch.setattr(empirical, "GRADIENT_CANARIES", 400)
+    monkeypatch.setattr(empirical, "MIA_DRAWS", 4)
+    assert main(["audit", "--empirical", str(run)]) == 0, capsys.readouterr()
+    res = json.loads((run / "report" / "empirical.json").read_text())
+    for kind in ("gradient_canaries", "image_canaries"):
+        b = res["canary"][f"dp_model_{kind}"]
+        assert 0 <= b["epsilon_lower_bound"] <= b["claimed_epsilon"] <= 4.0 + 1e-9
+    cost = res["audit_cost"]["helper_runs"]
+    assert cost[0]["epsilon_max"] is None and 0 < cost[2]["epsilon_max"] <= 4.0 + 1e-9
+
+
 def test_empirical_audit_tiny_run(dp_run, capsys, monkeypatch):
     monkeypatch.setattr(empirical, "CANARIES", 64)
     monkeypatch.setattr(empirical, "GRADIENT_CANARIES", 400)
