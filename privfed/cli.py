@@ -171,8 +171,8 @@ def run(
     dp_placement: Optional[str] = typer.Option(None, "--dp-placement", help="local | distributed | server: who "
                                                "adds the noise (distributed: sites add discrete noise shares before "
                                                "masking; server: trusted server). Default: distributed for --dp "
-                                               "sample under secagg/secagg+ with every site every round, else local; "
-                                               "server for --dp client."),
+                                               "sample where public images exist (digits) and secagg/secagg+ takes "
+                                               "every site every round, else local; server for --dp client."),
     public_subspace: Optional[int] = typer.Option(None, "--public-subspace", help="Distributed DP-SGD: project the "
                                                   "noisy mean gradient onto the span of K public per-example "
                                                   "gradients (0: off; no ε cost). Default: 64 where public images "
