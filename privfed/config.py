@@ -405,6 +405,7 @@ class RunConfig:
         the ledger carry explicit values; remember which were filled, so that `replace` chooses them afresh."""
         auto: list[tuple[str, str]] = []
         updates: dict[str, dict[str, Any]] = {"fed": {}, "secure_agg": {}, "dp": {}, "model": {}}
+
         def unset(section: str, key: str) -> bool:
             return key in getattr(getattr(self, section), "_unset", ())
 
@@ -427,8 +428,8 @@ class RunConfig:
             auto.append(("dp", "public_subspace"))
         if self.model.pretrain_batch_size is None:
             # an explicit site batch sets the public pretraining batch too (as before these defaults existed)
-            given = None if unset("fed", "batch_size") else self.fed.batch_size
-            updates["model"]["pretrain_batch_size"] = given if given is not None else PRETRAIN_BATCH_DEFAULT
+            updates["model"]["pretrain_batch_size"] = (PRETRAIN_BATCH_DEFAULT if unset("fed", "batch_size")
+                                                       else self.fed.batch_size)
             auto.append(("model", "pretrain_batch_size"))
         for section, values in updates.items():
             if values:
