@@ -101,8 +101,9 @@ class ModelConfig:
     pretrain_steps: int = 1500
     pretrain_lr: float = 2e-3
     pretrain_set_size: int = 4000
-    pretrain_batch_size: int | None = None   # None: fed.batch_size (so a site-side batch change leaves it alone,
-                                             # set it explicitly when sweeping fed.batch_size)
+    # None: RunConfig resolves it to 64 (PRETRAIN_BATCH_DEFAULT), or to fed.batch_size where that is set explicitly
+    # (as before the placement schedules); set it when sweeping fed.batch_size so the public model stays the same
+    pretrain_batch_size: int | None = None
     # the parameters federated training changes (public pretraining always trains all): all, decoder (up blocks and
     # output layers) or norms_biases (normalisation weights and every bias); the rest stay at their initial values
     trainable: str = "all"

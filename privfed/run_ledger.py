@@ -114,7 +114,7 @@ def public_pretrain_description(cfg: RunConfig) -> str:
         return "none: the global model starts from a random initialisation"
     m = cfg.model
     return (f"{cfg.public_pretrain}: {m.pretrain_steps} non-private Adam steps (lr {m.pretrain_lr:g}, batch "
-            f"{m.pretrain_batch_size or cfg.fed.batch_size}) on {m.pretrain_set_size} synthetic digits typeset in "
+            f"{m.pretrain_batch_size}) on {m.pretrain_set_size} synthetic digits typeset in "
             f"fonts shipped with matplotlib, seeded from the run seed; public data, no site data, no privacy budget "
             f"spent")
 

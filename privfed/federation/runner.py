@@ -414,7 +414,7 @@ class FederatedRun:
         from privfed.models.pretrain import public_pretrain
 
         t0 = time.perf_counter()
-        pretrain_batch = cfg.model.pretrain_batch_size or cfg.fed.batch_size
+        pretrain_batch = cfg.model.pretrain_batch_size   # RunConfig always resolves it
 
         def compute() -> float:
             public = self._public_images()
