@@ -298,8 +298,8 @@ def test_epsilon_figure_with_many_sites_draws_a_band():
 
 def test_pdf_is_rendered_and_its_pages_counted(pinned, tmp_path):
     """--pdf through headless Chromium (skipped where none is installed; CI has none): the 3-site, 3-round run
-    prints on at most 6 A4 pages (the fixed text dominates), the verdict alone on page 1. The 15-round, 10-site
-    default run is a documented check in the README (6 pages)."""
+    prints on at most 6 A4 pages (the fixed text dominates), the verdict alone on page 1. The 30-round, 10-site
+    default run is a documented check in the README (7 pages)."""
     from audits.report.pdf import count_pdf_pages, find_chromium
 
     if find_chromium() is None:
