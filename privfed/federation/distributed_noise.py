@@ -76,7 +76,8 @@ class DistributedNoise:
         if not self.z > 0:
             raise ConfigError("distributed placement needs a noise multiplier > 0")
         smallest = max(2, min(fed.min_clients, fed.clients), sa.min_clients)
-        for n in range(smallest, max(smallest, sites_per_round(fed)) + 1):
+        self._fewest, self._most = smallest, max(smallest, sites_per_round(fed))
+        for n in range(smallest, self._most + 1):
             self._check_round_size(n)
 
     # -- per round size n ------------------------------------------------------------------------------------------
@@ -138,7 +139,8 @@ class DistributedNoise:
         if p > MAX_CLIP_PROBABILITY:
             k = math.sqrt(2 * math.log(2 * n * d / MAX_CLIP_PROBABILITY))
             need = (self.clip_norm / n) * (1 + k * self.z / math.sqrt(ev.honest_sites)) * 1.01
-            raise ConfigError(f"distributed noise does not fit the secure-aggregation range: with {n} sites each "
-                              f"coordinate may be clipped with probability up to {p:.2g} per round (> "
+            raise ConfigError(f"distributed noise does not fit the secure-aggregation range: in a round of {n} "
+                              f"sites (the run admits rounds of {self._fewest} to {self._most}) each coordinate may "
+                              f"be clipped with probability up to {p:.2g} per round (> "
                               f"{MAX_CLIP_PROBABILITY:g}); set [secure_agg] clip_range >= {need:.3g} (now "
                               f"{self.clip_range:g}) in the config file")
