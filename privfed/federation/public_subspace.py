@@ -4,11 +4,11 @@ public per-example gradients taken at the current model.
 The mean gradient of the sites' clipped examples is nearly low-rank and lies mostly in the span of a few hundred
 gradients of public images (measured on the digits default with examples/subspace_energy.py: 96.6 % of its energy in
 the span of 64 typeset-digit gradients, 98.6 % in 256), while isotropic noise keeps only k/d of its energy there
-(0.16 % for k = 256, d = 163,985). Energy is not all that matters: the few per cent left outside carry much of what
-the FID rewards (README, "the projection's ceiling").
+(0.16 % for k = 256, d = 163,985).
 Projecting therefore removes almost all of the noise and little of the signal (Zhou, Wu & Banerjee 2021, "Bypassing
 the ambient dimension"; Yu et al. 2021, "Do not let privacy overbill utility"; Kairouz et al. 2021, "Fast
-dimension independent private AdaGrad on publicly estimated subspaces").
+dimension independent private AdaGrad on publicly estimated subspaces"). Energy is not all that matters: the few
+per cent left outside carry much of what the FID rewards (README, "The projection's ceiling").
 
 The projection is post-processing: it uses only the released noisy sum, the current global model (itself released)
 and public images, so it changes no ε and needs no trust beyond the noise placement's.
