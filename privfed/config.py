@@ -251,7 +251,8 @@ class SecAggConfig:
 
     mode: str = "secagg+"
     # per-coordinate clip of the (weighted) update before quantization; None: 0.25 (8.0 for distributed DP-SGD,
-    # whose summed noisy gradients need the room)
+    # whose summed noisy gradients need the room), raised under distributed noise to what the noise needs
+    # (privfed.federation.privacy.fit_clip_range, once the data sizes and the model are known)
     clip_range: float | None = None
     threshold_fraction: float = 0.67 # t = floor(threshold_fraction * n) + 1, in [0.5, 1)
     dropout_rate: float = 0.0        # simulated fraction of selected clients that drop at the masked-input stage
@@ -466,6 +467,10 @@ class RunConfig:
         if t - self.secure_agg.max_colluders < 1:
             raise ConfigError(f"dp placement 'distributed': threshold t={t} minus max_colluders="
                               f"{self.secure_agg.max_colluders} leaves no honest noise share")
+
+    def was_unset(self, section: str, key: str) -> bool:
+        """Whether ``[section] key`` was left unset and filled from the placement's schedule (SCHEDULES)."""
+        return (section, key) in getattr(self, "_unset", ())
 
     @property
     def public_pretrain(self) -> str:

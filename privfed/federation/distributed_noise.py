@@ -54,9 +54,11 @@ class DistributedNoise:
 
     ``dimension``: the number of model parameters (the length of every update; sites refuse weights of another
     size). The range and rounding checks hold for every model up to this size; without it they assume DIM_BOUND
-    (2^24), which refuses settings that fit a small model (e.g. ε = 1 with 10 sites on the default UNet)."""
+    (2^24), which refuses settings that fit a small model (e.g. ε = 1 with 10 sites on the default UNet).
+    ``check=False`` skips the range checks (to ask :meth:`required_range` what the run would need)."""
 
-    def __init__(self, cfg: RunConfig, *, delta: float, dimension: int | None = None) -> None:
+    def __init__(self, cfg: RunConfig, *, delta: float, dimension: int | None = None,
+                 check: bool = True) -> None:
         dpc, fed, sa = cfg.dp, cfg.fed, cfg.secure_agg
         self.clip_norm = float(dpc.max_grad_norm)
         self.clip_range = float(sa.clip_range)
@@ -77,8 +79,9 @@ class DistributedNoise:
             raise ConfigError("distributed placement needs a noise multiplier > 0")
         smallest = max(2, min(fed.min_clients, fed.clients), sa.min_clients)
         self._fewest, self._most = smallest, max(smallest, sites_per_round(fed))
-        for n in range(smallest, self._most + 1):
-            self._check_round_size(n)
+        if check:
+            for n in range(smallest, self._most + 1):
+                self._check_round_size(n)
 
     # -- per round size n ------------------------------------------------------------------------------------------
     def step(self, n: int) -> float:
@@ -121,6 +124,18 @@ class DistributedNoise:
         headroom = (self.clip_range - max(self.data_range(n, dimension), self.clip_norm / n)) / self.step(n)
         return clip_probability(share_stddev=ev.share_stddev, headroom=headroom, dimension=dimension, sites=n)
 
+    def required_clip_range(self, n: int) -> float:
+        """The secure_agg.clip_range (update units per coordinate) a round of n sites needs so that its noisy
+        coordinates are clipped with probability at most MAX_CLIP_PROBABILITY: room for one example or update (C/n)
+        plus k noise standard deviations, k from the union bound over the round's n·d coordinates, with a 1 %
+        margin for the rounding's inflation of the sensitivity."""
+        k = math.sqrt(2 * math.log(2 * n * self.dimension / MAX_CLIP_PROBABILITY))
+        return (self.clip_norm / n) * (1 + k * self.z / math.sqrt(self.honest_sites(n))) * 1.01
+
+    def required_range(self) -> float:
+        """The largest :meth:`required_clip_range` over the round sizes this run admits."""
+        return max(self.required_clip_range(n) for n in range(self._fewest, self._most + 1))
+
     def _check_round_size(self, n: int) -> None:
         d = self.dimension
         ev = self.event(n, d)
@@ -137,8 +152,7 @@ class DistributedNoise:
                               f"secure_agg.clip_range ({self.clip_range:g})")
         p = self.clip_probability(n, d)
         if p > MAX_CLIP_PROBABILITY:
-            k = math.sqrt(2 * math.log(2 * n * d / MAX_CLIP_PROBABILITY))
-            need = (self.clip_norm / n) * (1 + k * self.z / math.sqrt(ev.honest_sites)) * 1.01
+            need = self.required_clip_range(n)
             raise ConfigError(f"distributed noise does not fit the secure-aggregation range: in a round of {n} "
                               f"sites (the run admits rounds of {self._fewest} to {self._most}) each coordinate may "
                               f"be clipped with probability up to {p:.2g} per round (> "

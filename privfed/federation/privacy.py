@@ -15,6 +15,7 @@ and undone: aggregates arrive as ``(sum, total_weight)``.
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -63,6 +64,25 @@ def run_delta(cfg: RunConfig, client_sizes: Sequence[int]) -> tuple[float, str]:
         return d, f"δ = {d:.3g} chosen below 1/number of sites"
     d = default_delta(max(client_sizes))
     return d, f"δ = {d:.3g} chosen below 1/n_local for every client"
+
+
+def fit_clip_range(cfg: RunConfig, client_sizes: Sequence[int], *, dimension: int) -> RunConfig:
+    """``cfg`` with ``secure_agg.clip_range`` raised to what distributed noise needs, when the user left it unset.
+
+    The schedule's range (8 for distributed DP-SGD) fits ε = 10 on the default; a smaller ε means more noise in
+    the summed shares, which must stay inside ±clip_range (DistributedNoise.required_range). The fitted value is
+    the larger of the two, rounded up to 3 significant digits, and written to config.toml as an explicit value, so a
+    resumed run and every site read the same ring. A range the user set is never changed (a too-small one is
+    refused with the value it needs); other placements are returned unchanged."""
+    if cfg.dp.effective_placement != "distributed" or not cfg.was_unset("secure_agg", "clip_range"):
+        return cfg
+    delta, _ = run_delta(cfg, client_sizes)
+    need = DistributedNoise(cfg, delta=delta, dimension=dimension, check=False).required_range()
+    if need <= cfg.secure_agg.clip_range:
+        return cfg
+    digits = 2 - math.floor(math.log10(need))
+    fitted = math.ceil(need * 10 ** digits) / 10 ** digits
+    return cfg.replace(secure_agg={"clip_range": fitted})
 
 
 def run_cap(cfg: RunConfig) -> float | None:

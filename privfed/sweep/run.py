@@ -55,13 +55,26 @@ def point_state(point: Point, run_dir: Path) -> PointState:
 
 def _same_config(cfg_path: Path, point: Point) -> bool:
     """Whether the run's config.toml means the point's configuration: compared as resolved configs, so that a run
-    written before a key with a default was added (it behaves as that default) is still the same point."""
+    written before a key with a default was added (it behaves as that default) is still the same point, and with
+    the clip range the run fitted when the point leaves it unset."""
     from privfed.config import RunConfig
 
     if cfg_path.read_text() == point.config.to_toml():
         return True
     try:
-        return RunConfig.from_toml(cfg_path) == point.config
+        run = RunConfig.from_toml(cfg_path)
+    except PrivfedError:
+        return False
+    if run == point.config:
+        return True
+    # a clip range the point leaves unset is fitted to the noise when the run starts (fit_clip_range)
+    if (not point.config.was_unset("secure_agg", "clip_range")
+            or run != point.config.replace(secure_agg={"clip_range": run.secure_agg.clip_range})):
+        return False
+    from privfed.federation.runner import FederatedRun
+
+    try:
+        return run == FederatedRun.written_config(point.config)
     except PrivfedError:
         return False
 

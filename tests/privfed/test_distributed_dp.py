@@ -260,7 +260,7 @@ def test_placement_labels_and_round_trip(tiny_config):
 BAD = [
     (["--secure-agg", "off"], [], "secure aggregation"),
     (["--secure-agg", "ckks"], [], "pairwise-mask"),
-    ([], [], "clip_range"),                                               # the default range cannot hold the noise
+    ([], ["[secure_agg]", "clip_range = 0.25"], "clip_range >= "),        # a range set too small is not refitted
     ([], ["[secure_agg]", "clip_range = 1e9"], "too coarse"),             # 32-bit steps too coarse for the share
     ([], ["[secure_agg]", "max_colluders = 9"], "colluding"),             # t − n_C leaves no honest share
     (["--fraction", "0.5"], [], "fraction = 1"),
@@ -369,6 +369,37 @@ def test_the_noise_plan_is_checked_at_the_real_model_size():
                             delta=1e-5).dimension == DIM_BOUND
     with pytest.raises(ConfigError, match="dimension"):
         DistributedNoise(fitted, delta=1e-5, dimension=0)
+
+
+@pytest.mark.parametrize("mode,eps", [("client", 8.0), ("client", 2.0), ("sample", 1.0)])
+def test_an_unset_clip_range_is_fitted_to_the_noise_and_written(tmp_path, tiny_config, mode, eps):
+    """The schedule's range (0.25 site level, 8 sample level) cannot hold the noise of every ε: left unset, it is
+    raised to the smallest 3-digit value the round sizes need, written to config.toml (resume and every site read
+    it), and the noise then fits; a slightly smaller range would be refused; a range the user sets is kept."""
+    from privfed.federation.distributed_noise import DistributedNoise
+
+    cfg = tiny_config.replace(dp={"mode": mode, "placement": "distributed", "target_epsilon": eps},
+                              secure_agg={"mode": "secagg"})
+    schedule = cfg.secure_agg.clip_range
+    assert cfg.was_unset("secure_agg", "clip_range")
+    run = FederatedRun.create(cfg, tmp_path / "run")
+    fitted = run.cfg.secure_agg.clip_range
+    plan = run.privacy.plan
+    need = plan.required_range()
+    assert fitted >= schedule and fitted >= need and (fitted == schedule or fitted <= need * 1.01)
+    assert plan.clip_range == fitted and all(sp.plan.clip_range == fitted for sp in run.site_privacy)
+    assert plan.clip_probability(3, plan.dimension) <= 1e-9
+    assert RunConfig.from_toml(tmp_path / "run" / "config.toml").secure_agg.clip_range == fitted
+    assert FederatedRun.resume(tmp_path / "run").cfg.secure_agg.clip_range == fitted
+    if fitted > schedule:
+        smaller = run.cfg.replace(secure_agg={"clip_range": need * 0.97})
+        with pytest.raises(ConfigError, match="does not fit"):
+            DistributedNoise(smaller, delta=run.privacy.delta, dimension=plan.dimension)
+    given = cfg.replace(secure_agg={"clip_range": 0.25})
+    if need > 0.25:
+        with pytest.raises(ConfigError, match=f"clip_range >= {need:.3g}"):
+            FederatedRun.create(given, tmp_path / "given")
+        assert not (tmp_path / "given").exists()
 
 
 def test_run_and_site_size_the_plan_by_the_model_and_refuse_a_longer_update(tmp_path, tiny_config):

@@ -505,3 +505,26 @@ def test_fid_vs_epsilon_names_the_unit_and_goes_logarithmic_when_fids_span_decad
     ax = seen["fid_vs_dp_target_epsilon"].axes[0]
     assert ax.get_yscale() == "linear" and ax.get_xlabel() == "ε (per example, target)"
     assert summary.epsilon_axis_label(avg) == "ε (per site, target)"
+
+
+def test_a_point_whose_run_fitted_its_clip_range_is_the_same_point(tmp_path):
+    """Distributed noise fits an unset secure_agg.clip_range when the run starts (ε = 1 needs more than the
+    schedule's 8): the sweep still recognises the run as its point, and one with another range as foreign."""
+    from privfed.federation.runner import FederatedRun
+
+    body = TINY_BASE.replace('mode = "off"', 'mode = "secagg"').replace("rounds = 1", "rounds = 2") + """
+    [base.dp]
+    mode = "sample"
+    placement = "distributed"
+    [grid]
+    "dp.target_epsilon" = [1]
+    """
+    sw = load_sweep(_write(tmp_path, body))
+    st = plan(sw, tmp_path / "out")[0]
+    run = FederatedRun.create(st.point.config, st.run_dir)
+    assert run.cfg.secure_agg.clip_range > st.point.config.secure_agg.clip_range == 8.0
+    assert plan(sw, tmp_path / "out")[0].status == "partial"
+    foreign = run.cfg.replace(secure_agg={"clip_range": run.cfg.secure_agg.clip_range * 2})
+    (st.run_dir / "config.toml").write_text(foreign.to_toml())
+    with pytest.raises(ConfigError, match="another configuration"):
+        plan(sw, tmp_path / "out")
