@@ -123,7 +123,7 @@ def _overrides(**opts: Any) -> dict[str, Any]:
                "max_epsilon": opts["max_epsilon"], "accountant": opts["accountant"],
                "grad_sample_mode": opts["grad_sample_mode"], "noise_multiplicity": opts["noise_multiplicity"],
                "allow_large_delta": opts["allow_large_delta"], "placement": opts["dp_placement"],
-               "public_subspace": opts["public_subspace"]},
+               "public_subspace": opts["public_subspace"], "public_subspace_shrink": opts["public_subspace_shrink"]},
         "secure_agg": {"mode": opts["secure_agg"], "dropout_rate": opts["dropout_rate"]},
     }
     out: dict[str, Any] = {k: {kk: vv for kk, vv in v.items() if vv is not None} for k, v in sections.items()}
@@ -177,6 +177,10 @@ def run(
                                                   "noisy mean gradient onto the span of K public per-example "
                                                   "gradients (0: off; no ε cost). Default: 64 where public images "
                                                   "exist (digits), else 0."),
+    public_subspace_shrink: Optional[bool] = typer.Option(None, "--public-subspace-shrink/--no-public-subspace-"
+                                                          "shrink", help="With --public-subspace: weight each "
+                                                          "principal public direction by its estimated signal share "
+                                                          "instead of keeping it whole (no ε cost)."),
     secure_agg: Optional[str] = typer.Option(None, "--secure-agg", help="secagg | secagg+ | ckks | off"),
     dropout_rate: Optional[float] = typer.Option(None, "--dropout-rate", help="Simulated client dropout rate."),
     engine: str = typer.Option("in-process", "--engine", help="in-process (one process, the default) | flower "

@@ -190,6 +190,10 @@ class DPConfig:
     # per-example gradients at the current model (0 = off); post-processing with public data, no ε.
     # None: 64 for distributed DP-SGD with public images, else 0
     public_subspace: int | None = None
+    # with public_subspace: weight each principal direction of the public gradients by its estimated signal share
+    # (positive-part James-Stein: max(0, 1 − τ²/a²), τ the noise std per coordinate the server knows from the plan)
+    # instead of keeping all k directions whole; post-processing, no ε
+    public_subspace_shrink: bool = False
 
     def __post_init__(self) -> None:
         _check_types(self, "dp")
@@ -381,6 +385,9 @@ class RunConfig:
             self._check_distributed()
         if self.dp.public_subspace:
             self._check_public_subspace()
+        elif self.dp.public_subspace_shrink:
+            raise ConfigError("dp public_subspace_shrink weights the directions of the public subspace: it needs "
+                              "dp public_subspace > 0 (--public-subspace K)")
 
     def default_placement(self) -> str | None:
         """Where the noise goes when [dp] placement is unset (measured, README "Where the noise goes"): distributed

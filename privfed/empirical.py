@@ -333,9 +333,9 @@ def _run_empirical(run_dir: Path, ledger: LedgerWriter, *, console, canaries: in
     grad_included = canary_inclusion(n_grad, rng=numpy_generator(seed, "gradient-canary-bits"))
     grad = GradientCanaries.draw(grad_included, n_params=n_params, n_clients=cfg.fed.clients,
                                  norm=cfg.dp.max_grad_norm, seed=seed)
-    helpers = [("non_private_control", cfg.replace(dp={"mode": "off", "placement": None, "public_subspace": 0},
-                                                    secure_agg={"mode": "off"}),
-                "non-private control")]
+    control = cfg.replace(dp={"mode": "off", "placement": None, "public_subspace": 0, "public_subspace_shrink": False},
+                          secure_agg={"mode": "off"})
+    helpers = [("non_private_control", control, "non-private control")]
     if cfg.dp.mode != "off":
         helpers.append(("dp_model", cfg, "DP model with canaries"))
     bounds: dict[str, Any] = {}

@@ -232,11 +232,14 @@ def _privacy_statement(rep, records) -> dict[str, Any]:
         txt += (" Client-level DP noise is added by the server after aggregation, so the server sees the clean sum "
                 "of the sites' updates: this guarantee holds against recipients of the model, not against the "
                 "server, which is trusted here.")
-    subspace = (((starts[0][1].get("config") or {}).get("dp") or {}).get("public_subspace") if starts else 0) or 0
+    dp_cfg = ((starts[0][1].get("config") or {}).get("dp") or {}) if starts else {}
+    subspace = dp_cfg.get("public_subspace") or 0
     if subspace and starts and _placement(starts[0][1])[0] == "distributed":
+        shrink = (", each principal direction weighted by its estimated signal share against the noise level the "
+                  "noise plan fixes" if dp_cfg.get("public_subspace_shrink") else "")
         txt += (f" Before each optimizer step the server projected the noisy mean gradient onto the span of "
-                f"{subspace} public per-example gradients at the current model: post-processing of the noisy sum "
-                f"with public images, so it changes no ε.")
+                f"{subspace} public per-example gradients at the current model{shrink}: post-processing of the "
+                f"noisy sum with public images, so it changes no ε.")
     plain = sorted({p["round"] for _, p in _by_kind(records, "secure_agg") if p["transcript"].get("plaintext")})
     local = ("protected from the server only by the noise each site's DP-SGD added itself" if units == ["example"]
              else "with no noise on it")

@@ -404,7 +404,9 @@ class ServerDistributedDP(ServerPrivacy):
             return (total.double() / self.n_clients).float()
         g = -total.double() / self.union_batch          # the noisy mean gradient
         if self.projector is not None:
-            g = self.projector(g, round_index)          # post-processing with public data: no ε
+            # post-processing with public data: no ε
+            tau = self.noise_std(round(total_weight), g.numel()) if self.cfg.dp.public_subspace_shrink else None
+            g = self.projector(g, round_index, noise_std=tau)
         a = self._adam
         if not a:
             a.update(m=torch.zeros_like(g), v=torch.zeros_like(g), t=0)
@@ -414,6 +416,13 @@ class ServerDistributedDP(ServerPrivacy):
         a["v"].mul_(b2).addcmul_(g, g, value=1 - b2)
         mhat, vhat = a["m"] / (1 - b1 ** a["t"]), a["v"] / (1 - b2 ** a["t"])
         return (-self.cfg.fed.lr * mhat / (vhat.sqrt() + eps)).float()
+
+    def noise_std(self, n: int, dimension: int) -> float:
+        """τ: the standard deviation per coordinate of the noise in the noisy mean gradient of a round whose sum
+        holds n sites' shares at the plan's σ (gradient units): each share is γ·Z in the masking inputs
+        (contribution / n), so the unmasked total carries n·γ·σ·√n, divided by the expected union batch."""
+        ev = self.plan.event(n, dimension)
+        return n * self.plan.step(n) * ev.share_stddev * math.sqrt(n) / self.union_batch
 
     def optimizer_state(self) -> dict[str, torch.Tensor] | None:
         a = getattr(self, "_adam", None)
@@ -449,8 +458,10 @@ class ServerDistributedDP(ServerPrivacy):
                     f"honest shares of {n}; calibrated without sampling amplification, accounted with it); the "
                     f"server divides the unmasked sum by the expected union batch {self.union_batch:g}"
                     + (f", projects it onto the span of {self.cfg.dp.public_subspace} public per-example gradients "
-                       f"at the current model (post-processing with public images: no ε)"
-                       if self.cfg.dp.public_subspace else "")
+                       f"at the current model"
+                       + (" weighting each principal direction by its estimated signal share against the known "
+                          "noise" if self.cfg.dp.public_subspace_shrink else "")
+                       + " (post-processing with public images: no ε)" if self.cfg.dp.public_subspace else "")
                     + f" and takes an Adam step; accountant: RDP of the Poisson-subsampled distributed discrete "
                     f"Gaussian (Kairouz, Liu & Steinke 2021; Zhu & Wang 2019); {self.delta_note}"]
         return [f"DP-FedAvg, noise placement 'distributed': each site adds an exact discrete Gaussian share before "

@@ -106,6 +106,30 @@ def test_projection_keeps_the_span_and_about_k_over_d_of_isotropic_noise(setup):
     assert abs(float(kept) - k / d) < 6 * math.sqrt(2 * k) / d
 
 
+def test_shrinking_keeps_strong_directions_and_drops_most_of_the_noise(setup):
+    """dp.public_subspace_shrink: a coefficient far above the noise τ is kept whole, pure noise mostly dropped
+    (positive-part James-Stein keeps E[(1 − τ²/a²)₊² a²] ≈ 0.2·τ² per direction instead of τ²), and the weights are
+    those of the principal directions of the public gradients."""
+    model, scheduler, public = setup
+    k = 32
+    ps = PublicSubspace(model, scheduler, public, k=k, params=list(model.parameters()), seed=5)
+    _, s, vh = torch.linalg.svd(ps.gradients(0), full_matrices=False)
+    d, tau = vh.shape[1], 0.01
+    strong = 100 * tau * vh[0]
+    assert torch.allclose(ps.project(strong, 0, noise_std=tau), strong * (1 - 1e-4), atol=1e-9)
+    gen = torch.Generator().manual_seed(1)
+    kept_whole, kept_shrunk = 0.0, 0.0
+    for _ in range(20):
+        noise = tau * torch.randn(d, generator=gen, dtype=torch.float64)
+        kept_whole += float(ps.project(noise, 0).norm() ** 2)
+        kept_shrunk += float(ps.project(noise, 0, noise_std=tau).norm() ** 2)
+    assert kept_whole == pytest.approx(20 * k * tau ** 2, rel=0.15)
+    assert 0.1 < kept_shrunk / kept_whole < 0.35
+    mixed = strong + tau * torch.randn(d, generator=gen, dtype=torch.float64)
+    out = ps.project(mixed, 0, noise_std=tau)
+    assert (out - strong).norm() < (ps.project(mixed, 0) - strong).norm()
+
+
 def test_rank_must_fit_the_public_images(setup):
     model, scheduler, public = setup
     with pytest.raises(ValueError, match="k must be in"):
@@ -118,8 +142,9 @@ def test_a_run_projects_the_noisy_step_before_the_server_adam(tmp_path, tiny_con
     seen = []
     real = PublicSubspace.project
 
-    def spy(self, g, round_index):
-        out = real(self, g, round_index)
+    def spy(self, g, round_index, **kw):
+        assert kw == {"noise_std": None}
+        out = real(self, g, round_index, **kw)
         seen.append((round_index, g.clone(), out.clone(), self.basis(round_index)))
         return out
 
@@ -154,6 +179,33 @@ def test_a_run_projects_the_noisy_step_before_the_server_adam(tmp_path, tiny_con
     assert "span of 4 public per-example gradients" in statement and "changes no ε" in statement
 
 
+def test_the_server_knows_the_noise_it_shrinks_against(tmp_path, tiny_config, monkeypatch):
+    """With dp.public_subspace_shrink the server passes τ (noise std per coordinate of the noisy mean gradient, from
+    the noise plan); outside the public span the tiny run's step is almost pure noise, so its per-coordinate
+    spread there measures τ."""
+    seen = []
+    real = PublicSubspace.project
+
+    def spy(self, g, round_index, **kw):
+        seen.append((g.clone(), kw["noise_std"], self.basis(round_index)))
+        return real(self, g, round_index, **kw)
+
+    monkeypatch.setattr(PublicSubspace, "project", spy)
+    cfg = tiny_config.replace(dp={"mode": "sample", "placement": "distributed", "target_epsilon": 8.0,
+                                  "public_subspace": 4, "public_subspace_shrink": True},
+                              secure_agg={"mode": "secagg", "clip_range": 4.0},
+                              model={"public_pretrain": "typeset-digits"}, fed={"rounds": 1})
+    run = tmp_path / "ps"
+    assert FederatedRun.create(cfg, run).run().rounds_completed == 1
+    (g, tau, q), = seen
+    outside = g - q @ (q.T @ g)
+    measured = float(outside.norm()) / math.sqrt(g.numel() - q.shape[1])
+    assert tau == pytest.approx(measured, rel=0.03)
+    from audits.report import build_report
+    statement = json.loads(build_report(run).json.read_text())["sections"]["privacy_statement"]["text"]
+    assert "estimated signal share" in statement and "changes no ε" in statement
+
+
 BAD = [
     (["--dp", "sample", "--dp-placement", "local", "--public-subspace", "64"],  # local placement: no server step
      "distributed DP-SGD"),
@@ -161,6 +213,8 @@ BAD = [
     (["--dp", "sample", "--dp-placement", "distributed", "--dataset", "npz", "--data", "x.npz",
       "--public-subspace", "64"], "public images"),                             # no public look-alike of npz data
     (["--dp", "sample", "--dp-placement", "distributed", "--public-subspace", "5000"], "[0, 4096]"),
+    (["--public-subspace", "0", "--public-subspace-shrink"], "needs dp public_subspace > 0"),  # nothing to weight
+    (["--dp", "sample", "--dp-placement", "local", "--public-subspace-shrink"], "needs dp public_subspace > 0"),
 ]
 
 
