@@ -10,6 +10,10 @@ the ambient dimension"; Yu et al. 2021, "Do not let privacy overbill utility"; K
 dimension independent private AdaGrad on publicly estimated subspaces"). Energy is not all that matters: the few
 per cent left outside carry much of what the FID rewards (README, "The projection's ceiling").
 
+With ``dp.public_subspace_shrink`` the basis is the public gradients' principal directions and each coefficient is
+shrunk by its estimated signal share against the noise level the server knows (positive-part James-Stein), so a
+larger k keeps weak directions without their noise (README, "Shrinking a larger public basis").
+
 The projection is post-processing: it uses only the released noisy sum, the current global model (itself released)
 and public images, so it changes no ε and needs no trust beyond the noise placement's.
 """
