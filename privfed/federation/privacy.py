@@ -66,6 +66,11 @@ def run_delta(cfg: RunConfig, client_sizes: Sequence[int]) -> tuple[float, str]:
     return d, f"δ = {d:.3g} chosen below 1/n_local for every client"
 
 
+def clip_range_fitted(cfg: RunConfig) -> bool:
+    """Whether a run of ``cfg`` fits its secure-aggregation clip range to the noise (distributed noise, range unset)."""
+    return cfg.dp.effective_placement == "distributed" and cfg.was_unset("secure_agg", "clip_range")
+
+
 def fit_clip_range(cfg: RunConfig, client_sizes: Sequence[int], *, dimension: int) -> RunConfig:
     """``cfg`` with ``secure_agg.clip_range`` raised to what distributed noise needs, when the user left it unset.
 
@@ -74,7 +79,7 @@ def fit_clip_range(cfg: RunConfig, client_sizes: Sequence[int], *, dimension: in
     the larger of the two, rounded up to 3 significant digits, and written to config.toml as an explicit value, so a
     resumed run and every site read the same ring. A range the user set is never changed (a too-small one is
     refused with the value it needs); other placements are returned unchanged."""
-    if cfg.dp.effective_placement != "distributed" or not cfg.was_unset("secure_agg", "clip_range"):
+    if not clip_range_fitted(cfg):
         return cfg
     delta, _ = run_delta(cfg, client_sizes)
     need = DistributedNoise(cfg, delta=delta, dimension=dimension, check=False).required_range()

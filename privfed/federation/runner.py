@@ -25,7 +25,7 @@ from privfed.data import client_summary, load_dataset, partition_indices
 from privfed.data.dataset import DatasetSplits, ImageDataset
 from privfed.errors import RunDirError, SiteKeyError, UnknownSiteError
 from privfed.federation.aggregation import KeyHolderChannel, build_aggregator, releases_update
-from privfed.federation.privacy import fit_clip_range, run_cap, server_privacy
+from privfed.federation.privacy import clip_range_fitted, fit_clip_range, run_cap, server_privacy
 from privfed.federation.seeding import derive_seed, numpy_generator, torch_generator
 from privfed.federation.site_privacy import site_privacy
 from privfed.parties.engine import InProcessEngine, transport
@@ -132,13 +132,12 @@ class FederatedRun:
         """The configuration a new run of ``cfg`` writes to its config.toml: ``cfg`` with an unset clip range fitted
         to the distributed noise (:func:`~privfed.federation.privacy.fit_clip_range`, which needs the sites' data
         sizes and the model's size). Loads the data; writes nothing."""
-        if cfg.dp.effective_placement != "distributed" or not cfg.was_unset("secure_agg", "clip_range"):
+        if not clip_range_fitted(cfg):
             return cfg
         probe = cls(cfg, Path("."))
         probe._load_data()
-        train = probe.splits.train
-        return fit_clip_range(cfg, [len(d) for d in probe.client_data],
-                              dimension=parameter_count(cfg.model, channels=train.channels, image_size=train.size))
+        probe._build_privacy()
+        return probe.cfg
 
     @classmethod
     def resume(cls, run_dir: str | Path, *, reporter: Reporter | None = None) -> "FederatedRun":
