@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from privfed.cli import main
+from tests.privfed.cli_errors import assert_refused
 
 BAD = [
     (["--alpha", "0"], "alpha"),
@@ -24,11 +25,7 @@ BAD = [
 @pytest.mark.parametrize("args,match", BAD)
 def test_bad_input_one_line_nonzero_nothing_written(tmp_path, capsys, args, match):
     out = tmp_path / "run"
-    code = main(["run", "--out", str(out), *args])
-    err = capsys.readouterr().err.strip()
-    assert code == 2
-    assert len(err.splitlines()) == 1 and err.startswith("privfed: error:") and match in err
-    assert not out.exists()
+    assert_refused(capsys, ["run", "--out", str(out), *args], match=match, nothing_at=out)
 
 
 def test_corrupt_npz_via_cli(tmp_path, capsys):

@@ -11,12 +11,12 @@ import torch
 from audits.accounting import IndependentAccountant, parse_event
 from audits.verify import verify_run
 from dp import GaussianEvent, PrivacyAccountant
-from privfed.cli import main
 from privfed.config import RunConfig
 from privfed.errors import ConfigError
 from privfed.federation import privacy as P
 from privfed.federation import site_privacy as SP
 from privfed.federation.runner import FederatedRun, SilentReporter
+from tests.privfed.cli_errors import assert_refused
 
 
 def _records(run, kind):
@@ -276,12 +276,7 @@ def test_bad_distributed_input_one_line_nothing_written(tmp_path, capsys, flags,
         conf = tmp_path / "c.toml"
         conf.write_text("\n".join(toml) + "\n")
         args += ["--config", str(conf)]
-    code = main(args)
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert len(err.splitlines()) == 1 and err.startswith("privfed: error:"), err
-    assert match in err, err
-    assert not out.exists()
+    assert_refused(capsys, args, match=match, nothing_at=out)
 
 
 def test_config_rejects_unknown_placement():

@@ -6,8 +6,8 @@ import pytest
 
 from audits.verify import verify_run
 from dp import GaussianEvent, PrivacyAccountant
-from privfed.cli import main
 from privfed.federation.runner import FederatedRun, SilentReporter
+from tests.privfed.cli_errors import assert_refused
 
 
 def _dp(cfg, **dp):
@@ -105,12 +105,7 @@ BAD_DP = [
 @pytest.mark.parametrize("args,match", BAD_DP)
 def test_bad_dp_input_one_line_before_training(tmp_path, capsys, args, match):
     out = tmp_path / "run"
-    code = main(["run", "--out", str(out), *args])
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert len(err.splitlines()) == 1 and err.startswith("privfed: error:")
-    assert match in err.lower(), err
-    assert not out.exists()
+    assert_refused(capsys, ["run", "--out", str(out), *args], match=match, nothing_at=out, ignore_case=True)
 
 
 def test_client_level_dp_charges_every_site_each_round(tmp_path, tiny_config):

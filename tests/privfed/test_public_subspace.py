@@ -10,7 +10,6 @@ import torch
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from audits.verify import verify_run
-from privfed.cli import main
 from privfed.config import ModelConfig, RunConfig
 from privfed.data.typeset import typeset_digits
 from privfed.errors import ConfigError
@@ -18,6 +17,7 @@ from privfed.federation import privacy as P
 from privfed.federation.public_subspace import PublicSubspace
 from privfed.federation.runner import FederatedRun
 from privfed.models.unet import build_scheduler, build_unet, trainable_parameters
+from tests.privfed.cli_errors import assert_refused
 
 
 @pytest.fixture(scope="module")
@@ -223,13 +223,7 @@ def test_bad_public_subspace_one_line_nothing_written(tmp_path, capsys, flags, m
     out = tmp_path / "run"
     conf = tmp_path / "c.toml"
     conf.write_text("[secure_agg]\nclip_range = 8.0\n")
-    args = ["run", "--out", str(out), "--config", str(conf), *flags]
-    code = main(args)
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert len(err.splitlines()) == 1 and err.startswith("privfed: error:"), err
-    assert match in err, err
-    assert not out.exists()
+    assert_refused(capsys, ["run", "--out", str(out), "--config", str(conf), *flags], match=match, nothing_at=out)
 
 
 def test_rank_above_the_public_set_is_refused():

@@ -11,6 +11,7 @@ from audits.artifact_hash import sha256_path
 from privfed.cli import main
 from privfed.federation.runner import FederatedRun
 from privfed.rescore import COLUMNS, rescore_runs
+from tests.privfed.cli_errors import assert_refused
 
 
 @pytest.fixture
@@ -58,7 +59,5 @@ def test_rescore_refuses_what_it_cannot_trust_before_scoring_anything(tmp_path, 
     cases = [([str(tmp_path / "nowhere")], "not a run directory"), ([str(run)], "does not verify"),
              ([str(run), "--rounds", "some"], "--rounds")]
     for args, match in cases:
-        assert main(["rescore", *args, "--out", str(tmp_path / "x.csv")]) == 2
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and err[0].startswith("privfed: error:") and match in err[0]
+        assert_refused(capsys, ["rescore", *args, "--out", str(tmp_path / "x.csv")], match=match)
     assert not (tmp_path / "x.csv").exists()

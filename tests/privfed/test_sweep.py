@@ -16,6 +16,7 @@ from privfed.errors import ConfigError
 from audits.artifact_hash import sha256_path
 from privfed.sweep.run import plan, run_sweep, write_results
 from privfed.sweep.spec import load_sweep
+from tests.privfed.cli_errors import assert_refused
 
 TINY_BASE = """
 [base]
@@ -96,10 +97,7 @@ def test_bad_sweep_files_fail_before_anything_is_written(tmp_path, capsys, body,
     path = _write(tmp_path, TINY_BASE + body)
     with pytest.raises(ConfigError, match=match):
         load_sweep(path)
-    assert main(["sweep", str(path), "--out", str(tmp_path / "out")]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("privfed: error:")
-    assert not (tmp_path / "out").exists()
+    assert_refused(capsys, ["sweep", str(path), "--out", str(tmp_path / "out")], nothing_at=tmp_path / "out")
 
 
 def test_sweep_runs_skips_resumes_and_summarises(tmp_path, monkeypatch):
