@@ -175,12 +175,13 @@ def run(
                                                "every site every round, else local; server for --dp client."),
     public_subspace: Optional[int] = typer.Option(None, "--public-subspace", help="Distributed DP-SGD: project the "
                                                   "noisy mean gradient onto the span of K public per-example "
-                                                  "gradients (0: off; no ε cost). Default: 64 where public images "
-                                                  "exist (digits), else 0."),
+                                                  "gradients (0: off; no ε cost). Default: 512 (at most the "
+                                                  "public images) where public images exist (digits), else 0."),
     public_subspace_shrink: Optional[bool] = typer.Option(None, "--public-subspace-shrink/--no-public-subspace-"
-                                                          "shrink", help="With --public-subspace: weight each "
-                                                          "principal public direction by its estimated signal share "
-                                                          "instead of keeping it whole (no ε cost)."),
+                                                          "shrink", help="Weight each principal public direction "
+                                                          "by its estimated signal share instead of keeping it whole "
+                                                          "(no ε cost). Default: on with the default subspace, off "
+                                                          "when --public-subspace is given."),
     secure_agg: Optional[str] = typer.Option(None, "--secure-agg", help="secagg | secagg+ | ckks | off"),
     dropout_rate: Optional[float] = typer.Option(None, "--dropout-rate", help="Simulated client dropout rate."),
     engine: str = typer.Option("in-process", "--engine", help="in-process (one process, the default) | flower "

@@ -36,9 +36,13 @@ SCHEDULES = {
     "distributed-sample": {("fed", "rounds"): 30, ("fed", "batch_size"): 512, ("fed", "lr"): 5e-4,
                            ("secure_agg", "clip_range"): 8.0},
 }
-PUBLIC_SUBSPACE_DEFAULT = 64       # rank k of the public gradient subspace when distributed DP-SGD has public images
+# rank k of the public gradient subspace when distributed DP-SGD has public images (at most the public images there
+# are), its directions weighted by their estimated signal (public_subspace_shrink; examples/sweeps/
+# public_subspace_shrink.toml measured it against the earlier default, k = 64 without weights)
+PUBLIC_SUBSPACE_DEFAULT = 512
+PUBLIC_SUBSPACE_MIN_IMAGES = 64    # fewer public images than this: no projection by default
 # what an unset key reads as in a section on its own (RunConfig then chooses by placement)
-SECTION_DEFAULTS = {"dp": {"public_subspace": 0},
+SECTION_DEFAULTS = {"dp": {"public_subspace": 0, "public_subspace_shrink": False},
                     **{sec: {k: v for (s, k), v in SCHEDULES["local"].items() if s == sec}
                        for sec in ("fed", "secure_agg")}}
 PRETRAIN_BATCH_DEFAULT = 64        # public pretraining batch when neither it nor fed.batch_size is set
@@ -188,12 +192,14 @@ class DPConfig:
     placement: str | None = None
     # distributed DP-SGD: the server projects the noisy mean gradient onto the span of this many public
     # per-example gradients at the current model (0 = off); post-processing with public data, no ε.
-    # None: 64 for distributed DP-SGD with public images, else 0
+    # None: min(512, public images) for distributed DP-SGD with at least 64 public images, else 0
     public_subspace: int | None = None
     # with public_subspace: weight each principal direction of the public gradients by its estimated signal share
     # (positive-part James-Stein: max(0, 1 − τ²/a²), τ the noise std per coordinate the server knows from the plan)
-    # instead of keeping all k directions whole; post-processing, no ε
-    public_subspace_shrink: bool = False
+    # instead of keeping all k directions whole; post-processing, no ε. None: on where public_subspace is unset too
+    # (the default subspace), off where k is given (so config.toml files that name k without this key, written
+    # before it existed, read as they did)
+    public_subspace_shrink: bool | None = None
 
     def __post_init__(self) -> None:
         _check_types(self, "dp")
@@ -407,7 +413,7 @@ class RunConfig:
         return "local"
 
     def _public_subspace_possible(self) -> bool:
-        return self.public_pretrain != "none" and self.model.pretrain_set_size >= PUBLIC_SUBSPACE_DEFAULT
+        return self.public_pretrain != "none" and self.model.pretrain_set_size >= PUBLIC_SUBSPACE_MIN_IMAGES
 
     def _resolve_unset(self) -> None:
         """Fill the keys left unset (None) from the chosen placement's schedule (SCHEDULES), so that config.toml and
@@ -431,10 +437,15 @@ class RunConfig:
             if unset(section, key):
                 updates[section][key] = value
                 auto.append((section, key))
+        default_k = 0
         if unset("dp", "public_subspace"):
-            usable = distributed_sgd and self._public_subspace_possible()
-            updates["dp"]["public_subspace"] = PUBLIC_SUBSPACE_DEFAULT if usable else 0
+            if distributed_sgd and self._public_subspace_possible():
+                default_k = min(PUBLIC_SUBSPACE_DEFAULT, self.model.pretrain_set_size)
+            updates["dp"]["public_subspace"] = default_k
             auto.append(("dp", "public_subspace"))
+        if unset("dp", "public_subspace_shrink"):
+            updates["dp"]["public_subspace_shrink"] = default_k > 0
+            auto.append(("dp", "public_subspace_shrink"))
         if self.model.pretrain_batch_size is None:
             # an explicit site batch sets the public pretraining batch too (as before these defaults existed)
             updates["model"]["pretrain_batch_size"] = (PRETRAIN_BATCH_DEFAULT if unset("fed", "batch_size")

@@ -464,7 +464,7 @@ class ServerDistributedDP(ServerPrivacy):
                     f"server divides the unmasked sum by the expected union batch {self.union_batch:g}"
                     + (f", projects it onto the span of {self.cfg.dp.public_subspace} public per-example gradients "
                        f"at the current model"
-                       + (" weighting each principal direction by its estimated signal share against the known "
+                       + (", weighting each principal direction by its estimated signal share against the known "
                           "noise" if self.cfg.dp.public_subspace_shrink else "")
                        + " (post-processing with public images: no ε)" if self.cfg.dp.public_subspace else "")
                     + f" and takes an Adam step; accountant: RDP of the Poisson-subsampled distributed discrete "

@@ -55,7 +55,9 @@ def test_empirical_audit_of_the_default_placement(tmp_path, capsys, monkeypatch)
                   "pretrain_set_size": 64},
         "fed": {"clients": 3, "rounds": 2, "batch_size": 32},
         "data": {"partition": "iid"}, "dp": {"mode": "sample", "target_epsilon": 4.0}})
+    # 64 public images: the default subspace takes them all, shrunk
     assert cfg.dp.effective_placement == "distributed" and cfg.dp.public_subspace == 64
+    assert cfg.dp.public_subspace_shrink
     run = tmp_path / "run"
     FederatedRun.create(cfg, run).run()
     monkeypatch.setattr(empirical, "CANARIES", 64)

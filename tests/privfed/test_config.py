@@ -99,13 +99,37 @@ def _schedule(cfg):
 
 def test_default_run_is_distributed_dp_sgd_with_its_schedule():
     # the default: DP-SGD with SecAgg+ over every site every round, so the noise goes in as distributed shares
-    assert _schedule(RunConfig()) == ("distributed", 30, 512, 5e-4, 8.0, 64, 64)
-    # the explicit spelling of the measured recipe (examples/sweeps/public_subspace.toml, k = 64) is the same run
+    assert _schedule(RunConfig()) == ("distributed", 30, 512, 5e-4, 8.0, 512, 64)
+    assert RunConfig().dp.public_subspace_shrink is True
+    # the explicit spelling of the measured recipe (examples/sweeps/public_subspace_shrink.toml, k = 512 shrunk) is
+    # the same run
     assert RunConfig() == RunConfig.from_dict({
         "model": {"pretrain_batch_size": 64},
         "fed": {"rounds": 30, "batch_size": 512, "lr": 0.0005},
-        "dp": {"mode": "sample", "placement": "distributed", "public_subspace": 64},
+        "dp": {"mode": "sample", "placement": "distributed", "public_subspace": 512, "public_subspace_shrink": True},
         "secure_agg": {"mode": "secagg+", "clip_range": 8.0}})
+
+
+@pytest.mark.parametrize("raw, k, shrink", [
+    # the default subspace is shrunk; with few public images it takes them all (at least 64 are needed)
+    ({}, 512, True),
+    ({"model": {"pretrain_set_size": 100}}, 100, True),
+    ({"model": {"pretrain_set_size": 63}}, 0, False),
+    # a k the user names keeps the plain projection unless shrinking is asked for: config.toml files written before
+    # the shrinkage existed name k = 64 without it and must read as the run they were (the earlier default)
+    ({"dp": {"public_subspace": 64}}, 64, False),
+    ({"dp": {"public_subspace": 256, "public_subspace_shrink": True}}, 256, True),
+    ({"dp": {"public_subspace_shrink": False}}, 512, False),
+    # no projection, nothing to shrink
+    ({"dp": {"public_subspace": 0}}, 0, False),
+    ({"dp": {"mode": "off"}}, 0, False),
+    ({"dp": {"placement": "local"}}, 0, False),
+])
+def test_default_subspace_and_its_shrinkage(raw, k, shrink):
+    cfg = RunConfig.from_dict(raw)
+    assert (cfg.dp.public_subspace, cfg.dp.public_subspace_shrink) == (k, shrink)
+    # what config.toml holds reads back as the same run
+    assert RunConfig.from_dict(tomllib.loads(cfg.to_toml())) == cfg
 
 
 @pytest.mark.parametrize("raw, expected", [
@@ -124,7 +148,7 @@ def test_default_run_is_distributed_dp_sgd_with_its_schedule():
      ("distributed", 30, 512, 5e-4, 8.0, 0, 64)),
     # explicit keys win over the schedule; an explicit site batch also sets the public pretraining batch (as before)
     ({"dp": {"placement": "local"}, "fed": {"rounds": 4}}, ("local", 4, 64, 2e-3, 0.25, 0, 64)),
-    ({"fed": {"batch_size": 128, "lr": 1e-3}}, ("distributed", 30, 128, 1e-3, 8.0, 64, 128)),
+    ({"fed": {"batch_size": 128, "lr": 1e-3}}, ("distributed", 30, 128, 1e-3, 8.0, 512, 128)),
     ({"dp": {"public_subspace": 0}, "secure_agg": {"clip_range": 4.0}}, ("distributed", 30, 512, 5e-4, 4.0, 0, 64)),
 ])
 def test_unset_keys_follow_the_placement(raw, expected):
@@ -148,7 +172,7 @@ def test_written_config_is_explicit_and_replace_rechooses_unset_keys(tmp_path):
     assert _schedule(reread.replace(secure_agg={"max_colluders": 1})) == _schedule(cfg)
     # from the defaults, an override re-chooses what was unset (CLI: privfed run --secure-agg off)
     assert _schedule(cfg.replace(secure_agg={"mode": "off"})) == ("local", 15, 64, 2e-3, 0.25, 0, 64)
-    assert _schedule(cfg.replace(fed={"rounds": 5})) == ("distributed", 5, 512, 5e-4, 8.0, 64, 64)
+    assert _schedule(cfg.replace(fed={"rounds": 5})) == ("distributed", 5, 512, 5e-4, 8.0, 512, 64)
     with pytest.raises(ConfigError, match="placement 'distributed' needs pairwise-mask"):
         reread.replace(secure_agg={"mode": "off"})
 
