@@ -3,8 +3,9 @@ of the round spent moving messages between the parties (codec, signatures, array
 overhead over calling the sites directly).
 
 Usage: python benchmarks/bench_round.py [--rounds 3] [--variants off/off,sample/off,sample/secagg+/local,sample/secagg+]
-Each variant is dp/secure_agg[/placement]; without a placement the run's default is used (for DP-SGD with SecAgg+ on
-the digits: distributed DP-SGD with the public subspace, one private step per round over the union batch).
+Each variant is dp/secure_agg[/placement[/k]]; without a placement the run's default is used (for DP-SGD with SecAgg+
+on the digits: distributed DP-SGD with the public subspace, one private step per round over the union batch); k sets
+the public subspace's rank (a given k is projected onto whole, as the default until 2026-12-07 did with 64).
 Prints a markdown table and writes benchmarks/results/round.json.
 """
 
@@ -72,10 +73,14 @@ class Timer(SilentReporter):
 
 
 def measure(variant: dict, rounds: int) -> dict:
-    cfg = RunConfig().replace(fed={"rounds": rounds}, eval_every=10_000,
-                              dp={"mode": variant["dp"], "placement": variant.get("placement")},
+    dp = {"mode": variant["dp"], "placement": variant.get("placement") or None}
+    if variant.get("k"):
+        dp["public_subspace"] = int(variant["k"])
+    cfg = RunConfig().replace(fed={"rounds": rounds}, eval_every=10_000, dp=dp,
                               secure_agg={"mode": variant["secure_agg"]})
-    variant = {**variant, "placement": cfg.dp.effective_placement}
+    k = cfg.dp.public_subspace
+    subspace = "—" if not k else f"{k}{' shrunk' if cfg.dp.public_subspace_shrink else ''}"
+    variant = {**variant, "placement": cfg.dp.effective_placement, "public_subspace": subspace}
     with tempfile.TemporaryDirectory() as d:
         t = Timer()
         with MessagingClock() as clock:
@@ -93,19 +98,21 @@ def measure(variant: dict, rounds: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--variants", default="off/off,sample/off,sample/secagg+/local,sample/secagg+",
-                    help="comma-separated dp/secure_agg[/placement] variants measured side by side in this run")
+    ap.add_argument("--variants", default="off/off,sample/off,sample/secagg+/local,sample/secagg+,"
+                                          "sample/secagg+/distributed/64",
+                    help="comma-separated dp/secure_agg[/placement[/k]] variants measured side by side in this run")
     args = ap.parse_args()
-    variants = [dict(zip(("dp", "secure_agg", "placement"), v.split("/"))) for v in args.variants.split(",")]
+    variants = [dict(zip(("dp", "secure_agg", "placement", "k"), v.split("/"))) for v in args.variants.split(",")]
     rows = [measure(v, args.rounds) for v in variants]
     base = rows[0]["seconds_per_round"]
     print(f"\nOne federated round, 10 clients, digits 8×8, {platform.processor() or platform.machine()}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads (best of {args.rounds} rounds)\n")
-    print("| DP | noise placement | secure agg | s/round | samples/s | × first row | messaging share of a round (max) "
-          "|")
-    print("|---|---|---|---:|---:|---:|---:|")
+    print("| DP | noise placement | public subspace | secure agg | s/round | samples/s | × first row "
+          "| messaging share of a round (max) |")
+    print("|---|---|---|---|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['dp']} | {r['placement']} | {r['secure_agg']} | {r['seconds_per_round']:.2f} | "
+        print(f"| {r['dp']} | {r['placement']} | {r['public_subspace']} | {r['secure_agg']} | "
+              f"{r['seconds_per_round']:.2f} | "
               f"{r['samples_per_second']:.0f} | "
               f"{r['seconds_per_round'] / base:.2f} | {100 * r['messaging_share_max']:.1f} % |")
     out = Path(__file__).parent / "results" / "round.json"
