@@ -201,6 +201,8 @@ def test_the_server_knows_the_noise_it_shrinks_against(tmp_path, tiny_config, mo
     outside = g - q @ (q.T @ g)
     measured = float(outside.norm()) / math.sqrt(g.numel() - q.shape[1])
     assert tau == pytest.approx(measured, rel=0.03)
+    # post-processing: the ledger and ε verify as for any distributed DP-SGD run (raises on a bad ledger or ε)
+    assert all(c.status == "consistent" for c in verify_run(run).receipts)
     from audits.report import build_report
     statement = json.loads(build_report(run).json.read_text())["sections"]["privacy_statement"]["text"]
     assert "estimated signal share" in statement and "changes no ε" in statement
