@@ -6,6 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python benchmarks/bench_round.py --rounds 3
+python benchmarks/bench_public_subspace.py
 python benchmarks/bench_dp.py --quick
 python benchmarks/bench_secure_agg.py --quick 
 python benchmarks/bench_he.py --quick

@@ -20,15 +20,62 @@ and public images, so it changes no ε and needs no trust beyond the noise place
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import torch
 from torch.func import functional_call, grad, vmap
 
+from privfed.config import RunConfig
 from privfed.data.dataset import ImageDataset
+from privfed.errors import ConfigError
 from privfed.federation.seeding import torch_generator
 
 CHUNK = 64   # public examples per vectorised backward pass (bounds peak memory at about CHUNK·d floats)
+# float64 entries per column block of the products with G (16 MiB): at k = 512 on the default UNet the three
+# products took 2.7 s a round in such blocks, 3.0 s on a dense float64 copy and 4.4 s in 64 MiB blocks (2 cores)
+BLOCK_ELEMENTS = 1 << 21
+# an unset k is lowered so that the public gradients fit in this much memory: k = 512 of the default UNet take
+# 0.55 GB, of the GPU preset's 22.7 M-parameter UNet 46 GB (which would then get k = 23)
+DEFAULT_MEMORY_BYTES = 2 << 30
+
+
+def gradient_bytes(k: int, dimension: int, *, shrink: bool) -> int:
+    """Bytes the server holds for a rank-k public subspace of `dimension` parameters: the k × d float32 gradients,
+    and for the unweighted projection also their float64 copy and its orthonormal basis (4 + 8 + 8 bytes an
+    entry). Peak memory adds the per-chunk backward pass (about 0.7 GB on the default UNet, whatever k)."""
+    return k * dimension * (4 if shrink else 20)
+
+
+def device_memory_bytes(device: str) -> int:
+    """Total memory of the device the gradients live on (bytes): the GPU's for cuda, physical RAM otherwise."""
+    if device == "cuda" and torch.cuda.is_available():
+        return int(torch.cuda.get_device_properties(0).total_memory)
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def fit_public_subspace(cfg: RunConfig, *, dimension: int) -> RunConfig:
+    """``cfg`` with a public subspace whose gradients fit in memory (`dimension`: trainable parameters).
+
+    An unset k (the default, 512) is lowered to what fits in DEFAULT_MEMORY_BYTES and written explicitly, with the
+    shrinkage it had, so config.toml and a resumed run read the same k. An explicit k whose gradients would take
+    more than half the device's memory is refused (ConfigError) with the largest k that fits there."""
+    k, shrink = cfg.dp.public_subspace, cfg.dp.public_subspace_shrink
+    if not k:
+        return cfg
+    per_k = gradient_bytes(1, dimension, shrink=shrink)
+    if cfg.was_unset("dp", "public_subspace"):
+        fit = min(k, DEFAULT_MEMORY_BYTES // per_k)
+        if fit == k:
+            return cfg
+        return cfg.replace(dp={"public_subspace": fit, "public_subspace_shrink": shrink and fit > 0})
+    limit = device_memory_bytes(cfg.device) // 2
+    if k * per_k > limit:
+        raise ConfigError(f"dp public_subspace = {k} needs {k * per_k / 1e9:.1f} GB for its public gradients "
+                          f"({k} × {dimension:,} parameters × {per_k // dimension} bytes), more than half of this "
+                          f"{cfg.device} device's {2 * limit / 1e9:.1f} GB: choose --public-subspace "
+                          f"{limit // per_k} or less")
+    return cfg
 
 
 class PublicSubspace:
@@ -54,7 +101,9 @@ class PublicSubspace:
         self._frozen = [(n, p) for n, p in named.items() if id(p) not in ids]
 
     def gradients(self, round_index: int) -> torch.Tensor:
-        """The k public per-example gradients of this round (k × d, float64), at the model's current weights."""
+        """The k public per-example gradients of this round (k × d, float32: the precision they are computed in), at
+        the model's current weights. Products with them are taken in float64 (:func:`gram`, :func:`matvec`,
+        :func:`rmatvec`), so keeping them in float32 halves the memory and loses nothing."""
         gen = torch_generator(self.seed, "public-subspace", round_index)
         trained = [n for n, _ in self._trained]
         weights = {n: p.detach() for n, p in self._trained}
@@ -72,7 +121,8 @@ class PublicSubspace:
             return (pred - ni[None]).pow(2).mean()
 
         per_example = vmap(grad(loss), in_dims=(None, 0, 0, 0))
-        rows = []
+        # filled in place: collecting chunks and concatenating them held the k × d matrix twice
+        out = torch.empty(len(x), sum(p.numel() for _, p in self._trained), dtype=torch.float32, device=device)
         with warnings.catch_warnings():
             # torch has no batching rule for CPU flash attention yet and says so on every call; the fallback loop
             # is exact, only slower
@@ -80,12 +130,13 @@ class PublicSubspace:
             for i in range(0, len(x), CHUNK):
                 g = per_example(weights, x[i:i + CHUNK].to(device), noise[i:i + CHUNK].to(device),
                                 t[i:i + CHUNK].to(device))
-                rows.append(torch.cat([g[n].reshape(g[n].shape[0], -1) for n in trained], 1).double())
-        return torch.cat(rows)
+                torch.cat([g[n].reshape(g[n].shape[0], -1) for n in trained], 1, out=out[i:i + CHUNK])
+                del g
+        return out
 
     def basis(self, round_index: int) -> torch.Tensor:
         """A d × r matrix with orthonormal columns spanning this round's public gradients (r ≤ k: their rank)."""
-        q, r = torch.linalg.qr(self.gradients(round_index).T)
+        q, r = torch.linalg.qr(self.gradients(round_index).double().T)
         diag = r.diagonal().abs()
         return q[:, diag > 1e-10 * diag.max()]
 
@@ -103,9 +154,41 @@ class PublicSubspace:
         # G gives the same directions but cost 18.6 s a round at k = 512 on the default UNet, the Gram route 1.2 s
         # (float64: directions with λ below 1e-12 of the largest are dropped, so none is amplified by more than 1e6)
         G = self.gradients(round_index).to(g.device)
-        lam, u = torch.linalg.eigh(G @ G.T)
+        lam, u = torch.linalg.eigh(gram(G))
         keep = lam > 1e-12 * lam.max()
         u, s = u[:, keep], lam[keep].sqrt()
-        a = (u.T @ (G @ g.double())) / s
+        a = (u.T @ matvec(G, g.double())) / s
         w = (1 - noise_std ** 2 / a.square().clamp_min(1e-300)).clamp_min(0)
-        return (G.T @ (u @ (w * a / s))).to(g.dtype)
+        return rmatvec(G, u @ (w * a / s)).to(g.dtype)
+
+
+def _column_blocks(G: torch.Tensor):
+    """G's columns in float64 blocks of about BLOCK_ELEMENTS entries (a float64 copy of all of G would double the
+    memory the float32 storage saves)."""
+    width = max(1, BLOCK_ELEMENTS // max(1, G.shape[0]))
+    for j in range(0, G.shape[1], width):
+        yield j, G[:, j:j + width].double()
+
+
+def gram(G: torch.Tensor) -> torch.Tensor:
+    """G Gᵀ in float64 (k × k) for a k × d matrix G of any float dtype."""
+    out = torch.zeros(G.shape[0], G.shape[0], dtype=torch.float64, device=G.device)
+    for _, block in _column_blocks(G):
+        out.addmm_(block, block.T)
+    return out
+
+
+def matvec(G: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """G v in float64 (length k) for G (k × d) and a float64 vector v (length d)."""
+    out = torch.zeros(G.shape[0], dtype=torch.float64, device=G.device)
+    for j, block in _column_blocks(G):
+        out.addmv_(block, v[j:j + block.shape[1]])
+    return out
+
+
+def rmatvec(G: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Gᵀ c in float64 (length d) for G (k × d) and a float64 vector c (length k)."""
+    out = torch.empty(G.shape[1], dtype=torch.float64, device=G.device)
+    for j, block in _column_blocks(G):
+        torch.mv(block.T, c, out=out[j:j + block.shape[1]])
+    return out

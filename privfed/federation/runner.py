@@ -26,6 +26,7 @@ from privfed.data.dataset import DatasetSplits, ImageDataset
 from privfed.errors import RunDirError, SiteKeyError, UnknownSiteError
 from privfed.federation.aggregation import KeyHolderChannel, build_aggregator, releases_update
 from privfed.federation.privacy import clip_range_fitted, fit_clip_range, run_cap, server_privacy
+from privfed.federation.public_subspace import PublicSubspace, fit_public_subspace
 from privfed.federation.seeding import derive_seed, numpy_generator, torch_generator
 from privfed.federation.site_privacy import site_privacy
 from privfed.parties.engine import InProcessEngine, transport
@@ -131,8 +132,9 @@ class FederatedRun:
     def written_config(cls, cfg: RunConfig) -> RunConfig:
         """The configuration a new run of ``cfg`` writes to its config.toml: ``cfg`` with an unset clip range fitted
         to the distributed noise (:func:`~privfed.federation.privacy.fit_clip_range`, which needs the sites' data
-        sizes and the model's size). Loads the data; writes nothing."""
-        if not clip_range_fitted(cfg):
+        sizes and the model's size) and an unset public subspace rank fitted to memory
+        (:func:`~privfed.federation.public_subspace.fit_public_subspace`). Loads the data; writes nothing."""
+        if not clip_range_fitted(cfg) and not (cfg.dp.public_subspace and cfg.was_unset("dp", "public_subspace")):
             return cfg
         probe = cls(cfg, Path("."))
         probe._load_data()
@@ -165,7 +167,7 @@ class FederatedRun:
         sizes = [len(d) for d in self.client_data]
         train = self.splits.train
         dim = self.update_dim = parameter_count(self.cfg.model, channels=train.channels, image_size=train.size)
-        self.cfg = fit_clip_range(self.cfg, sizes, dimension=dim)
+        self.cfg = fit_public_subspace(fit_clip_range(self.cfg, sizes, dimension=dim), dimension=dim)
         self.privacy = server_privacy(self.cfg, sizes, dimension=dim)
         self.site_privacy = [site_privacy(self.cfg, n, delta=self.privacy.delta, dimension=dim) for n in sizes]
 
@@ -458,7 +460,6 @@ class FederatedRun:
 
     def _public_subspace(self):
         """The server's projection onto gradients of the public images (dp.public_subspace)."""
-        from privfed.federation.public_subspace import PublicSubspace
         from privfed.models.unet import trainable_parameters
 
         cfg = self.cfg

@@ -14,6 +14,7 @@ from privfed.config import ModelConfig, RunConfig
 from privfed.data.typeset import typeset_digits
 from privfed.errors import ConfigError
 from privfed.federation import privacy as P
+from privfed.federation import public_subspace as PS
 from privfed.federation.public_subspace import PublicSubspace
 from privfed.federation.runner import FederatedRun
 from privfed.models.unet import build_scheduler, build_unet, trainable_parameters
@@ -54,8 +55,8 @@ def test_public_gradients_match_one_example_at_a_time_autograd(setup, which):
     ps = PublicSubspace(model, scheduler, public, k=6, params=params, seed=5)
     got = ps.gradients(round_index=2)
     ref = _reference_gradients(model, scheduler, public, 6, 5, 2, params)
-    assert got.shape == (6, sum(p.numel() for p in params))
-    assert torch.allclose(got, ref, rtol=1e-4, atol=1e-6), (got - ref).abs().max()
+    assert got.shape == (6, sum(p.numel() for p in params)) and got.dtype == torch.float32
+    assert torch.allclose(got.double(), ref, rtol=1e-4, atol=1e-6), (got.double() - ref).abs().max()
 
 
 @pytest.mark.parametrize("which", ["all", "decoder"])
@@ -68,10 +69,10 @@ def test_gradients_follow_the_servers_update_of_the_weights(which):
     public = typeset_digits(12, image_size=8, channels=1, seed=1)
     params = trainable_parameters(model, which)
     ps = PublicSubspace(model, scheduler, public, k=4, params=params, seed=5)
-    before = ps.gradients(3)
+    before = ps.gradients(3).double()
     vec = parameters_to_vector(params)
     vector_to_parameters(vec + 0.05 * torch.randn_like(vec), params)
-    after = ps.gradients(3)
+    after = ps.gradients(3).double()
     ref = _reference_gradients(model, scheduler, public, 4, 5, 3, params)
     assert torch.allclose(after, ref, rtol=1e-4, atol=1e-6), (after - ref).abs().max()
     assert (after - before).norm() > 1e-2 * before.norm()
@@ -83,7 +84,7 @@ def test_basis_is_orthonormal_spans_the_gradients_and_changes_with_the_round(set
     q = ps.basis(1)
     assert q.shape[1] == 8 and q.dtype == torch.float64
     assert torch.allclose(q.T @ q, torch.eye(8, dtype=torch.float64), atol=1e-10)
-    g = ps.gradients(1)
+    g = ps.gradients(1).double()
     residual = g.T - q @ (q.T @ g.T)
     assert residual.norm() <= 1e-9 * g.norm()
     assert torch.equal(ps.basis(1), q)                     # the same round draws the same basis (resume)
@@ -113,7 +114,7 @@ def test_shrinking_keeps_strong_directions_and_drops_most_of_the_noise(setup):
     model, scheduler, public = setup
     k = 32
     ps = PublicSubspace(model, scheduler, public, k=k, params=list(model.parameters()), seed=5)
-    _, s, vh = torch.linalg.svd(ps.gradients(0), full_matrices=False)
+    _, s, vh = torch.linalg.svd(ps.gradients(0).double(), full_matrices=False)
     d, tau = vh.shape[1], 0.01
     strong = 100 * tau * vh[0]
     assert torch.allclose(ps.project(strong, 0, noise_std=tau), strong * (1 - 1e-4), atol=1e-9)
@@ -128,6 +129,69 @@ def test_shrinking_keeps_strong_directions_and_drops_most_of_the_noise(setup):
     mixed = strong + tau * torch.randn(d, generator=gen, dtype=torch.float64)
     out = ps.project(mixed, 0, noise_std=tau)
     assert (out - strong).norm() < (ps.project(mixed, 0) - strong).norm()
+
+
+@pytest.mark.parametrize("shape", [(5, 3), (7, 1000)])
+def test_blockwise_float64_products_match_dense_ones(monkeypatch, shape):
+    """The shrunk projection's products with the float32 gradients G, in float64 column blocks (several blocks
+    here), equal the dense float64 products."""
+    monkeypatch.setattr(PS, "BLOCK_ELEMENTS", 64)
+    gen = torch.Generator().manual_seed(0)
+    G = torch.randn(shape, generator=gen)
+    v, c = torch.randn(shape[1], generator=gen, dtype=torch.float64), torch.randn(shape[0], generator=gen,
+                                                                                     dtype=torch.float64)
+    dense = G.double()
+    assert torch.allclose(PS.gram(G), dense @ dense.T, rtol=1e-12, atol=1e-12)
+    assert torch.allclose(PS.matvec(G, v), dense @ v, rtol=1e-12, atol=1e-12)
+    assert torch.allclose(PS.rmatvec(G, c), dense.T @ c, rtol=1e-12, atol=1e-12)
+
+
+def _default_subspace_config(tiny_config, **dp):
+    return tiny_config.replace(dp={"mode": "sample", "placement": "distributed", "target_epsilon": 8.0, **dp},
+                               secure_agg={"mode": "secagg", "clip_range": 4.0},
+                               model={"public_pretrain": "typeset-digits", "pretrain_set_size": 64})
+
+
+def test_an_unset_rank_is_lowered_to_fit_memory_and_written(tmp_path, tiny_config, monkeypatch):
+    """The default k (min(512, public images) = 64 here) is lowered when its public gradients would exceed
+    DEFAULT_MEMORY_BYTES, written to config.toml explicitly with the shrinkage kept on, and the run uses that k."""
+    cfg = _default_subspace_config(tiny_config)
+    assert cfg.dp.public_subspace == 64 and cfg.dp.public_subspace_shrink and cfg.was_unset("dp", "public_subspace")
+    probe = FederatedRun(cfg, tmp_path / "probe")
+    probe._load_data()
+    probe._build_privacy()
+    dim = probe.update_dim
+    assert probe.cfg.dp.public_subspace == 64                       # fits in 2 GiB: unchanged
+    monkeypatch.setattr(PS, "DEFAULT_MEMORY_BYTES", 10 * 4 * dim + 3)  # room for 10 rows of float32 gradients
+    written = FederatedRun.written_config(cfg)
+    assert (written.dp.public_subspace, written.dp.public_subspace_shrink) == (10, True)
+    ranks = []
+    monkeypatch.setattr(PublicSubspace, "gradients",
+                        lambda self, r, real=PublicSubspace.gradients: ranks.append(self.k) or real(self, r))
+    run = tmp_path / "fit"
+    FederatedRun.create(cfg.replace(fed={"rounds": 1}), run).run()
+    on_disk = RunConfig.from_toml(run / "config.toml")
+    assert (on_disk.dp.public_subspace, on_disk.dp.public_subspace_shrink) == (10, True)
+    assert not on_disk.was_unset("dp", "public_subspace") and ranks == [10]
+    # an explicit k is the user's: never lowered to the default budget
+    assert FederatedRun.written_config(_default_subspace_config(
+        tiny_config, public_subspace=64, public_subspace_shrink=True)).dp.public_subspace == 64
+
+
+def test_an_explicit_rank_beyond_the_devices_memory_is_refused(tmp_path, capsys, monkeypatch):
+    """k whose public gradients would take more than half the device's memory: one error line naming the largest
+    k that fits, exit 2, no run directory."""
+    monkeypatch.setattr(PS, "device_memory_bytes", lambda device: 2 * 4 * 1000 * 200)   # half: 200 rows of d=1000
+    cfg = RunConfig.from_dict({"dp": {"mode": "sample", "placement": "distributed", "public_subspace": 300,
+                                      "public_subspace_shrink": True}, "secure_agg": {"clip_range": 8.0}})
+    with pytest.raises(ConfigError, match="choose --public-subspace 200 or less"):
+        PS.fit_public_subspace(cfg, dimension=1000)
+    assert PS.fit_public_subspace(cfg.replace(dp={"public_subspace": 200}), dimension=1000).dp.public_subspace == 200
+    out = tmp_path / "run"
+    monkeypatch.setattr(PS, "device_memory_bytes", lambda device: 1 << 20)
+    assert_refused(capsys, ["run", "--out", str(out), "--dp", "sample", "--dp-placement", "distributed",
+                            "--public-subspace", "64", "--public-subspace-shrink"],
+                   match="GB for its public gradients", nothing_at=out)
 
 
 def test_rank_must_fit_the_public_images(setup):
