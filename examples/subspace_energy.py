@@ -61,7 +61,7 @@ def main(seed: int, ranks: list[int]) -> None:
         ps = PublicSubspace(model, scheduler, public, k=k, params=list(model.parameters()), seed=cfg.seed)
         q = ps.basis(1)
         kept = float((q.T @ mean).norm() ** 2 / mean.norm() ** 2)
-        cosine = float(torch.nn.functional.cosine_similarity(ps.gradients(1).mean(0), mean, dim=0))
+        cosine = float(torch.nn.functional.cosine_similarity(ps.gradients(1).double().mean(0), mean, dim=0))
         print(f"k = {k:4d}: signal energy kept {kept:.3f}, isotropic noise energy kept {q.shape[1] / q.shape[0]:.2e}, "
               f"cosine with the mean of the k public gradients {cosine:+.3f}")
 

@@ -342,7 +342,8 @@ def _dp_impl(records) -> dict[str, Any]:
         "noise_rng": sp.get("dp_noise_rng", NR),
         "sampling": "Poisson (assumed by the accountant; the ledger records the rate q per event)" if events else NR,
         "per_client": table or NR,
-        "hazards": [{"hazard": h, "detail": d} for h, d in text.DP_HAZARDS],
+        "hazards": [{"hazard": h, "detail": d} for h, d in text.dp_hazards(
+            {p["event"].get("type") for _, p in events}, {p.get("accountant") for _, p in events})],
     }
 
 

@@ -105,15 +105,40 @@ DP_HAZARDS = [
      "the one stated."),
     ("Floating-point noise", "Gaussian noise sampled in floating point can leak through the low-order bits "
      "(Mironov 2012 style attacks); the stated ε assumes ideal real-valued noise."),
-    ("Secure randomness", "Noise must be drawn from a cryptographically secure RNG (Opacus secure_mode). A noise "
-     "generator seeded from the experiment seed (recorded in config.toml) would let anyone recompute and remove the "
-     "noise."),
+    ("Secure randomness", "Noise must be drawn from a cryptographically secure RNG (the generator this run used is "
+     "named above). A noise generator seeded from the experiment seed (recorded in config.toml) would let anyone "
+     "recompute and remove the noise."),
     ("Hyper-parameter tuning", "Privacy cost of tuning runs on the same data is not included in the ε of this run."),
     ("Data-dependent preprocessing", "Normalisation statistics, label sets or data-dependent image sizes computed "
      "from the private data are outside the accounting."),
     ("Accountant numerics", "PLD/PRV accountants discretise the privacy-loss distribution; the verifier recomputes "
      "ε with a pessimistic discretisation and flags differences above the tolerance."),
 ]
+# the rows above as they read for an exact discrete mechanism and for the RDP accountant, which DP_HAZARDS' generic
+# wording (floating-point Gaussian noise, PLD/PRV) would misstate
+DISCRETE_NOISE = ("Floating-point noise", "Not for the noise: each site's share is drawn exactly from the discrete "
+                  "Gaussian in integer arithmetic, and the updates are rounded to integers before it is added; each "
+                  "event's sensitivity is inflated for that rounding (l2_sensitivity in the ledger). Arithmetic on "
+                  "the unmasked sum is post-processing.")
+RDP_NUMERICS = ("Accountant numerics", "RDP: ε is an upper bound converted from Rényi divergence bounds over a "
+                "fixed grid of orders (larger than a PLD accountant would state for the same Gaussian events); "
+                "PLD/PRV accountants discretise the privacy-loss distribution. The verifier recomputes ε from the "
+                "recorded events and flags differences above the tolerance.")
+DISCRETE_EVENTS = frozenset({"distributed_discrete_gaussian"})
+
+
+def dp_hazards(event_types: set[str], accountants: set[str]) -> list[tuple[str, str]]:
+    """DP_HAZARDS as they apply to a run whose DP events have `event_types` and were accounted with `accountants`:
+    the floating-point row for exact discrete noise only when every event is discrete, the numerics row naming RDP
+    when any event used it."""
+    rows = []
+    for name, detail in DP_HAZARDS:
+        if name == DISCRETE_NOISE[0] and event_types and event_types <= DISCRETE_EVENTS:
+            name, detail = DISCRETE_NOISE
+        elif name == RDP_NUMERICS[0] and "rdp" in accountants:
+            name, detail = RDP_NUMERICS
+        rows.append((name, detail))
+    return rows
 
 STATIC_LIMITATIONS = [
     "Signatures prove only that the holder of the ledger key wrote the ledger: an operator holding the key can "

@@ -55,6 +55,23 @@ def test_html_has_every_section_and_is_self_contained(built):
     assert all((run / "report" / "figures" / n).is_file() for n in ("epsilon.png", "fid.png"))
 
 
+def test_dp_hazards_fit_the_mechanism_and_accountant_the_events_name(built):
+    """Floating-point noise is a hazard of Gaussian events (the synthetic run's, PLD); exact discrete shares
+    (distributed DP-SGD) are not exposed to it, and an RDP-accounted run is told what RDP's ε is."""
+    from audits.report.text import DISCRETE_NOISE, DP_HAZARDS, RDP_NUMERICS, dp_hazards
+
+    _, paths = built
+    rows = json.loads(paths.json.read_text())["sections"]["dp_implementation"]["hazards"]
+    assert [(r["hazard"], r["detail"]) for r in rows] == DP_HAZARDS
+    assert "low-order bits" in dict(DP_HAZARDS)["Floating-point noise"]
+    discrete = dict(dp_hazards({"distributed_discrete_gaussian"}, {"rdp"}))
+    assert discrete["Floating-point noise"] == DISCRETE_NOISE[1] and "exactly" in DISCRETE_NOISE[1]
+    assert discrete["Accountant numerics"] == RDP_NUMERICS[1]
+    mixed = dict(dp_hazards({"distributed_discrete_gaussian", "poisson_gaussian"}, {"pld"}))
+    assert mixed == dict(DP_HAZARDS)          # one floating-point Gaussian event keeps the hazard
+    assert len(dp_hazards(set(), set())) == len(DP_HAZARDS)
+
+
 def test_unrecorded_things_say_not_recorded(tmp_path):
     run = tmp_path / "run"
     with LedgerWriter.open(run, create=True) as led:

@@ -268,8 +268,11 @@ def test_the_server_knows_the_noise_it_shrinks_against(tmp_path, tiny_config, mo
     # post-processing: the ledger and ε verify as for any distributed DP-SGD run (raises on a bad ledger or ε)
     assert all(c.status == "consistent" for c in verify_run(run).receipts)
     from audits.report import build_report
-    statement = json.loads(build_report(run).json.read_text())["sections"]["privacy_statement"]["text"]
+    sections = json.loads(build_report(run).json.read_text())["sections"]
+    statement = sections["privacy_statement"]["text"]
     assert "estimated signal share" in statement and "changes no ε" in statement
+    hazards = {h["hazard"]: h["detail"] for h in sections["dp_implementation"]["hazards"]}
+    assert hazards["Floating-point noise"].startswith("Not for the noise: each site's share is drawn exactly")
 
 
 BAD = [
