@@ -296,7 +296,8 @@ def audit(
         raise typer.Exit(cli_verify(target[1], expected_key_fingerprint=pin_key, expected_head_hash=head,
                                     site_dirs=tuple(site)))
     if len(target) != 1:
-        raise PrivfedError("usage: privfed audit [verify] RUN_DIR")
+        raise PrivfedError(f"privfed audit takes one RUN_DIR (or: verify RUN_DIR); got {len(target)} arguments: "
+                           f"{' '.join(map(repr, target))}")
     from privfed.audit_command import run_audit
     raise typer.Exit(run_audit(Path(target[0]), empirical=empirical, pdf=pdf, pin_key=pin_key, head=head,
                                console=console, site_dirs=tuple(site), keep_audit_runs=keep_audit_runs,

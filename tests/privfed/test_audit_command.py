@@ -7,6 +7,7 @@ import pytest
 import privfed.empirical as empirical
 from privfed.cli import main
 from privfed.federation.runner import FederatedRun
+from tests.privfed.cli_errors import assert_refused
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +125,13 @@ def test_audit_bad_input(tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     assert main(["audit", str(tmp_path / "empty")]) != 0
+
+
+@pytest.mark.parametrize("extra", [["two"], ["verify"]])
+def test_audit_with_more_than_one_run_dir_names_what_it_got(dp_run, capsys, extra):
+    # e.g. a --pin-key value pasted with a line break splits into two words
+    err = assert_refused(capsys, ["audit", str(dp_run), *extra], match="takes one RUN_DIR (or: verify RUN_DIR); got 2")
+    assert repr(extra[0]) in err
 
 
 def test_audit_verify_cross_checks_a_standalone_sites_receipt(tmp_path, capsys):
