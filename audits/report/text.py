@@ -121,7 +121,7 @@ DISCRETE_NOISE = ("Floating-point noise", "Not for the noise: each site's share 
                   "event's sensitivity is inflated for that rounding (l2_sensitivity in the ledger). Arithmetic on "
                   "the unmasked sum is post-processing.")
 RDP_NUMERICS = ("Accountant numerics", "RDP: ε is an upper bound converted from Rényi divergence bounds over a "
-                "fixed grid of orders (larger than a PLD accountant would state for the same Gaussian events); "
+                "fixed grid of orders (for Gaussian events typically larger than what a PLD accountant states); "
                 "PLD/PRV accountants discretise the privacy-loss distribution. The verifier recomputes ε from the "
                 "recorded events and flags differences above the tolerance.")
 DISCRETE_EVENTS = frozenset({"distributed_discrete_gaussian"})

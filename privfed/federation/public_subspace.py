@@ -35,8 +35,9 @@ CHUNK = 64   # public examples per vectorised backward pass (bounds peak memory 
 # float64 entries per column block of the products with G (16 MiB): at k = 512 on the default UNet the three
 # products took 2.7 s a round in such blocks, 3.0 s on a dense float64 copy and 4.4 s in 64 MiB blocks (2 cores)
 BLOCK_ELEMENTS = 1 << 21
-# an unset k is lowered so that the public gradients fit in this much memory: k = 512 of the default UNet take
-# 0.55 GB, of the GPU preset's 22.7 M-parameter UNet 46 GB (which would then get k = 23)
+# an unset k is lowered so that the public gradients fit in this much memory: k = 512 of the default UNet
+# (d = 163,985) take 0.34 GB; of the GPU preset's UNet on the 8×8 digits (d = 14.0 M) they would take 28.7 GB, so
+# such a run gets k = 38
 DEFAULT_MEMORY_BYTES = 2 << 30
 
 
