@@ -41,11 +41,11 @@ BLOCK_ELEMENTS = 1 << 21
 DEFAULT_MEMORY_BYTES = 2 << 30
 
 
-def gradient_bytes(k: int, dimension: int, *, shrink: bool) -> int:
-    """Bytes the server holds for a rank-k public subspace of `dimension` parameters: the k × d float32 gradients,
-    and for the unweighted projection also their float64 copy and its orthonormal basis (4 + 8 + 8 bytes an
-    entry). Peak memory adds the per-chunk backward pass (about 0.7 GB on the default UNet, whatever k)."""
-    return k * dimension * (4 if shrink else 20)
+def bytes_per_entry(*, shrink: bool) -> int:
+    """Bytes the server holds per entry of the k × d public gradients: 4 for their float32 storage, and for the
+    unweighted projection 16 more for their float64 copy and its orthonormal basis. Peak memory adds the per-chunk
+    backward pass (a few hundred MB on the default UNet, whatever k)."""
+    return 4 if shrink else 20
 
 
 def device_memory_bytes(device: str) -> int:
@@ -53,6 +53,11 @@ def device_memory_bytes(device: str) -> int:
     if device == "cuda" and torch.cuda.is_available():
         return int(torch.cuda.get_device_properties(0).total_memory)
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def public_subspace_fitted(cfg: RunConfig) -> bool:
+    """Whether a run of ``cfg`` fits its public subspace rank to memory (a projection whose k was left unset)."""
+    return bool(cfg.dp.public_subspace) and cfg.was_unset("dp", "public_subspace")
 
 
 def fit_public_subspace(cfg: RunConfig, *, dimension: int) -> RunConfig:
@@ -64,8 +69,9 @@ def fit_public_subspace(cfg: RunConfig, *, dimension: int) -> RunConfig:
     k, shrink = cfg.dp.public_subspace, cfg.dp.public_subspace_shrink
     if not k:
         return cfg
-    per_k = gradient_bytes(1, dimension, shrink=shrink)
-    if cfg.was_unset("dp", "public_subspace"):
+    entry = bytes_per_entry(shrink=shrink)
+    per_k = entry * dimension
+    if public_subspace_fitted(cfg):
         fit = min(k, DEFAULT_MEMORY_BYTES // per_k)
         if fit == k:
             return cfg
@@ -73,7 +79,7 @@ def fit_public_subspace(cfg: RunConfig, *, dimension: int) -> RunConfig:
     limit = device_memory_bytes(cfg.device) // 2
     if k * per_k > limit:
         raise ConfigError(f"dp public_subspace = {k} needs {k * per_k / 1e9:.1f} GB for its public gradients "
-                          f"({k} × {dimension:,} parameters × {per_k // dimension} bytes), more than half of this "
+                          f"({k} × {dimension:,} parameters × {entry} bytes), more than half of this "
                           f"{cfg.device} device's {2 * limit / 1e9:.1f} GB: choose --public-subspace "
                           f"{limit // per_k} or less")
     return cfg

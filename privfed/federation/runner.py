@@ -26,7 +26,7 @@ from privfed.data.dataset import DatasetSplits, ImageDataset
 from privfed.errors import RunDirError, SiteKeyError, UnknownSiteError
 from privfed.federation.aggregation import KeyHolderChannel, build_aggregator, releases_update
 from privfed.federation.privacy import clip_range_fitted, fit_clip_range, run_cap, server_privacy
-from privfed.federation.public_subspace import PublicSubspace, fit_public_subspace
+from privfed.federation.public_subspace import PublicSubspace, fit_public_subspace, public_subspace_fitted
 from privfed.federation.seeding import derive_seed, numpy_generator, torch_generator
 from privfed.federation.site_privacy import site_privacy
 from privfed.parties.engine import InProcessEngine, transport
@@ -134,7 +134,7 @@ class FederatedRun:
         to the distributed noise (:func:`~privfed.federation.privacy.fit_clip_range`, which needs the sites' data
         sizes and the model's size) and an unset public subspace rank fitted to memory
         (:func:`~privfed.federation.public_subspace.fit_public_subspace`). Loads the data; writes nothing."""
-        if not clip_range_fitted(cfg) and not (cfg.dp.public_subspace and cfg.was_unset("dp", "public_subspace")):
+        if not clip_range_fitted(cfg) and not public_subspace_fitted(cfg):
             return cfg
         probe = cls(cfg, Path("."))
         probe._load_data()
