@@ -80,15 +80,22 @@ def pretrained_initial_model(model: torch.nn.Module, material: dict[str, Any],
         meta = {"key": key, "sha256": digest, "pretrain_loss": loss, "material": {"format": PRETRAIN_FORMAT,
                                                                                    **material}}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
-        if entry.exists():
-            shutil.rmtree(entry, ignore_errors=True)
-        try:
-            tmp.rename(entry)
-        except OSError:
-            pass                                # another run stored the same entry first: theirs is equivalent
+        publish_entry(tmp, entry)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {"pretrain_loss": loss, "pretrain_key": key, "pretrain_sha256": digest, "pretrain_cache": "stored"}
+
+
+def publish_entry(tmp: Path, entry: Path) -> None:
+    """Move the finished folder ``tmp`` to the cache entry ``entry`` in one rename, replacing a stale entry, so a
+    reader never sees a half-written one. If another run stored the same entry in between, its equivalent copy is
+    kept and ``tmp`` is left for the caller to remove."""
+    if entry.exists():
+        shutil.rmtree(entry, ignore_errors=True)
+    try:
+        tmp.rename(entry)
+    except OSError:
+        pass
 
 
 def _weights_sha256(model: torch.nn.Module) -> str:

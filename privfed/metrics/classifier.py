@@ -194,7 +194,7 @@ def shared_extractor(dataset: str, test: ImageDataset, *, fallback: Path) -> tup
     """The dataset's shared FID feature extractor in the per-user cache (trained there first if needed): the path of
     its weights and its provenance. ``fallback``: where to keep it when the cache is off (``PRIVFED_CACHE=off``).
     See :func:`evaluation_classifier`."""
-    from privfed.cache import config_key
+    from privfed.cache import config_key, publish_entry
 
     described, load_data, augment = _extractor_data(dataset, test)
     material = {"format": EXTRACTOR_FORMAT, "data": described, "image_size": test.size, "channels": test.channels,
@@ -213,12 +213,7 @@ def shared_extractor(dataset: str, test: ImageDataset, *, fallback: Path) -> tup
             prov = {**_provenance(dataset, data), "key": key, "material": material,
                     "weights_sha256": sha256_path(tmp / "domain_classifier.safetensors")}
             (tmp / "provenance.json").write_text(json.dumps(prov, indent=1, sort_keys=True))
-            if entry.exists():
-                shutil.rmtree(entry, ignore_errors=True)
-            try:
-                tmp.rename(entry)
-            except OSError:
-                pass                    # another run stored the same entry first: the same bytes
+            publish_entry(tmp, entry)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return entry / "domain_classifier.safetensors", prov
