@@ -61,3 +61,32 @@ def test_tampered_entry_is_recomputed_and_off_stores_nothing(tiny_config, tmp_pa
     assert off["pretrain_cache"] == "off" and off["pretrain_sha256"] == first["pretrain_sha256"]
     assert not (tmp_path / "off").exists() and sorted(p.name for p in (tmp_path / "cache" / "pretrain").iterdir()) \
         == [first["pretrain_key"]]
+
+
+def test_publishing_an_entry_replaces_a_stale_one_and_keeps_a_concurrent_one(tmp_path, monkeypatch):
+    from privfed import cache
+
+    entry = tmp_path / "entry"
+    entry.mkdir()
+    (entry / "meta.json").write_text("stale")
+    fresh = tmp_path / ".fresh.tmp"
+    fresh.mkdir()
+    (fresh / "meta.json").write_text("fresh")
+    cache.publish_entry(fresh, entry)
+    assert (entry / "meta.json").read_text() == "fresh" and not fresh.exists()
+
+    # another run stores the same entry between our removal of the stale one and our rename: theirs stays whole
+    late = tmp_path / ".late.tmp"
+    late.mkdir()
+    (late / "meta.json").write_text("ours")
+    real_rmtree = cache.shutil.rmtree
+
+    def rmtree_then_race(path, **kw):
+        real_rmtree(path, **kw)
+        path.mkdir()
+        (path / "meta.json").write_text("theirs")
+
+    monkeypatch.setattr(cache.shutil, "rmtree", rmtree_then_race)
+    cache.publish_entry(late, entry)
+    assert (entry / "meta.json").read_text() == "theirs"
+    assert (late / "meta.json").read_text() == "ours"       # left for the caller's cleanup
