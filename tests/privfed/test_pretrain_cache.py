@@ -6,6 +6,7 @@ import json
 import torch
 from safetensors.torch import load_file
 
+from privfed import cache
 from privfed.federation.runner import FederatedRun
 
 
@@ -64,8 +65,6 @@ def test_tampered_entry_is_recomputed_and_off_stores_nothing(tiny_config, tmp_pa
 
 
 def test_publishing_an_entry_replaces_a_stale_one_and_keeps_a_concurrent_one(tmp_path, monkeypatch):
-    from privfed import cache
-
     entry = tmp_path / "entry"
     entry.mkdir()
     (entry / "meta.json").write_text("stale")
