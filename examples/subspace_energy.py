@@ -25,7 +25,9 @@ from privfed.federation.seeding import derive_seed
 from privfed.models.unet import build_scheduler, build_unet
 
 
-def main(seed: int, ranks: list[int]) -> None:
+def public_start(seed: int):
+    """(config, run, per-example gradient function, weights) at the public-pretrained model of a default run of
+    `seed`; the function maps (weights, x, noise, t) batches to per-example gradients of the diffusion loss."""
     cfg = RunConfig.from_dict({"seed": seed})
     with tempfile.TemporaryDirectory() as tmp:
         run = FederatedRun.create(cfg, f"{tmp}/run")
@@ -40,7 +42,12 @@ def main(seed: int, ranks: list[int]) -> None:
         xt = scheduler.add_noise(x[None], noise[None], t[None])
         return (functional_call(model, w, (xt, t[None])).sample - noise[None]).pow(2).mean()
 
-    per_example = vmap(grad(loss), in_dims=(None, 0, 0, 0))
+    return cfg, run, vmap(grad(loss), in_dims=(None, 0, 0, 0)), weights
+
+
+def main(seed: int, ranks: list[int]) -> None:
+    cfg, run, per_example, weights = public_start(seed)
+    model, scheduler = run.model, run.scheduler
     gen = torch.Generator().manual_seed(123)
     images = run.splits.train.images
     total = torch.zeros(sum(p.numel() for p in model.parameters()), dtype=torch.float64)

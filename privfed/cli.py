@@ -115,7 +115,7 @@ def _overrides(**opts: Any) -> dict[str, Any]:
     sections = {
         "fed": {"clients": opts["clients"], "rounds": opts["rounds"], "local_epochs": opts["local_epochs"],
                 "fraction": opts["fraction"], "batch_size": opts["batch_size"], "lr": opts["lr"],
-                "ema_decay": opts["ema_decay"]},
+                "ema_decay": opts["ema_decay"], "min_timestep": opts["min_timestep"]},
         "data": {"dataset": opts["dataset"], "path": opts["data"], "partition": opts["partition"],
                  "alpha": opts["alpha"]},
         "dp": {"mode": opts["dp"], "target_epsilon": opts["target_epsilon"], "delta": opts["delta"],
@@ -150,6 +150,9 @@ def run(
     ema_decay: Optional[float] = typer.Option(None, "--ema-decay", help="Per-round decay in [0, 1) of a moving "
                                               "average of the global model, which is what is evaluated and "
                                               "released (0: off; no ε cost)."),
+    min_timestep: Optional[int] = typer.Option(None, "--min-timestep", help="Lowest diffusion timestep the sites "
+                                               "train on (default: T/5 with distributed DP-SGD's public subspace, "
+                                               "else 0)."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="digits | npz | folder | pneumoniamnist | ..."),
     data: Optional[str] = typer.Option(None, "--data", help="Path of a .npz file or image folder."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Experiment seed (never used for secrets)."),

@@ -55,8 +55,9 @@ class LocalTrainer:
         return model, optimizer, self.make_loader(data, generator)
 
     def per_example_loss(self, model: torch.nn.Module, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Hook: the ε-prediction loss per row (one random timestep and noise per example here)."""
-        return diffusion_loss(model, self.scheduler, x0, generator=generator, reduction="none")
+        """Hook: the ε-prediction loss per row (one random timestep ≥ fed.min_timestep and noise per example)."""
+        return diffusion_loss(model, self.scheduler, x0, generator=generator, reduction="none",
+                              min_timestep=self.fed.min_timestep)
 
     def backward(self, per_example_loss: torch.Tensor) -> None:
         """Hook for DP-SGD (ghost clipping needs the per-example loss): plain training backprops the mean."""

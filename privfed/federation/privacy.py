@@ -457,7 +457,10 @@ class ServerDistributedDP(ServerPrivacy):
         n = self.n_clients
         if self.mode == "sample":
             return [f"DP-SGD, noise placement 'distributed': one private step per round; each site Poisson-samples "
-                    f"its images (q = {min(self.rates):.3g}–{max(self.rates):.3g}), clips each example's gradient to "
+                    f"its images (q = {min(self.rates):.3g}–{max(self.rates):.3g})"
+                    + (f", draws each one's diffusion timestep from [{self.cfg.fed.min_timestep}, "
+                       f"{self.cfg.model.num_train_timesteps})" if self.cfg.fed.min_timestep else "")
+                    + f", clips each example's gradient to "
                     f"C = {self.cfg.dp.max_grad_norm}, sums them and adds an exact discrete Gaussian share before "
                     f"masking; honest noise alone has σ/C = {self.sigma:.3f} (t − n_C = {self.plan.honest_sites(n)} "
                     f"honest shares of {n}; calibrated without sampling amplification, accounted with it); the "

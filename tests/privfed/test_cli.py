@@ -19,6 +19,8 @@ BAD = [
     (["--partition", "zipf"], "partition"),
     (["--ema-decay", "1"], "ema_decay"),
     (["--ema-decay", "-0.1"], "ema_decay"),
+    (["--min-timestep", "1000"], "min_timestep"),
+    (["--min-timestep", "-5"], "min_timestep"),
 ]
 
 

@@ -105,7 +105,7 @@ def test_default_run_is_distributed_dp_sgd_with_its_schedule():
     # the same run
     assert RunConfig() == RunConfig.from_dict({
         "model": {"pretrain_batch_size": 64},
-        "fed": {"rounds": 30, "batch_size": 512, "lr": 0.0005},
+        "fed": {"rounds": 30, "batch_size": 512, "lr": 0.0005, "min_timestep": 200},
         "dp": {"mode": "sample", "placement": "distributed", "public_subspace": 512, "public_subspace_shrink": True},
         "secure_agg": {"mode": "secagg+", "clip_range": 8.0}})
 
@@ -130,6 +130,42 @@ def test_default_subspace_and_its_shrinkage(raw, k, shrink):
     assert (cfg.dp.public_subspace, cfg.dp.public_subspace_shrink) == (k, shrink)
     # what config.toml holds reads back as the same run
     assert RunConfig.from_dict(tomllib.loads(cfg.to_toml())) == cfg
+
+
+@pytest.mark.parametrize("raw, t_min", [
+    # the default projection trains the sites on t >= T / 5 (T = 1000 here)
+    ({}, 200),
+    ({"model": {"num_train_timesteps": 100}}, 20),
+    ({"model": {"pretrain_set_size": 100}}, 200),
+    # a k the user names, as every config.toml written before this key existed does, trains on all timesteps
+    ({"dp": {"public_subspace": 512, "public_subspace_shrink": True}}, 0),
+    ({"dp": {"public_subspace": 0}}, 0),
+    # nothing projected: all timesteps
+    ({"dp": {"mode": "off"}}, 0),
+    ({"dp": {"placement": "local"}}, 0),
+    ({"secure_agg": {"mode": "off"}}, 0),
+    ({"data": {"dataset": "npz", "path": "x.npz"}, "dp": {"placement": "distributed"}}, 0),
+    # named, it wins everywhere
+    ({"fed": {"min_timestep": 0}}, 0),
+    ({"dp": {"mode": "off"}, "fed": {"min_timestep": 300}}, 300),
+])
+def test_min_timestep_follows_the_default_projection(raw, t_min):
+    cfg = RunConfig.from_dict(raw)
+    assert cfg.fed.min_timestep == t_min
+    assert RunConfig.from_dict(tomllib.loads(cfg.to_toml())) == cfg
+    # from the defaults, an override re-chooses it (privfed run --dp off trains on every timestep)
+    if not raw:
+        assert cfg.replace(dp={"mode": "off"}).fed.min_timestep == 0
+
+
+@pytest.mark.parametrize("raw, match", [
+    ({"fed": {"min_timestep": -1}}, "min_timestep must be >= 0"),
+    ({"fed": {"min_timestep": 1000}}, "leaves no timestep to train on"),
+    ({"fed": {"min_timestep": 50}, "model": {"num_train_timesteps": 50}}, "leaves no timestep to train on"),
+])
+def test_min_timestep_out_of_range(raw, match):
+    with pytest.raises(ConfigError, match=match):
+        RunConfig.from_dict(raw)
 
 
 @pytest.mark.parametrize("raw, expected", [

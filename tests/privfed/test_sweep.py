@@ -237,6 +237,8 @@ def test_shipped_example_files_are_valid():
         assert load_sweep(f).points, f
     dist = RunConfig.from_toml(root / "distributed_dp.toml")
     assert dist.dp.effective_placement == "distributed" and dist.fed.batch_size == 512
+    # the recipe the README's tables measured it as, whatever the defaults became since
+    assert (dist.dp.public_subspace, dist.fed.min_timestep) == (0, 0)
     gpu = RunConfig.from_toml(root / "gpu_preset.toml")
     from privfed.models.unet import build_unet
 
