@@ -49,7 +49,7 @@ MIN_TIMESTEP_DIVISOR = 5
 SECTION_DEFAULTS = {"dp": {"public_subspace": 0, "public_subspace_shrink": False},
                     **{sec: {k: v for (s, k), v in SCHEDULES["local"].items() if s == sec}
                        for sec in ("fed", "secure_agg")}}
-SECTION_DEFAULTS["fed"]["min_timestep"] = 0
+SECTION_DEFAULTS["fed"] |= {"min_timestep": 0}     # not a schedule key: it follows the projection (_resolve_unset)
 PRETRAIN_BATCH_DEFAULT = 64        # public pretraining batch when neither it nor fed.batch_size is set
 SECAGG_MODES = ("secagg", "secagg+", "ckks", "off")
 ACCOUNTANTS = ("pld", "prv", "rdp")
